@@ -1,0 +1,12 @@
+"""Session-wide test settings: every test writes under a temporary EBR_HOME, never into the project."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Set before any project module reads settings (settings are read from the environment on each call).
+_HOME = tempfile.mkdtemp(prefix="ebr-test-home-")
+os.environ.setdefault("EBR_HOME", _HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
