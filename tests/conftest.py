@@ -10,3 +10,6 @@ _HOME = tempfile.mkdtemp(prefix="ebr-test-home-")
 os.environ.setdefault("EBR_HOME", _HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Shared fixtures: moto's S3 server over HTTP (`moto_s3`, `s3_bucket`, `s3_store_env`).
+pytest_plugins = ["tests.s3_server"]
