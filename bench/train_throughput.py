@@ -1,0 +1,145 @@
+"""Training throughput: our training loop vs a plain PyTorch loop with the same towers, batch and loss.
+
+Both sides use the same featurized data (``TrainingData``), model config, objective and optimizers
+(SparseAdam for the tables, Adam for the MLPs); the plain loop has no checkpoints, progress bar,
+callbacks or bookkeeping. ``train()`` runs without validation; its figure is the loop's own timer
+(steps incl. batch assembly, progress bar and periodic checkpoints), and the wall time of the whole call
+(featurization and per-epoch checkpoints too) is reported beside it. Runs alternate to share machine noise.
+
+    python bench/train_throughput.py                 # default model, batch 1024, mixed negatives
+    python bench/train_throughput.py --examples 20000 --epochs 1 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # allow running as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from models.batches import TrainingData  # noqa: E402
+from models.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
+from models.objective import RetrievalObjective  # noqa: E402
+from models.toy import location_task  # noqa: E402
+from models.towers import TwoTowerModel  # noqa: E402
+from models.train import train  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "train_throughput.md"
+
+
+def plain_loop(examples, documents, cfg: TrainConfig, epochs: int) -> tuple[float, float]:
+    """Examples/s of the bare loop (gather batch, forward, loss, backward, two optimizer steps), and
+    of the whole call including featurization."""
+    t_wall = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = TwoTowerModel(cfg.model)
+    data = TrainingData(model, examples, documents, cfg.loss)
+    objective = RetrievalObjective(model, cfg.loss)
+    opt_s = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.sparse_lr)
+    opt_d = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
+    n, bs, seen = len(examples), cfg.batch_size, 0
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        for step in range(0, n, bs):
+            rows = perm[step : step + bs]
+            if len(rows) < 2:
+                continue
+            loss = objective(data.batch(rows, np.random.default_rng([cfg.seed, epoch, step])))
+            opt_s.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_s.step()
+            opt_d.step()
+            seen += len(rows)
+    end = time.perf_counter()
+    return seen / (end - t0), seen / (end - t_wall)
+
+
+def ours(examples, documents, cfg: TrainConfig) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        r = train(examples, None, documents, cfg, d)
+        wall = time.perf_counter() - t0
+    return r.examples_per_s, sum(h["examples"] for h in r.history) / wall
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--examples", type=int, default=40_000)
+    ap.add_argument("--names", type=int, default=200)
+    ap.add_argument("--cities", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--loss", choices=("softmax", "triplet"), default="softmax")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    examples, documents = location_task(args.names, args.cities, args.examples, seed=0)
+    cfg = TrainConfig(
+        model=ModelConfig(), loss=LossConfig(kind=args.loss, negatives="mixed", n_corpus_negatives=256),
+        batch_size=args.batch_size, epochs=args.epochs, progress=True, num_threads=args.threads,
+        checkpoint_every_steps=0,
+    )
+    plain_runs, plain_wall_runs, loop_runs, wall_runs = [], [], [], []
+    for _ in range(args.repeats):
+        rate, wall_rate = plain_loop(examples, documents, cfg, args.epochs)
+        plain_runs.append(rate)
+        plain_wall_runs.append(wall_rate)
+        loop, wall = ours(examples, documents, cfg)
+        loop_runs.append(loop)
+        wall_runs.append(wall)
+    p, pw, o, w = max(plain_runs), max(plain_wall_runs), max(loop_runs), max(wall_runs)
+    m = cfg.model
+    table = "\n".join([
+        "# Training throughput",
+        "",
+        f"Synthetic location task: {len(examples):,} examples, {len(documents):,} documents; "
+        f"batch {cfg.batch_size}, {args.loss} loss, mixed negatives B'={cfg.loss.n_corpus_negatives}; "
+        f"tables {m.trigram_buckets:,}/{m.word_buckets:,}/{m.bigram_buckets:,} text rows and "
+        f"{m.context_buckets:,} context rows x {m.embedding_dim}, MLP {m.hidden_dims} -> {m.output_dim}; "
+        f"{args.epochs} epochs, best of {args.repeats}.",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}.",
+        "",
+        "| measured | plain PyTorch loop | models.train.train | ratio |",
+        "|---|---:|---:|---:|",
+        f"| training steps (examples/s) | {p:,.0f} | {o:,.0f} | {o / p:.2f}x |",
+        f"| whole call incl. featurization (+ per-epoch checkpoints for train) | {pw:,.0f} | {w:,.0f} | {w / pw:.2f}x |",
+        "",
+        f"Runs (examples/s): plain steps {[round(x) for x in plain_runs]}, whole {[round(x) for x in plain_wall_runs]}; "
+        f"train steps {[round(x) for x in loop_runs]}, whole {[round(x) for x in wall_runs]}. The gap in the "
+        "whole-call row is the per-epoch checkpoint (model, both optimizers' states, written atomically).",
+        "",
+        "Reproduce: `python bench/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
+        "",
+    ])
+    print(table)
+    write_atomic(args.out, table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

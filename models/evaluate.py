@@ -1,0 +1,169 @@
+"""Offline evaluation: the paper's recall@K with exact KNN over the whole document index, MRR, nDCG@10.
+
+Held-out examples are grouped into sessions; a session's target set T is the set of documents clicked in
+it, and recall@K = |top-K ∩ T| / |T| (eq. 1), averaged over up to 10,000 sessions (section 2.1). The KNN
+is exact (a matmul over all document embeddings), so the figures measure the model, not an index.
+MRR and nDCG@10 use graded targets: a qrels frame (session_id, doc_id, relevance) when given, else the
+clicks with grade 1. Targets missing from the document table count as misses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.columns import DOC_ID
+
+
+class Embedder(Protocol):
+    def embed_queries(self, frame: pd.DataFrame, batch_size: int = ...) -> np.ndarray: ...
+    def embed_documents(self, frame: pd.DataFrame, batch_size: int = ...) -> np.ndarray: ...
+
+
+@dataclass
+class EvalSessions:
+    queries: pd.DataFrame  # one row per session (its first example): the query tower's input
+    targets: list[np.ndarray]  # doc_ids clicked in each session (recall target set)
+    graded: list[tuple[np.ndarray, np.ndarray]]  # (doc_ids, relevance) for MRR / nDCG
+
+
+def _session_key(examples: pd.DataFrame) -> pd.Series:
+    if "session_id" in examples.columns:
+        return examples["session_id"].astype(str)
+    cols = [c for c in ("searcher_id", "query", "ts") if c in examples.columns]
+    if not cols:
+        raise ValueError("examples need a session_id column (or searcher_id/query/ts) to form sessions")
+    return examples[cols].astype(str).agg("\x1f".join, axis=1)
+
+
+def session_targets(
+    examples: pd.DataFrame, max_sessions: int = 10_000, seed: int = 0, qrels: pd.DataFrame | None = None
+) -> EvalSessions:
+    """Group examples into sessions; keep a seeded random sample of at most ``max_sessions``."""
+    if DOC_ID not in examples.columns:
+        raise ValueError(f"examples lack {DOC_ID!r}; present: {list(examples.columns)}")
+    key = _session_key(examples).to_numpy()
+    codes, uniques = pd.factorize(key)
+    n = len(uniques)
+    chosen = np.arange(n)
+    if n > max_sessions:
+        chosen = np.sort(np.random.default_rng(seed).choice(n, size=max_sessions, replace=False))
+    first = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
+    queries = examples.iloc[first[chosen]].reset_index(drop=True)
+    docs = examples[DOC_ID].astype(str).to_numpy()
+    order = np.argsort(codes, kind="stable")
+    per_session = np.split(docs[order], np.cumsum(np.bincount(codes, minlength=n))[:-1])
+    targets = [np.unique(per_session[c]) for c in chosen]
+    if qrels is not None:
+        q = qrels[qrels["relevance"] > 0]
+        groups = {k: (g[DOC_ID].astype(str).to_numpy(), g["relevance"].to_numpy(float))
+                  for k, g in q.groupby(q["session_id"].astype(str))}
+        empty = (np.zeros(0, object), np.zeros(0))
+        graded = [groups.get(str(uniques[c]), empty) for c in chosen]
+    else:
+        graded = [(t, np.ones(len(t))) for t in targets]
+    return EvalSessions(queries, targets, graded)
+
+
+def top_k(query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Exact inner-product KNN: (n_queries, k) document rows, best first."""
+    k = min(k, len(doc_emb))
+    d = torch.from_numpy(np.ascontiguousarray(doc_emb, dtype=np.float32))
+    out = np.empty((len(query_emb), k), np.int64)
+    for s in range(0, len(query_emb), chunk):
+        q = torch.from_numpy(np.ascontiguousarray(query_emb[s : s + chunk], dtype=np.float32))
+        out[s : s + chunk] = (q @ d.T).topk(k, dim=1).indices.numpy()
+    return out
+
+
+def _padded_rows(sets: Sequence[np.ndarray], row_of: pd.Series) -> np.ndarray:
+    """(len(sets), widest) document rows of each set; -1 = not in the table, -2 = padding."""
+    lens = np.fromiter((len(t) for t in sets), np.int64, len(sets))
+    out = np.full((len(sets), max(int(lens.max(initial=0)), 1)), -2, np.int64)
+    if lens.sum():
+        flat = np.concatenate([np.asarray(t, dtype=object) for t in sets]).astype(str)
+        rows = row_of.reindex(flat).fillna(-1).to_numpy(np.int64)
+        which = np.repeat(np.arange(len(sets)), lens)
+        col = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+        out[which, col] = rows
+    return out
+
+
+def retrieval_metrics(
+    query_emb: np.ndarray, doc_emb: np.ndarray, doc_ids: Sequence[str], sessions: EvalSessions,
+    ks: Sequence[int] = (1, 10, 50, 100), ndcg_k: int = 10, mrr_k: int = 100,
+) -> dict[str, float]:
+    """recall@K for each K, MRR@mrr_k and nDCG@ndcg_k of the sessions' queries against all documents."""
+    n = len(sessions.targets)
+    if n == 0:
+        raise ValueError("no evaluation sessions")
+    row_of = pd.Series(np.arange(len(doc_ids)), index=pd.Index(np.asarray(doc_ids, dtype=object).astype(str)))
+    kmax = max(max(ks), ndcg_k, mrr_k)
+    top = top_k(query_emb, doc_emb, kmax)  # (S, kmax)
+    tgt = _padded_rows(sessions.targets, row_of)  # (S, T)
+    hits = (top[:, :, None] == tgt[:, None, :]).any(-1)  # (S, kmax)
+    n_t = np.array([len(t) for t in sessions.targets], float)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = float(np.mean(hits[:, :k].sum(1) / np.maximum(n_t, 1)))
+
+    g_rows = _padded_rows([g[0] for g in sessions.graded], row_of)  # (S, G)
+    g_val = np.zeros(g_rows.shape)
+    for i, (_, rel) in enumerate(sessions.graded):
+        g_val[i, : len(rel)] = rel
+    match = top[:, :, None] == g_rows[:, None, :]  # (S, kmax, G)
+    gain_at = (match * g_val[:, None, :]).max(-1)  # (S, kmax) grade of the doc at each rank
+    rel_at = gain_at[:, :mrr_k] > 0
+    first = np.where(rel_at.any(1), rel_at.argmax(1) + 1, np.inf)
+    out["mrr"] = float(np.mean(1.0 / first))
+    disc = 1.0 / np.log2(np.arange(2, ndcg_k + 2))
+    dcg = ((2.0 ** gain_at[:, :ndcg_k] - 1) * disc[: gain_at[:, :ndcg_k].shape[1]]).sum(1)
+    ideal = -np.sort(-g_val, axis=1)[:, :ndcg_k]
+    idcg = ((2.0 ** ideal - 1) * disc[: ideal.shape[1]]).sum(1)
+    out[f"ndcg@{ndcg_k}"] = float(np.mean(np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)))
+    out["n_sessions"] = float(n)
+    out["n_documents"] = float(len(doc_ids))
+    out["targets_missing"] = float((tgt == -1).sum())
+    return out
+
+
+def evaluate(
+    model: Embedder, examples_test: pd.DataFrame, documents: pd.DataFrame,
+    ks: Sequence[int] = (1, 10, 50, 100), max_sessions: int = 10_000, qrels: pd.DataFrame | None = None,
+    seed: int = 0, batch_size: int = 4096, doc_embeddings: np.ndarray | None = None, progress: bool = False,
+) -> dict[str, float]:
+    """Metrics of ``model`` on held-out examples against the full document table (exact KNN).
+
+    ``doc_embeddings`` (rows aligned with ``documents``) skips re-embedding the corpus.
+    """
+    if len(documents) == 0:
+        raise ValueError("empty document table: nothing to retrieve from")
+    sessions = session_targets(examples_test, max_sessions, seed, qrels)
+    q = model.embed_queries(sessions.queries, batch_size=batch_size)
+    d = doc_embeddings
+    if d is None:
+        extra = {"progress": True} if progress else {}  # other embedders need not take the flag
+        d = model.embed_documents(documents, batch_size=batch_size, **extra)
+    return retrieval_metrics(q, d, documents[DOC_ID].astype(str).to_numpy(), sessions, ks)
+
+
+def metrics_table(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str] | None = None) -> str:
+    """A markdown table, one row per model, one column per metric (the first model's keys by default)."""
+    if not results:
+        raise ValueError("no results to tabulate")
+    names = list(results)
+    metrics = list(metrics) if metrics is not None else [
+        m for m in results[names[0]] if m not in ("n_sessions", "n_documents", "targets_missing")
+    ]
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for name in names:
+        cells = []
+        for m in metrics:
+            v = results[name].get(m)
+            cells.append("n/a" if v is None else f"{v:.4f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,182 @@
+"""Featurization of frames into tower inputs: hashed ids, bag offsets and weights, numeric columns.
+
+A frame is featurized once into a :class:`FeatureTable` (numpy, CSR bags); a training step only gathers
+the rows of its batch (:meth:`FeatureTable.take`), a handful of vectorized numpy calls. Texts are
+featurized per unique string, since queries and titles repeat across examples.
+
+Every tower reads two embedding tables through ``EmbeddingBag(mode="sum", per_sample_weights)``:
+- text: per text field the bags of :func:`models.text.text_bags` (means of trigram/word/bigram rows);
+- context: per categorical field one bag with one hashed id (weight 1), per multi-valued field a bag of
+  hashed ids with their weights (the paper's weighted multi-hot). Missing values, empty lists and unknown
+  strings map to the reserved row 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.columns import ContextField, TowerColumns, check_columns
+from models.config import ModelConfig
+from models.hashing import UNKNOWN, hash_strings, to_buckets
+from models.text import Bags, assemble_bags, text_bags
+
+
+@dataclass
+class TowerInputs:
+    """One batch of tower inputs (torch). Bags are flattened row-major: row r, field f -> bag r*F + f."""
+
+    n_rows: int
+    text_ids: torch.Tensor  # (nnz_text,) int64
+    text_offsets: torch.Tensor  # (n_rows * n_text_bags,) int64
+    text_weights: torch.Tensor  # (nnz_text,) float32
+    ctx_ids: torch.Tensor | None = None  # (nnz_ctx,) int64
+    ctx_offsets: torch.Tensor | None = None  # (n_rows * n_ctx_fields,) int64
+    ctx_weights: torch.Tensor | None = None  # (nnz_ctx,) float32
+    numeric: torch.Tensor | None = None  # (n_rows, n_numeric) float32
+
+    def to(self, device: str | torch.device) -> "TowerInputs":
+        if str(device) == "cpu":
+            return self
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return TowerInputs(
+            self.n_rows, move(self.text_ids), move(self.text_offsets), move(self.text_weights),
+            move(self.ctx_ids), move(self.ctx_offsets), move(self.ctx_weights), move(self.numeric),
+        )
+
+
+def gather_bags(bags: Bags, which: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, start offsets, weights) of the selected bags, in the order given."""
+    starts = bags.offsets[which]
+    lens = bags.offsets[which + 1] - starts
+    new_off = np.zeros(len(which), np.int64)
+    if len(which) > 1:
+        np.cumsum(lens[:-1], out=new_off[1:])
+    pos = np.repeat(starts - new_off, lens) + np.arange(int(lens.sum()), dtype=np.int64)
+    return bags.ids[pos], new_off, bags.weights[pos]
+
+
+@dataclass
+class FeatureTable:
+    """A featurized frame (numpy): gather any rows into :class:`TowerInputs`."""
+
+    n_rows: int
+    text: Bags  # n_text_kinds bags per unique text
+    text_index: np.ndarray  # (n_rows, n_text_fields) int64 rows of unique texts
+    n_text_kinds: int
+    context: Bags | None  # n_ctx_fields bags per row
+    n_ctx_fields: int
+    numeric: np.ndarray | None  # (n_rows, n_numeric) float32
+
+    def take(self, rows: np.ndarray | None = None) -> TowerInputs:
+        rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        k = self.n_text_kinds
+        tb = (self.text_index[rows][:, :, None] * k + np.arange(k)).reshape(-1)
+        ti, to, tw = gather_bags(self.text, tb)
+        out = TowerInputs(len(rows), torch.from_numpy(ti), torch.from_numpy(to), torch.from_numpy(tw))
+        if self.context is not None:
+            f = self.n_ctx_fields
+            cb = (rows[:, None] * f + np.arange(f)).reshape(-1)
+            ci, co, cw = gather_bags(self.context, cb)
+            out.ctx_ids, out.ctx_offsets, out.ctx_weights = (
+                torch.from_numpy(ci), torch.from_numpy(co), torch.from_numpy(cw)
+            )
+        if self.numeric is not None:
+            out.numeric = torch.from_numpy(np.ascontiguousarray(self.numeric[rows]))
+        return out
+
+
+def _is_list(v) -> bool:
+    return isinstance(v, (list, tuple, np.ndarray))
+
+
+def _hash_values(values: np.ndarray, kind: str, buckets: int) -> np.ndarray:
+    """Hashed context rows of an object array of strings; None/NaN/'' -> the unknown row."""
+    s = pd.Series(values, dtype=object)
+    missing = s.isna().to_numpy() | (s.astype(str) == "").to_numpy()
+    codes, uniques = pd.factorize(s.where(~missing, None), use_na_sentinel=True)
+    table = to_buckets(hash_strings([str(u) for u in uniques], kind), buckets - 1, offset=1)
+    out = np.full(len(s), UNKNOWN, np.int64)
+    out[codes >= 0] = table[codes[codes >= 0]]
+    return out
+
+
+def _context_field(frame: pd.DataFrame, field: ContextField, buckets: int):
+    """(row, id, weight) triples of one context field."""
+    n = len(frame)
+    if not field.multi:
+        ids = _hash_values(frame[field.column].to_numpy(object), field.kind, buckets)
+        return np.arange(n, dtype=np.int64), ids, None
+    lists = frame[field.column].to_numpy(object)
+    weights = frame[field.weights_column].to_numpy(object)
+    lens = np.fromiter((len(v) if _is_list(v) else 0 for v in lists), np.int64, n)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lens)
+    flat_values = np.array(list(chain.from_iterable(v for v in lists if _is_list(v))), dtype=object)
+    ids = _hash_values(flat_values, field.kind, buckets)
+    wlens = np.fromiter((len(v) if _is_list(v) else 0 for v in weights), np.int64, n)
+    bad = np.flatnonzero((wlens != lens) & (wlens > 0))
+    if len(bad):
+        r = int(bad[0])
+        raise ValueError(
+            f"{field.weights_column} has {wlens[r]} weights for {lens[r]} values of {field.column} in row {r}; "
+            "the two list columns must be aligned"
+        )
+    uniform = np.repeat(1.0 / np.maximum(lens, 1), lens).astype(np.float32)
+    given = np.repeat((wlens == lens) & (lens > 0), lens)
+    w = uniform.copy()
+    if given.any():
+        given_rows = weights[(wlens == lens) & (lens > 0)]
+        flat = np.fromiter((np.nan if x is None else x for x in chain.from_iterable(given_rows)), np.float64,
+                           int(given.sum()))
+        w[given] = np.where(np.isnan(flat), uniform[given], flat)  # missing weights: a uniform mean
+    return rows, ids, w
+
+
+class Featurizer:
+    """Turns frames into :class:`FeatureTable` for one tower; stateless apart from the config."""
+
+    def __init__(self, cfg: ModelConfig, columns: TowerColumns, what: str):
+        self.cfg, self.columns, self.what = cfg, columns, what
+        self.n_text_kinds = 3 if cfg.word_ngrams else 1
+
+    @property
+    def n_text_bags(self) -> int:
+        return len(self.columns.text) * self.n_text_kinds
+
+    def __call__(self, frame: pd.DataFrame) -> FeatureTable:
+        check_columns(frame, self.columns, self.what)
+        cfg, n = self.cfg, len(frame)
+        texts = [frame[c].to_numpy(object) for c in self.columns.text]
+        allt = pd.Series(np.concatenate(texts) if texts else np.zeros(0, object), dtype=object)
+        codes, uniques = pd.factorize(allt.where(allt.notna(), ""))
+        text = text_bags(
+            pd.Series(uniques, dtype=object), cfg.trigram_buckets, cfg.word_buckets, cfg.bigram_buckets,
+            cfg.word_ngrams, cfg.max_text_chars,
+        )
+        text_index = codes.astype(np.int64).reshape(len(self.columns.text), n).T.copy()
+
+        context = None
+        f = len(self.columns.context)
+        if f:
+            bag_parts, id_parts, w_parts = [], [], []
+            for j, field in enumerate(self.columns.context):
+                rows, ids, w = _context_field(frame, field, cfg.context_buckets)
+                bag_parts.append(rows * f + j)
+                id_parts.append(ids)
+                w_parts.append(np.ones(len(ids), np.float32) if w is None else w)
+            context = assemble_bags(
+                np.concatenate(bag_parts), np.concatenate(id_parts), n * f, weights=np.concatenate(w_parts)
+            )
+
+        numeric = None
+        if self.columns.numeric:
+            vals = np.column_stack(
+                [pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64) for c in self.columns.numeric]
+            )
+            numeric = np.log1p(np.clip(np.nan_to_num(vals, nan=0.0), 0, None)).astype(np.float32)
+        return FeatureTable(n, text, text_index, self.n_text_kinds, context, f, numeric)
+

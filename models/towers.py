@@ -1,0 +1,131 @@
+"""The unified two-tower model: a query tower and a document tower mapping into one cosine space.
+
+Each tower concatenates its feature embeddings (text bags, context bags, log counts), passes them through
+an MLP and L2-normalizes the result, so a dot product is the cosine of the paper's eq. 3. The towers are
+independent after training: documents are embedded offline in batch, queries online. The text-only model
+is the same class with ``ModelConfig.use_context=False``: no context table, no context input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from models.columns import document_columns, query_columns, to_document_columns
+from models.config import ModelConfig
+from models.features import FeatureTable, Featurizer, TowerInputs
+
+_INIT_STD = 0.1
+
+
+def _table(rows: int, dim: int) -> nn.EmbeddingBag:
+    # sparse=True: a step touches only the rows of its batch (SparseAdam); dense updates are 20x slower
+    t = nn.EmbeddingBag(rows, dim, mode="sum", sparse=True)
+    nn.init.normal_(t.weight, std=_INIT_STD)
+    return t
+
+
+class Tower(nn.Module):
+    """Feature embeddings -> concatenation -> MLP -> L2-normalized embedding."""
+
+    def __init__(
+        self, cfg: ModelConfig, n_text_bags: int, n_ctx_fields: int, n_numeric: int,
+        text_table: nn.EmbeddingBag | None = None,
+    ):
+        super().__init__()
+        d = cfg.embedding_dim
+        self.text = text_table if text_table is not None else _table(cfg.text_rows, d)
+        self.context = _table(cfg.context_buckets, d) if n_ctx_fields else None
+        self.n_numeric = n_numeric
+        layers: list[nn.Module] = []
+        width = d * (n_text_bags + n_ctx_fields) + n_numeric
+        for h in cfg.hidden_dims:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if cfg.dropout:
+                layers.append(nn.Dropout(cfg.dropout))
+            width = h
+        layers.append(nn.Linear(width, cfg.output_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: TowerInputs) -> torch.Tensor:
+        b = x.n_rows
+        parts = [self.text(x.text_ids, x.text_offsets, per_sample_weights=x.text_weights).view(b, -1)]
+        if self.context is not None:
+            parts.append(self.context(x.ctx_ids, x.ctx_offsets, per_sample_weights=x.ctx_weights).view(b, -1))
+        if self.n_numeric:
+            parts.append(x.numeric)
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)  # (B, output_dim), unit norm
+
+
+class TwoTowerModel(nn.Module):
+    """Query tower + document tower, rebuilt from its :class:`ModelConfig` alone."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.feature_service = ""  # name of the feature service the model was trained on (set by training)
+        self.query_featurizer = Featurizer(cfg, query_columns(cfg), "query")
+        self.doc_featurizer = Featurizer(cfg, document_columns(cfg), "document")
+        qc, dc = self.query_featurizer.columns, self.doc_featurizer.columns
+        self.query_tower = Tower(cfg, self.query_featurizer.n_text_bags, len(qc.context), len(qc.numeric))
+        self.doc_tower = Tower(
+            cfg, self.doc_featurizer.n_text_bags, len(dc.context), len(dc.numeric),
+            text_table=self.query_tower.text if cfg.share_text_tables else None,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Embedding tables (sparse gradients: SparseAdam); shared tables appear once."""
+        seen, out = set(), []
+        for m in self.modules():
+            if isinstance(m, nn.EmbeddingBag) and id(m.weight) not in seen:
+                seen.add(id(m.weight))
+                out.append(m.weight)
+        return out
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    def featurize_queries(self, frame: pd.DataFrame) -> FeatureTable:
+        return self.query_featurizer(frame)
+
+    def featurize_documents(self, frame: pd.DataFrame) -> FeatureTable:
+        """Accepts a document table or example-convention (``doc_``-prefixed) columns."""
+        return self.doc_featurizer(to_document_columns(frame))
+
+    @torch.no_grad()
+    def embed_table(
+        self, table: FeatureTable, side: str, batch_size: int = 4096, progress: bool = False
+    ) -> np.ndarray:
+        """Embeddings of a featurized frame, in batches, in eval mode; (n_rows, output_dim) float32."""
+        if side not in ("query", "document"):
+            raise ValueError(f"side must be 'query' or 'document', got {side!r}")
+        tower = self.query_tower if side == "query" else self.doc_tower
+        was_training = self.training
+        self.eval()
+        try:
+            out = np.empty((table.n_rows, self.config.output_dim), np.float32)
+            dev = self.device
+            starts = range(0, table.n_rows, batch_size)
+            for s in tqdm(starts, desc=f"embed {side}s", unit="batch", disable=not progress, leave=False):
+                rows = np.arange(s, min(s + batch_size, table.n_rows))
+                out[rows] = tower(table.take(rows).to(dev)).float().cpu().numpy()
+            return out
+        finally:
+            self.train(was_training)
+
+    def embed_queries(self, frame: pd.DataFrame, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
+        """Query embeddings of a frame with ``query`` and ``searcher_*`` columns."""
+        return self.embed_table(self.featurize_queries(frame), "query", batch_size, progress)
+
+    def embed_documents(self, frame: pd.DataFrame, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
+        """Document embeddings of a document table (or ``doc_``-prefixed columns)."""
+        return self.embed_table(self.featurize_documents(frame), "document", batch_size, progress)
