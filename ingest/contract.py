@@ -27,6 +27,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 CONTRACT_VERSION = 1
@@ -193,6 +194,13 @@ def _example(df: pd.DataFrame, mask: np.ndarray | pd.Series) -> dict:
 
 
 def _to_list_column(values: pd.Series, table: str, col: str) -> pd.Series:
+    """Lists of string ids. Columns that already hold lists of strings pass through untouched (fast path)."""
+    try:
+        pa.array(values, type=pa.list_(pa.string()), from_pandas=True)
+        return values
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass  # e.g. lists of ints: convert element-wise below
+
     def conv(v):
         if isinstance(v, (list, tuple, np.ndarray)):
             return [str(x) for x in v]
@@ -226,7 +234,10 @@ def _coerce(df: pd.DataFrame, schema: TableSchema, c: Column) -> pd.Series:
                 raise ContractError(
                     schema.name, c.name, "timestamps must be timezone-aware (UTC), got naive values"
                 )
-            out = pd.to_datetime(s, utc=True)
+            if isinstance(s.dtype, pd.DatetimeTZDtype):
+                out = s.dt.tz_convert("UTC")  # already typed: skip the slow parsing path
+            else:
+                out = pd.to_datetime(s, utc=True)
         elif c.kind == "list_string":
             out = _to_list_column(s, schema.name, c.name)
         else:  # pragma: no cover - schema definitions are static
@@ -303,12 +314,16 @@ def _check_refs(
     known = pd.Index(tables[target][target_col])
     s = df[col]
     if SCHEMAS[table].column(col).kind == "list_string":
-        flat = s.explode()
-        flat = flat[flat.notna()]
-        bad_rows = flat[~flat.isin(known)].index.unique()
-        if len(bad_rows):
-            mask = df.index.isin(bad_rows)
-            missing = flat[~flat.isin(known)].iloc[0]
+        arr = pa.array(s, type=pa.list_(pa.string()), from_pandas=True)
+        flat = arr.flatten()
+        ok = pc.is_in(flat, value_set=pa.array(known.to_numpy(dtype=object), type=pa.string()))
+        bad_flat = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+        if len(bad_flat):
+            parents = pc.list_parent_indices(arr).to_numpy()
+            bad_rows = np.unique(parents[bad_flat])
+            mask = np.zeros(len(df), dtype=bool)
+            mask[bad_rows] = True
+            missing = flat[int(bad_flat[0])].as_py()
             raise ContractError(
                 table, col,
                 f"{len(bad_rows)} row(s) reference {target_col}s that are not in {target} "
