@@ -13,3 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Shared fixtures: moto's S3 server over HTTP (`moto_s3`, `s3_bucket`, `s3_store_env`).
 pytest_plugins = ["tests.s3_server"]
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API for the whole session (it takes seconds to start: start it once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,157 @@
+"""The training-data flow: canonical tables -> gated, point-in-time joined, time-split training examples.
+
+Steps: read the dataset -> gate the inputs -> build examples -> join features through Feast -> gate the
+examples -> write train/valid/test -> publish as the artifact ``dataset/<dataset>-examples``. A failed gate
+stops the run before anything downstream; its report stays in the run directory
+(``<home>/runs/training-data/<dataset>/<run>/gates/``) and in the Prefect UI as a markdown artifact.
+The work is done by plain functions in ``training/`` and ``validation/``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
+
+from infra.settings import get_settings
+from training.examples import ExampleConfig, SplitConfig
+from validation.gate import GateReport
+from validation.suites import GateConfig
+
+INPUT_TABLES = ("searchers", "documents", "sessions")
+GATES = (*INPUT_TABLES, "examples")
+
+
+class TrainingDataParams(BaseModel):
+    """Everything that shapes the examples besides the dataset and the end date."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    examples: ExampleConfig = Field(default_factory=ExampleConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    gates: GateConfig = Field(default_factory=GateConfig)
+    feature_service: str | None = Field(None, description="Feast feature service (None: the current version)")
+
+
+def runs_root(dataset: str) -> Path:
+    return get_settings().home / "runs" / "training-data" / dataset
+
+
+def _run_dir(dataset: str) -> Path:
+    run_id = str(flow_run.id or uuid.uuid4().hex)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return runs_root(dataset) / f"{stamp}-{run_id[:8]}"
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def read_canonical(dataset: str):
+    from ingest.contract import read_dataset
+
+    return read_dataset(get_settings().data_dir / dataset, tables=INPUT_TABLES)
+
+
+@task(cache_policy=NO_CACHE)
+def gate(name: str, df: pd.DataFrame, config: GateConfig, previous: GateReport | None, run_dir: Path, dataset: str):
+    """Validate, keep the report with the run (files + UI), then stop the run if it failed."""
+    from validation.gate import enforce, run_gate
+    from validation.suites import examples_suite, input_suite
+
+    suite = examples_suite(df.columns, config) if name == "examples" else input_suite(name, df.columns, config)
+    report = run_gate(name, df, suite, previous)
+    report.save(run_dir / "gates")
+    create_markdown_artifact(
+        markdown=report.to_markdown(),
+        key=re.sub(r"[^a-z0-9-]+", "-", f"gate-{dataset}-{name}".lower()),
+        description=f"data gate {name} of {dataset}",
+    )
+    return enforce(report)
+
+
+@task(cache_policy=NO_CACHE)
+def make_examples(sessions: pd.DataFrame, documents: pd.DataFrame, params: TrainingDataParams):
+    from training.examples import build_examples
+
+    return build_examples(sessions, documents, params.examples, params.split)
+
+
+@task(retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def join_point_in_time(examples: pd.DataFrame, dataset: str, service: str | None):
+    from features.compute import FEATURE_TS
+    from features.store import FeatureRepo
+    from training.examples import join_features
+
+    root = get_settings().home / "features" / dataset
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"no feature repository for {dataset!r} at {root}; run the materialize flow for it first"
+        )
+    return join_features(examples, FeatureRepo(root), service, feature_ts_column=FEATURE_TS)
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def write_examples(examples: pd.DataFrame, out_dir: Path, config: dict) -> dict[str, int]:
+    from training.examples import write_splits
+
+    return write_splits(examples, out_dir, config)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def publish(dataset: str, src: Path, metadata: dict) -> str:
+    from infra.storage import ArtifactStore
+
+    return ArtifactStore.from_settings().publish("dataset", f"{dataset}-examples", src, metadata).ref
+
+
+# --------------------------------------------------------------------------- flow
+
+
+@flow(name="training-data", log_prints=True)
+def training_data(
+    dataset: str = "synthetic-default",
+    end_date: date | None = None,
+    params: TrainingDataParams | None = None,
+) -> str:
+    """Build the gated training examples of ``dataset`` from sessions up to ``end_date`` and publish them."""
+    from features.store import FEATURE_SERVICE_VERSION
+    from training.examples import sessions_until
+    from validation.gate import latest_report
+
+    params = params or TrainingDataParams()
+    log = get_run_logger()
+    run_dir = _run_dir(dataset)
+    previous = {name: latest_report(runs_root(dataset), name) for name in GATES}
+
+    data = read_canonical(dataset)
+    sessions = sessions_until(data.sessions, end_date)
+    inputs = {"searchers": data.searchers, "documents": data.documents, "sessions": sessions}
+    for name in INPUT_TABLES:
+        gate(name, inputs[name], params.gates, previous[name], run_dir, dataset)
+
+    examples = make_examples(sessions, data.documents, params)
+    joined = join_point_in_time(examples, dataset, params.feature_service)
+    report = gate("examples", joined, params.gates, previous["examples"], run_dir, dataset)
+
+    config = {
+        "dataset": dataset,
+        "end_date": end_date.isoformat() if end_date else None,
+        "params": params.model_dump(mode="json"),
+        "feature_service": params.feature_service or FEATURE_SERVICE_VERSION,
+        "source": data.manifest.__dict__ if data.manifest else None,
+        "run_dir": run_dir.name,
+        "gates_passed": list(GATES),
+    }
+    counts = write_examples(joined, run_dir / "examples", config)
+    ref = publish(dataset, run_dir / "examples", {**config, "rows": counts, "examples_gate_rows": report.row_count})
+    log.info("published %s: %s", ref, counts)
+    return ref

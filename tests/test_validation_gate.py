@@ -1,0 +1,208 @@
+"""The data gate catches each kind of corruption with a message that names it; clean frames pass."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ingest.contract import SCHEMAS, validate_table
+from training.examples import ExampleConfig, build_examples
+from validation.gate import GateFailed, GateReport, enforce, latest_report, run_gate
+from validation.suites import GateConfig, examples_suite, input_suite
+
+
+def T(s: str) -> pd.Timestamp:
+    return pd.Timestamp(s, tz="UTC")
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, pd.DataFrame]:
+    searchers = pd.DataFrame(
+        {
+            "searcher_id": ["u1", "u2", "u3"],
+            "city": ["Paris", "Lyon", None],
+            "region": ["IDF", "ARA", None],
+            "country": ["FR", "FR", None],
+            "language": ["fr", "fr", "en"],
+            "created_at": [T("2023-01-01"), T("2023-02-01"), T("2023-03-01")],
+            "lat": [48.85, 45.76, None],
+        }
+    )
+    documents = pd.DataFrame(
+        {
+            "doc_id": [f"d{i}" for i in range(1, 7)],
+            "doc_type": ["group"] * 6,
+            "title": [f"title {i}" for i in range(1, 7)],
+            "body": [""] * 6,
+            "city": ["Paris"] * 6,
+            "region": ["IDF"] * 6,
+            "country": ["FR"] * 6,
+            "created_at": [T("2023-01-01")] * 6,
+            "last_active_at": [T("2023-06-01")] * 6,
+        }
+    )
+    sessions = pd.DataFrame(
+        {
+            "session_id": ["s1", "s2", "s3", "s4"],
+            "searcher_id": ["u1", "u1", "u2", "u3"],
+            "ts": [T("2024-01-01 10:00"), T("2024-01-01 10:10"), T("2024-01-02"), T("2024-01-03")],
+            "query": ["pizza", "pizza near me", "", "jazz"],
+            "impressed": [["d1", "d2"], ["d3", "d4"], ["d1", "d5"], ["d2", "d3"]],
+            "clicked": [[], ["d3"], ["d1"], ["d3", "d2"]],
+        }
+    )
+    return {
+        "searchers": validate_table(searchers, SCHEMAS["searchers"]),
+        "documents": validate_table(documents, SCHEMAS["documents"]),
+        "sessions": validate_table(sessions, SCHEMAS["sessions"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def examples(tables) -> pd.DataFrame:
+    ex = build_examples(tables["sessions"], tables["documents"], ExampleConfig(random_negatives=2))
+    n = len(ex)
+    return ex.assign(
+        searcher_feature_ts=ex["ts"] - pd.Timedelta(days=1),
+        doc_feature_ts=ex["ts"] - pd.Timedelta(hours=1),
+        searcher_friend_count=[3] * n,
+        searcher_clusters=[["c1", "c2"]] * n,
+        searcher_clusters_weights=[[0.25, 0.75]] * n,
+        doc_member_cities=[["Paris"]] * n,
+        doc_member_cities_weights=[[1.0]] * n,
+    )
+
+
+def gate(table: str, df: pd.DataFrame, config: GateConfig | None = None, previous=None) -> GateReport:
+    suite = examples_suite(df.columns, config) if table == "examples" else input_suite(table, df.columns, config)
+    return run_gate(table, df, suite, previous)
+
+
+def only_failure(report: GateReport, expectation: str, column: str | None):
+    assert not report.passed
+    hits = [f for f in report.failures if f.expectation == expectation and f.column == column]
+    assert hits, f"expected {expectation} on {column}; got {report.failures}"
+    return hits[0]
+
+
+@pytest.mark.parametrize("table", ["searchers", "documents", "sessions", "examples"])
+def test_clean_frames_pass(tables, examples, table):
+    df = examples if table == "examples" else tables[table]
+    report = gate(table, df)
+    assert report.passed, report.to_markdown()
+    assert report.failures == [] and report.row_count == len(df) and report.evaluated > 5
+    assert enforce(report) is report
+
+
+def test_nulls_are_caught(tables):
+    df = tables["searchers"].copy()
+    df.loc[1, "searcher_id"] = None
+    report = gate("searchers", df)
+    f = only_failure(report, "expect_column_values_to_not_be_null", "searcher_id")
+    assert f.unexpected_count == 1
+    assert "no nulls in searchers.searcher_id" in report.to_markdown()
+
+
+def test_duplicated_ids_are_caught(tables):
+    df = pd.concat([tables["documents"], tables["documents"].iloc[[2]]], ignore_index=True)
+    report = gate("documents", df)
+    f = only_failure(report, "expect_column_values_to_be_unique", "doc_id")
+    assert f.unexpected_count == 2 and f.examples == ["d3", "d3"]
+
+
+def test_out_of_range_values_are_caught(tables, examples):
+    df = tables["searchers"].copy()
+    df.loc[0, "lat"] = 200.0
+    f = only_failure(gate("searchers", df), "expect_column_values_to_be_between", "lat")
+    assert f.unexpected_count == 1 and f.examples == ["200.0"]
+
+    bad = examples.copy()
+    bad.at[0, "searcher_clusters_weights"] = [1.5, -0.5]
+    report = gate("examples", bad)
+    f = only_failure(report, "expect_column_values_to_be_between", "searcher_clusters_weights__min")
+    assert f.unexpected_count == 1
+    only_failure(report, "expect_column_values_to_be_between", "searcher_clusters_weights__max")
+
+
+def test_click_rate_bounds(tables):
+    never = tables["sessions"].assign(clicked=[[] for _ in range(len(tables["sessions"]))])
+    f = only_failure(gate("sessions", never), "expect_column_mean_to_be_between", "_has_click")
+    assert "observed 0.0" in f.detail
+    # 3 of the 4 sessions clicked: 0.75 is above a 0.5 ceiling
+    f = only_failure(
+        gate("sessions", tables["sessions"], GateConfig(max_click_rate=0.5)),
+        "expect_column_mean_to_be_between", "_has_click",
+    )
+    assert "observed 0.75" in f.detail
+
+
+def test_missing_column_is_caught_once(tables):
+    report = gate("sessions", tables["sessions"].drop(columns=["query"]))
+    only_failure(report, "expect_column_to_exist", "query")
+    assert [f.column for f in report.failures] == ["query"]  # no follow-up errors for the same column
+
+
+def test_empty_input_always_fails(tables, examples):
+    for table, df in (("documents", tables["documents"]), ("examples", examples)):
+        report = gate(table, df.iloc[:0])
+        f = only_failure(report, "expect_table_row_count_to_be_between", None)
+        assert "empty input" in f.detail and report.row_count == 0
+    # even with the row-count tolerance switched off
+    report = gate("documents", tables["documents"].iloc[:0], GateConfig(row_count_tolerance=None))
+    only_failure(report, "expect_table_row_count_to_be_between", None)
+
+
+def test_feature_timestamp_after_event_is_caught(examples):
+    shifted = examples.copy()
+    shifted.loc[[1, 2], "doc_feature_ts"] = shifted.loc[[1, 2], "ts"] + pd.Timedelta(seconds=1)
+    report = gate("examples", shifted)
+    f = only_failure(report, "expect_column_pair_values_a_to_be_greater_than_b", "ts,doc_feature_ts")
+    assert f.unexpected_count == 2
+    assert "not after the example time" in f.detail
+    assert len(report.failures) == 1
+    # equal times are allowed (a feature written at the session's instant is not from the future)
+    same = examples.assign(doc_feature_ts=examples["ts"])
+    assert gate("examples", same).passed
+
+
+def test_missing_features_are_caught(examples):
+    none = examples.assign(doc_feature_ts=pd.Series(pd.NaT, index=examples.index, dtype="datetime64[ns, UTC]"))
+    f = only_failure(gate("examples", none), "expect_column_values_to_not_be_null", "doc_feature_ts")
+    assert f.unexpected_count == len(examples) and "found a snapshot" in f.detail
+    assert gate("examples", none, GateConfig(min_feature_coverage=0)).passed
+
+
+def test_naive_timestamps_are_caught(tables):
+    df = tables["sessions"].assign(ts=tables["sessions"]["ts"].dt.tz_localize(None))
+    only_failure(gate("sessions", df), "expect_column_values_to_be_of_type", "ts")
+
+
+def test_row_count_against_previous_run(tables):
+    df = tables["documents"]
+    previous = GateReport(name="documents", passed=True, row_count=20)
+    report = gate("documents", df, previous=previous)  # 6 rows < 20 * 0.5
+    f = only_failure(report, "expect_table_row_count_to_be_between", None)
+    assert report.row_bounds == (10, 30) and "observed 6" in f.detail
+    assert gate("documents", df, previous=GateReport(name="documents", passed=True, row_count=8)).passed
+    assert gate("documents", df, GateConfig(row_count_tolerance=None), previous=previous).passed
+
+
+def test_enforce_raises_with_markdown_and_reports_round_trip(tables, tmp_path):
+    df = tables["searchers"].copy()
+    df.loc[0, "searcher_id"] = None
+    report = gate("searchers", df)
+    with pytest.raises(GateFailed) as err:
+        enforce(report)
+    assert str(err.value) == report.to_markdown()
+    assert "FAILED" in str(err.value) and "searcher_id" in str(err.value)
+    assert err.value.report is report
+
+    json_path, md_path = report.save(tmp_path / "run-1" / "gates")
+    assert GateReport.load(json_path) == report
+    assert md_path.read_text() == report.to_markdown()
+    good = gate("searchers", tables["searchers"])
+    good.save(tmp_path / "run-0" / "gates")
+    # the newest passing report is the baseline; a failed run does not move it
+    assert latest_report(tmp_path, "searchers") == good
+    assert latest_report(tmp_path, "searchers", passed_only=False) == report
+    assert latest_report(tmp_path / "nowhere", "searchers") is None

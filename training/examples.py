@@ -1,0 +1,361 @@
+"""Sessions -> training examples: clicks as positives, negatives, hard positives, time split, feature join.
+
+One example is one (session, clicked document) pair. Negatives travel with it as list columns so that every
+experiment of the paper can be run from the same table:
+- ``random_negatives``: k documents drawn uniformly from the corpus, never one of the session's clicks
+  (the paper's choice: random negatives give the best recall);
+- ``impressed_negatives``: the session's non-clicked impressions (the experiment that hurts recall).
+Hard positives come from failed searches: a session with a query and no click, followed within a window by a
+session of the same searcher that clicked, yields (failed query, later clicked document).
+
+The split is by time so that evaluation sessions are always newer than training sessions. Features are joined
+point-in-time through the feature store; the feature rows' own timestamps are kept so that the validation gate
+can prove that nothing newer than the session reached an example.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from features.schema import EXAMPLE_KEYS, SPLITS, doc_column, searcher_column
+
+SEARCHER_FEATURE_TS = "searcher_feature_ts"
+DOC_FEATURE_TS = "doc_feature_ts"
+FEATURE_TS_COLUMNS = (SEARCHER_FEATURE_TS, DOC_FEATURE_TS)
+EVENT_TIMESTAMP = "event_timestamp"  # the time column of a Feast entity frame
+EXTRA_COLUMNS = ("is_hard_positive", "impressed_negatives", "random_negatives")
+
+
+class ExampleConfig(BaseModel):
+    """How positives and negatives are made from sessions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    random_negatives: int = Field(
+        5, ge=0, le=1000, description="documents sampled uniformly from the corpus per example"
+    )
+    hard_positives: bool = Field(True, description="mine extra positives from failed search sessions")
+    hard_positive_window_minutes: float = Field(
+        30.0, gt=0, le=7 * 24 * 60, description="how soon a clicked session must follow a failed one"
+    )
+    hard_positives_in_eval: bool = Field(
+        False, description="keep hard positives in valid/test too (default: training only, eval = clicks)"
+    )
+    seed: int = Field(0, description="seed of the random negatives")
+
+
+class SplitConfig(BaseModel):
+    """Time split: the newest sessions are held out. Cut dates win over fractions when given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="share of sessions (the newest) for test")
+    valid_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of the training sessions (the newest) for validation"
+    )
+    test_start: datetime | None = Field(None, description="sessions at or after this time are test")
+    valid_start: datetime | None = Field(None, description="training sessions at or after this are valid")
+    use_source_split: bool = Field(
+        True, description="when sessions carry a source split, keep it (valid is carved out of train by time)"
+    )
+
+    @field_validator("test_start", "valid_start")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return v
+        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SplitConfig":
+        if self.test_start and self.valid_start and self.valid_start >= self.test_start:
+            raise ValueError(
+                f"valid_start ({self.valid_start}) must be before test_start ({self.test_start})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- selection and split
+
+
+def end_of_day(day: date | datetime) -> pd.Timestamp:
+    """The first instant after ``day`` (UTC): the exclusive upper bound of a run over data up to ``day``."""
+    if isinstance(day, datetime):
+        ts = pd.Timestamp(day)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return pd.Timestamp(datetime.combine(day, time.min, tzinfo=timezone.utc) + timedelta(days=1))
+
+
+def sessions_until(sessions: pd.DataFrame, end: date | datetime | None) -> pd.DataFrame:
+    """Sessions up to and including the day ``end`` (all of them when ``end`` is None)."""
+    if end is None:
+        return sessions
+    return sessions[sessions["ts"] < end_of_day(end)].reset_index(drop=True)
+
+
+def _newest(ts: pd.Series, fraction: float, start: datetime | None) -> pd.Series:
+    """Mask of the newest rows: those at or after ``start``, or the newest ``fraction`` of them.
+
+    A cut is a timestamp, so rows sharing the boundary time land on the same side and every held-out
+    row is at least as new as every kept one.
+    """
+    if start is not None:
+        return ts >= pd.Timestamp(start)
+    if fraction <= 0 or ts.empty:
+        return pd.Series(False, index=ts.index)
+    n = max(1, int(round(fraction * len(ts))))
+    cut = ts.sort_values(kind="stable").iloc[len(ts) - n]
+    return ts >= cut
+
+
+def split_sessions(sessions: pd.DataFrame, config: SplitConfig | None = None) -> pd.Series:
+    """train / valid / test for every session (aligned with ``sessions.index``)."""
+    config = config or SplitConfig()
+    ts = sessions["ts"]
+    out = pd.Series("train", index=sessions.index, dtype=object)
+    source = sessions["split"] if "split" in sessions.columns else None
+    if config.use_source_split and source is not None and source.notna().any():
+        src = source.fillna("train").astype(str)
+        bad = ~src.isin(SPLITS)
+        if bad.any():
+            raise ValueError(
+                f"sessions.split has value {src[bad].iloc[0]!r} (session {sessions.loc[bad, 'session_id'].iloc[0]!r});"
+                f" allowed: {list(SPLITS)}"
+            )
+        out[:] = src.to_numpy()
+    else:
+        out[_newest(ts, config.test_fraction, config.test_start)] = "test"
+    if not (out == "valid").any():
+        train = out == "train"
+        valid = _newest(ts[train], config.valid_fraction, config.valid_start)
+        out[valid[valid].index] = "valid"
+    return out
+
+
+def partition(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One frame per split, in the order of SPLITS (a split may be empty)."""
+    return {s: examples[examples["split"] == s].reset_index(drop=True) for s in SPLITS}
+
+
+# --------------------------------------------------------------------------- negatives
+
+
+def sample_random_negatives(
+    exclude: pd.Series | list[list[str]], corpus: pd.Series | np.ndarray, k: int, seed: int = 0
+) -> list[list[str]]:
+    """For each row, ``k`` doc_ids drawn uniformly (with replacement) from ``corpus``, none in ``exclude[row]``.
+
+    Vectorized rejection sampling: draw all, redraw only the draws that hit an excluded id.
+    """
+    exclude = list(exclude)
+    n = len(exclude)
+    if k == 0 or n == 0:
+        return [[] for _ in range(n)]
+    docs = pd.Index(pd.unique(np.asarray(corpus, dtype=object)))
+    m = len(docs)
+    lens = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=n)
+    flat = [d for e in exclude for d in e]
+    cols = docs.get_indexer(flat) if flat else np.empty(0, dtype=np.int64)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lens)
+    known = cols >= 0
+    forbidden = np.unique(rows[known] * m + cols[known])
+    per_row = np.bincount(rows[known], minlength=n) if known.any() else np.zeros(n, dtype=np.int64)
+    if m == 0 or (per_row >= m).any():
+        raise ValueError(
+            f"cannot sample random negatives: the corpus has {m} document(s) and a row excludes "
+            f"{int(per_row.max()) if n else 0} of them; random negatives need documents that are not positives"
+        )
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, m, size=(n, k))
+    base = (np.arange(n, dtype=np.int64) * m)[:, None]
+    while True:
+        bad = np.isin(base + draws, forbidden)
+        if not bad.any():
+            break
+        draws[bad] = rng.integers(0, m, size=int(bad.sum()))
+    return docs.to_numpy()[draws].tolist()
+
+
+def _without(values: list, drop: list) -> list:
+    if len(drop) == 1:  # the common case: one click
+        return [v for v in values if v != drop[0]]
+    gone = set(drop)
+    return [v for v in values if v not in gone]
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def _dedupe(ids) -> list[str]:
+    return list(ids) if len(ids) < 2 else list(dict.fromkeys(ids))
+
+
+def _rows(
+    frame: pd.DataFrame, docs: pd.Series, hard: bool, negatives_from: pd.Series, positives: pd.Series
+) -> pd.DataFrame:
+    """Explode one positive per row; ``positives`` is what random negatives must avoid."""
+    base = frame[["session_id", "searcher_id", "query", "ts", "split"]].assign(
+        doc_id=docs.to_numpy(), _imp=negatives_from.to_numpy(), _pos=positives.to_numpy()
+    )
+    out = base.explode("doc_id").dropna(subset=["doc_id"])
+    out["impressed_negatives"] = [_without(i, p) for i, p in zip(out["_imp"], out["_pos"])]
+    out["is_hard_positive"] = hard
+    return out
+
+
+def build_examples(
+    sessions: pd.DataFrame,
+    documents: pd.DataFrame,
+    config: ExampleConfig | None = None,
+    split: SplitConfig | None = None,
+) -> pd.DataFrame:
+    """One row per (session, clicked document), plus hard positives; split assigned by time.
+
+    Columns: EXAMPLE_KEYS, ``is_hard_positive``, ``impressed_negatives``, ``random_negatives``.
+    Sessions with an empty query (recommendation) are kept; their query is ``""``.
+    """
+    config = config or ExampleConfig()
+    s = sessions.reset_index(drop=True)
+    s = s.assign(
+        query=s["query"].fillna("").astype(str),
+        split=split_sessions(s, split).to_numpy(),
+        clicked=s["clicked"].map(_dedupe),
+        impressed=s["impressed"].map(list),
+    )
+    parts = [_rows(s, s["clicked"], False, s["impressed"], s["clicked"])]
+    if config.hard_positives:
+        hp = _hard_positive_sessions(s, config.hard_positive_window_minutes)
+        if not config.hard_positives_in_eval:
+            hp = hp[hp["split"] == "train"]
+        parts.append(_rows(hp, hp["next_clicked"], True, hp["impressed"], hp["next_clicked"]))
+    ex = pd.concat(parts, ignore_index=True)
+    ex["example_id"] = ex["session_id"].astype(str) + ":" + ex["doc_id"].astype(str)
+    ex["random_negatives"] = sample_random_negatives(
+        ex["_pos"], documents["doc_id"], config.random_negatives, config.seed
+    )
+    ex["is_hard_positive"] = ex["is_hard_positive"].astype(bool)
+    ex = ex.sort_values(["ts", "example_id"], kind="stable").reset_index(drop=True)
+    return ex[[*EXAMPLE_KEYS, *EXTRA_COLUMNS]]
+
+
+def _hard_positive_sessions(s: pd.DataFrame, window_minutes: float) -> pd.DataFrame:
+    """Failed search sessions with the clicks of the same searcher's next clicked session in the window.
+
+    A failed session has a query and no click (an unclicked recommendation is not a failed search).
+    """
+    failed = s[(s["clicked"].map(len) == 0) & (s["query"] != "")]
+    done = s[s["clicked"].map(len) > 0]
+    if failed.empty or done.empty:
+        return failed.iloc[:0].assign(next_clicked=pd.Series([], dtype=object))
+    right = done[["searcher_id", "ts", "clicked"]].rename(
+        columns={"ts": "_next_ts", "clicked": "next_clicked"}
+    )
+    right = right.assign(_next_ts=right["_next_ts"].astype(failed["ts"].dtype)).sort_values("_next_ts")
+    m = pd.merge_asof(
+        failed.sort_values("ts"),
+        right,
+        left_on="ts",
+        right_on="_next_ts",
+        by="searcher_id",
+        direction="forward",
+        allow_exact_matches=False,
+        tolerance=pd.Timedelta(minutes=window_minutes),
+    )
+    return m[m["next_clicked"].notna()].drop(columns="_next_ts").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- point-in-time join
+
+
+class HistoricalFeatureSource(Protocol):
+    """What the join needs from the feature store (features.store.FeatureRepo provides it)."""
+
+    def historical_features(
+        self, entity_df: pd.DataFrame, entity: Literal["searcher", "document"], service=None
+    ) -> pd.DataFrame: ...
+
+
+_ENTITIES: tuple[tuple[Literal["searcher", "document"], str, Callable[[str], str], str], ...] = (
+    ("searcher", "searcher_id", searcher_column, SEARCHER_FEATURE_TS),
+    ("document", "doc_id", doc_column, DOC_FEATURE_TS),
+)
+
+
+def _utc_ns(s: pd.Series) -> pd.Series:
+    s = pd.to_datetime(s, utc=True)
+    return s.astype("datetime64[ns, UTC]")
+
+
+def join_features(
+    examples: pd.DataFrame,
+    store: HistoricalFeatureSource,
+    service: str | None = None,
+    feature_ts_column: str = "feature_ts",
+) -> pd.DataFrame:
+    """Point-in-time join of searcher features on (searcher_id, ts) and document features on (doc_id, ts).
+
+    The store returns, for each entity row, the newest feature row not after the row's time, with that
+    feature row's own time in ``feature_ts_column``; it is kept as ``searcher_feature_ts`` /
+    ``doc_feature_ts`` for the gate. Rows are matched back on key and time (Feast does not keep order).
+    """
+    out = examples.copy()
+    out["ts"] = _utc_ns(out["ts"])
+    for entity, key, rename, ts_name in _ENTITIES:
+        entities = out[[key, "ts"]].drop_duplicates().rename(columns={"ts": EVENT_TIMESTAMP})
+        if entities.empty:
+            out[ts_name] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns, UTC]")
+            continue
+        feats = store.historical_features(entities.reset_index(drop=True), entity, service)
+        if feature_ts_column not in feats.columns:
+            raise KeyError(
+                f"the {entity} features have no {feature_ts_column!r} column, so leakage cannot be checked; "
+                f"columns: {list(feats.columns)}"
+            )
+        feats = feats.rename(columns={EVENT_TIMESTAMP: "ts", feature_ts_column: ts_name})
+        feats["ts"] = _utc_ns(feats["ts"])
+        feats[ts_name] = _utc_ns(feats[ts_name])
+        names = {c: rename(c) for c in feats.columns if c not in (key, "ts", ts_name)}
+        clash = sorted(set(names.values()) & set(out.columns))
+        if clash:
+            raise ValueError(f"{entity} features would overwrite example columns {clash}")
+        feats = feats.rename(columns=names).drop_duplicates([key, "ts"])
+        out = out.merge(feats, on=[key, "ts"], how="left", validate="many_to_one")
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_splits(examples: pd.DataFrame, out_dir: Path, config: dict) -> dict[str, int]:
+    """Write ``train/valid/test.parquet`` and ``config.json`` into ``out_dir``, all or nothing.
+
+    Files go to a temporary sibling directory that replaces ``out_dir`` only once everything is written.
+    Returns the row count of each split (also recorded in the config).
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        counts = {}
+        for name, frame in partition(examples).items():
+            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+            counts[name] = len(frame)
+        (tmp / "config.json").write_text(json.dumps({**config, "rows": counts}, indent=2, sort_keys=True, default=str))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return counts

@@ -1,0 +1,263 @@
+"""The expectation suites: what the canonical inputs and the joined training examples must satisfy.
+
+Input suites are derived from the canonical contract (ingest/contract.py), so a new column there is checked
+here without a second list to maintain: presence, types, nulls, unique keys, timestamp ranges. On top come
+the rules the contract cannot state: value ranges, the share of sessions with a click, and for examples the
+point-in-time rule (no feature row newer than the example) and weights of multi-valued features in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.schema import DOC_NUMERIC, EXAMPLE_KEYS, SEARCHER_NUMERIC, SPLITS, doc_column, searcher_column
+from ingest.contract import SCHEMAS, Column, TableSchema
+from training.examples import EXTRA_COLUMNS, FEATURE_TS_COLUMNS
+from validation.gate import GateSuite
+
+HAS_CLICK = "_has_click"  # derived: 1.0 when a session has at least one click
+_GATED_TABLES = ("searchers", "documents", "sessions")
+_RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "age": (0, 150)}
+_GE_TYPES = {"string": "str", "int64": "int64", "float64": "float64", "timestamp": "Timestamp"}
+
+
+class GateConfig(BaseModel):
+    """Bounds of the data gates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_click_rate: float = Field(0.01, ge=0, le=1, description="lowest share of sessions with a click")
+    max_click_rate: float = Field(1.0, ge=0, le=1, description="highest share of sessions with a click")
+    row_count_tolerance: float | None = Field(
+        0.5, ge=0, description="allowed relative change of a row count against the previous run (None: off)"
+    )
+    earliest: datetime = Field(
+        datetime(1970, 1, 1, tzinfo=timezone.utc), description="no timestamp may be older than this"
+    )
+    future_slack: timedelta = Field(
+        timedelta(days=1), description="timestamps may be at most this far after the time of the check"
+    )
+    weight_sum_tolerance: float = Field(1e-3, gt=0, description="multi-valued weights must sum to 1 +/- this")
+    min_feature_coverage: float = Field(
+        0.5, ge=0, le=1,
+        description="least share of examples that found a feature snapshot (catches a missing materialization)",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "GateConfig":
+        if self.min_click_rate > self.max_click_rate:
+            raise ValueError(
+                f"min_click_rate ({self.min_click_rate}) must not exceed max_click_rate ({self.max_click_rate})"
+            )
+        return self
+
+
+def _gx():
+    import great_expectations as gx
+
+    return gx.expectations
+
+
+def _time_bounds(config: GateConfig) -> tuple[pd.Timestamp, pd.Timestamp]:
+    earliest = pd.Timestamp(config.earliest)
+    earliest = earliest.tz_localize("UTC") if earliest.tzinfo is None else earliest.tz_convert("UTC")
+    return earliest, pd.Timestamp.now(tz="UTC") + config.future_slack
+
+
+def _column_expectations(table: str, c: Column, config: GateConfig) -> list:
+    E = _gx()
+    out = [E.ExpectColumnToExist(column=c.name, description=f"column {table}.{c.name} is present")]
+    if not c.nullable:
+        out.append(E.ExpectColumnValuesToNotBeNull(column=c.name, description=f"no nulls in {table}.{c.name}"))
+    if c.kind == "list_string":
+        out.append(
+            E.ExpectColumnValuesToBeInTypeList(
+                column=c.name, type_list=["list"], description=f"{table}.{c.name} holds lists of ids"
+            )
+        )
+    else:
+        out.append(
+            E.ExpectColumnValuesToBeOfType(
+                column=c.name, type_=_GE_TYPES[c.kind], description=f"{table}.{c.name} is {c.kind} (UTC when a time)"
+            )
+        )
+    if c.kind == "timestamp":
+        lo, hi = _time_bounds(config)
+        out.append(
+            E.ExpectColumnValuesToBeBetween(
+                column=c.name, min_value=lo, max_value=hi,
+                description=f"{table}.{c.name} is a plausible time (not before {lo.date()}, not in the future)",
+            )
+        )
+    if c.name in _RANGES:
+        lo, hi = _RANGES[c.name]
+        out.append(
+            E.ExpectColumnValuesToBeBetween(
+                column=c.name, min_value=lo, max_value=hi, description=f"{table}.{c.name} in range"
+            )
+        )
+    return out
+
+
+def table_expectations(schema: TableSchema, columns: Iterable[str], config: GateConfig) -> list:
+    """Contract checks of one canonical table; optional columns are checked when ``columns`` has them."""
+    E = _gx()
+    present = set(columns)
+    cols = [*schema.columns, *[c for c in schema.optional if c.name in present]]
+    out = [e for c in cols for e in _column_expectations(schema.name, c, config)]
+    if len(schema.key) == 1:
+        out.append(
+            E.ExpectColumnValuesToBeUnique(column=schema.key[0], description=f"{schema.name} ids are unique")
+        )
+    elif schema.key:
+        out.append(
+            E.ExpectCompoundColumnsToBeUnique(
+                column_list=list(schema.key), description=f"{schema.name} keys {schema.key} are unique"
+            )
+        )
+    if schema.name == "documents":
+        out.append(
+            E.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="last_active_at", column_B="created_at", or_equal=True,
+                ignore_row_if="either_value_is_missing",
+                description="a document is not active before it was created",
+            )
+        )
+    if schema.name == "sessions":
+        out.append(
+            E.ExpectColumnMeanToBeBetween(
+                column=HAS_CLICK, min_value=config.min_click_rate, max_value=config.max_click_rate,
+                description="share of sessions with a click within the configured bounds",
+            )
+        )
+        if "split" in present:
+            out.append(
+                E.ExpectColumnValuesToBeInSet(
+                    column="split", value_set=list(SPLITS), description=f"source split is one of {list(SPLITS)}"
+                )
+            )
+    return out
+
+
+def _derive_sessions(df: pd.DataFrame) -> pd.DataFrame:
+    if "clicked" not in df.columns:
+        return df
+    has = df["clicked"].map(lambda v: float(v is not None and len(v) > 0))
+    return df.assign(**{HAS_CLICK: has.astype("float64")})
+
+
+def input_suite(table: str, columns: Iterable[str], config: GateConfig | None = None) -> GateSuite:
+    """The gate of one canonical input table (searchers, documents or sessions)."""
+    if table not in _GATED_TABLES:
+        raise ValueError(f"no input gate for table {table!r}; gated tables: {list(_GATED_TABLES)}")
+    config = config or GateConfig()
+    columns = list(columns)
+    schema = SCHEMAS[table]
+    return GateSuite(
+        name=table,
+        expectations=lambda: table_expectations(schema, columns, config),
+        derive=_derive_sessions if table == "sessions" else None,
+        row_count_tolerance=config.row_count_tolerance,
+    )
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def weight_columns(columns: Iterable[str]) -> list[str]:
+    return [c for c in columns if c.endswith("_weights")]
+
+
+def _list_stats(values: pd.Series) -> pd.DataFrame:
+    """min, max and sum of each list (NaN for empty or missing lists), vectorized through explode."""
+    lists = values.map(lambda v: [] if v is None or (isinstance(v, float) and np.isnan(v)) else list(v))
+    flat = pd.to_numeric(lists.explode(), errors="coerce")
+    grouped = flat.groupby(level=0)
+    stats = pd.DataFrame({"min": grouped.min(), "max": grouped.max(), "sum": grouped.sum(min_count=1)})
+    return stats.reindex(values.index)
+
+
+def _derive_examples(df: pd.DataFrame) -> pd.DataFrame:
+    extra = {}
+    for col in weight_columns(df.columns):
+        stats = _list_stats(df[col])
+        for k in ("min", "max", "sum"):
+            extra[f"{col}__{k}"] = stats[k].astype("float64")
+    return df.assign(**extra) if extra else df
+
+
+def examples_expectations(columns: Iterable[str], config: GateConfig) -> list:
+    E = _gx()
+    present = list(columns)
+    out = [
+        E.ExpectColumnToExist(column=c, description=f"example column {c} is present")
+        for c in (*EXAMPLE_KEYS, *EXTRA_COLUMNS, *FEATURE_TS_COLUMNS)
+    ]
+    out += [
+        E.ExpectColumnValuesToNotBeNull(column=c, description=f"no nulls in example key {c}")
+        for c in EXAMPLE_KEYS
+    ]
+    out += [
+        E.ExpectColumnValuesToBeUnique(column="example_id", description="example ids are unique"),
+        E.ExpectCompoundColumnsToBeUnique(
+            column_list=["session_id", "doc_id"], description="one example per (session, document)"
+        ),
+        E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS), description="split is known"),
+        E.ExpectColumnValuesToBeOfType(column="ts", type_="Timestamp", description="example time is UTC"),
+    ]
+    lo, hi = _time_bounds(config)
+    out.append(
+        E.ExpectColumnValuesToBeBetween(
+            column="ts", min_value=lo, max_value=hi, description="example time is plausible"
+        )
+    )
+    for ts in FEATURE_TS_COLUMNS:
+        out.append(
+            E.ExpectColumnValuesToNotBeNull(
+                column=ts, mostly=config.min_feature_coverage,
+                description=f"at least {config.min_feature_coverage:.0%} of examples found a snapshot ({ts})",
+            )
+        )
+        out.append(
+            E.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="ts", column_B=ts, or_equal=True, ignore_row_if="either_value_is_missing",
+                description=f"{ts} is not after the example time (no feature from the future)",
+            )
+        )
+    numeric = [searcher_column(n) for n in SEARCHER_NUMERIC] + [doc_column(n) for n in DOC_NUMERIC]
+    for col in (c for c in numeric if c in present):
+        out.append(
+            E.ExpectColumnValuesToBeBetween(column=col, min_value=0, description=f"{col} is not negative")
+        )
+    tol = config.weight_sum_tolerance
+    for col in weight_columns(present):
+        out += [
+            E.ExpectColumnValuesToBeBetween(
+                column=f"{col}__min", min_value=0.0, max_value=1.0, description=f"every weight of {col} in [0, 1]"
+            ),
+            E.ExpectColumnValuesToBeBetween(
+                column=f"{col}__max", min_value=0.0, max_value=1.0, description=f"every weight of {col} in [0, 1]"
+            ),
+            E.ExpectColumnValuesToBeBetween(
+                column=f"{col}__sum", min_value=1.0 - tol, max_value=1.0 + tol,
+                description=f"non-empty weights of {col} sum to 1",
+            ),
+        ]
+    return out
+
+
+def examples_suite(columns: Iterable[str], config: GateConfig | None = None) -> GateSuite:
+    """The gate of the joined training examples (all splits together)."""
+    config = config or GateConfig()
+    columns = list(columns)
+    return GateSuite(
+        name="examples",
+        expectations=lambda: examples_expectations(columns, config),
+        derive=_derive_examples,
+        row_count_tolerance=config.row_count_tolerance,
+    )
