@@ -39,6 +39,9 @@ class MaterializeParams(BaseModel):
     dataset: str = Field("synthetic-default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     start_date: date | None = None
     end_date: date | None = None
+    # Snapshot cadence of a backfill: 1 = daily; up to the feature views' 7-day TTL, so that every event in
+    # the range still finds a snapshot (a long history can be backfilled weekly in a seventh of the time).
+    every_days: int = Field(1, ge=1, le=7)
 
     @model_validator(mode="after")
     def _ordered(self) -> MaterializeParams:
@@ -58,7 +61,9 @@ class MaterializeParams(BaseModel):
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
             start = end = when.astimezone(timezone.utc).date() - timedelta(days=1)
-        return days_between(start or end, end or start)
+        days = days_between(start or end, end or start)
+        picked = days[:: self.every_days]
+        return picked if picked[-1] == days[-1] else [*picked, days[-1]]
 
 
 class DayCounts(BaseModel):
@@ -142,9 +147,11 @@ def materialize(
     dataset: str = "synthetic-default",
     start_date: date | None = None,
     end_date: date | None = None,
+    every_days: int = 1,
 ) -> MaterializeReport:
-    """Compute, write and materialize the daily feature snapshots of ``dataset`` for a range of days."""
-    params = MaterializeParams(dataset=dataset, start_date=start_date, end_date=end_date)
+    """Compute, write and materialize the feature snapshots of ``dataset`` for a range of days (daily, or
+    every ``every_days`` days for a long backfill)."""
+    params = MaterializeParams(dataset=dataset, start_date=start_date, end_date=end_date, every_days=every_days)
     days = params.days(flow_run.scheduled_start_time)
     log = get_run_logger()
     root = str(FeatureRepo.for_dataset(params.dataset).root)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from datetime import date, datetime, timezone
 
@@ -14,30 +13,23 @@ from ingest.contract import write_dataset
 DAYS = (date(2024, 4, 20), date(2024, 4, 21), date(2024, 4, 22))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """EBR_HOME in a temporary directory with the tiny synthetic world written as two datasets."""
     from ingest.synthetic import WorldConfig, generate_world
 
     home = tmp_path_factory.mktemp("ebr-home")
-    old = os.environ.get("EBR_HOME")
-    os.environ["EBR_HOME"] = str(home)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EBR_HOME", str(home))
     write_dataset(generate_world(WorldConfig.preset("tiny")), home / "data" / "tiny-a", source="synthetic")
     shutil.copytree(home / "data" / "tiny-a", home / "data" / "tiny-b")
     yield home
-    if old is None:
-        os.environ.pop("EBR_HOME", None)
-    else:
-        os.environ["EBR_HOME"] = old
+    mp.undo()
 
 
-@pytest.fixture(scope="session")
-def harness(home):
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
+@pytest.fixture(scope="module")
+def harness(home, prefect_harness):
+    yield
 
 
 def digests(root) -> dict[str, str]:
@@ -54,6 +46,10 @@ def test_nightly_days_and_parameter_checks():
     assert nightly.days(datetime(2024, 4, 23, 2, 30, tzinfo=timezone.utc)) == [date(2024, 4, 22)]
     assert MaterializeParams(start_date=DAYS[0]).days() == [DAYS[0]]
     assert MaterializeParams(start_date=DAYS[0], end_date=DAYS[-1]).days() == list(DAYS)
+    weekly = MaterializeParams(start_date=date(2024, 4, 1), end_date=date(2024, 4, 16), every_days=7)
+    assert weekly.days() == [date(2024, 4, 1), date(2024, 4, 8), date(2024, 4, 15), date(2024, 4, 16)]
+    with pytest.raises(ValueError, match="less than or equal to 7"):
+        MaterializeParams(every_days=8)
     with pytest.raises(ValueError, match="before start_date"):
         MaterializeParams(start_date=DAYS[-1], end_date=DAYS[0])
     with pytest.raises(ValueError, match="dataset"):

@@ -98,11 +98,8 @@ def fill_feature_repo(root: Path, dataset_dir: Path, days: int = DAYS) -> Featur
 
 
 @pytest.fixture(scope="session")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_harness):
+    yield
 
 
 @pytest.fixture(scope="module")
