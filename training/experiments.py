@@ -250,12 +250,14 @@ def evaluate_ranker(
 Variant = TrainConfig | ModelConfig | LossConfig | Mapping[str, Any]
 
 # The report of "the unified embedding model": each row changes one thing of the default recipe (unified
-# towers, sampled softmax, mixed negatives); the triplet rows test online hard negatives, which only the
+# towers, sampled softmax, mixed negatives); the count-free row isolates the raw log1p count inputs; the
+# triplet rows test online hard negatives, which only the
 # triplet loss uses; the last two train with per-example negatives (4 per click, next to the hardest batch
 # negative) drawn at random from the corpus vs taken from the session's non-clicked impressions.
 REPORT_VARIANTS: dict[str, dict[str, Any]] = {
     "unified · softmax · mixed (default)": {},
     "text-only · softmax · mixed": {"model": {"use_context": False}},
+    "unified without count features · softmax · mixed": {"model": {"counts": False}},
     "unified · softmax · batch": {"loss": {"negatives": "batch"}},
     "text-only · softmax · batch": {"model": {"use_context": False}, "loss": {"negatives": "batch"}},
     "unified · triplet · mixed · online hard (2)": {"loss": {"kind": "triplet", "online_hard_negatives": 2}},

@@ -1,0 +1,228 @@
+"""The train flow: published examples -> two-tower training -> held-out evaluation -> a registered model.
+
+Steps: fetch the examples (the current ``dataset/<dataset>-examples`` version, or a given one) -> read the
+document snapshots of the dataset's feature repository -> train (``models.train``; optionally warm-started
+from the current registered model, optionally with an extra-negatives column such as the ``hard_negatives``
+of an offline mining round) -> evaluate on the held-out split against the whole index -> register the model
+version with its metrics and config -> publish the metrics table as a Prefect markdown artifact.
+The work is done by plain functions in ``models/`` and ``training/``; only I/O steps retry.
+
+The laptop defaults (:func:`laptop_config`) use smaller hashed tables than ``ModelConfig``'s defaults:
+2^16 rows per text n-gram range and 2^15 context rows (a ~60 MB model, ~180 MB checkpoint with SparseAdam
+state instead of ~0.8 GB); that is still several rows per distinct trigram, word and feature value of the
+default synthetic world and of the real datasets.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
+
+from infra.settings import get_settings
+from models.config import LossConfig, ModelConfig, TrainConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ExtraNegatives = Literal["random_negatives", "impressed_negatives", "hard_negatives"]
+
+
+def laptop_config() -> TrainConfig:
+    """The flow's default recipe: unified towers, sampled softmax with mixed negatives, laptop-sized tables."""
+    return TrainConfig(
+        model=ModelConfig(trigram_buckets=2**16, word_buckets=2**16, bigram_buckets=2**16, context_buckets=2**15),
+        loss=LossConfig(kind="softmax", negatives="mixed"),
+        epochs=6,
+        early_stopping_patience=2,
+    )
+
+
+class TrainParams(BaseModel):
+    """What to train on, how, and where to register it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: TrainConfig = Field(default_factory=laptop_config, description="model, loss and optimization")
+    model_name: str | None = Field(
+        None, pattern=NAME_PATTERN, description="registered model name (None: '<dataset>-two-tower')"
+    )
+    examples_name: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="examples artifact (None: '<dataset>-examples'; a mining round publishes its own)",
+    )
+    examples_version: str | None = Field(None, description="examples version (None: the current one)")
+    warm_start: bool = Field(False, description="start from the weights of the current registered model")
+    extra_negatives: tuple[ExtraNegatives, ...] = Field(
+        (), description="example list columns used as extra negatives (added to config.loss.extra_negatives)"
+    )
+    eval_split: Literal["valid", "test"] = Field("test", description="held-out split the registered metrics are on")
+    max_eval_sessions: int = Field(10_000, ge=1, le=1_000_000, description="held-out sessions evaluated")
+    keep_checkpoint: bool = Field(
+        False, description="keep the resumable checkpoint (optimizer state) in the run directory after registering"
+    )
+
+    def train_config(self) -> TrainConfig:
+        """``config`` with ``extra_negatives`` added to its loss: what is trained and registered."""
+        if not self.extra_negatives:
+            return self.config
+        cols = tuple(dict.fromkeys((*self.config.loss.extra_negatives, *self.extra_negatives)))
+        loss = LossConfig.model_validate({**self.config.loss.model_dump(), "extra_negatives": cols})
+        return self.config.model_copy(update={"loss": loss})
+
+    def names(self, dataset: str) -> tuple[str, str]:
+        return self.model_name or f"{dataset}-two-tower", self.examples_name or f"{dataset}-examples"
+
+
+def runs_root(dataset: str) -> Path:
+    return get_settings().home / "runs" / "train" / dataset
+
+
+def _run_dir(dataset: str) -> Path:
+    run_id = str(flow_run.id or uuid.uuid4().hex)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return runs_root(dataset) / f"{stamp}-{run_id[:8]}"
+
+
+def artifact_key(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+# --------------------------------------------------------------------------- tasks (shared with evaluate)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def fetch_examples(name: str, version: str | None) -> tuple[dict[str, pd.DataFrame], str, dict]:
+    """(train/valid/test frames, the examples ref, its metadata)."""
+    from infra.storage import ArtifactStore
+
+    store = ArtifactStore.from_settings()
+    av = store.get("dataset", name, version)
+    local = store.fetch("dataset", name, av.version)
+    parts = {s: pd.read_parquet(local / f"{s}.parquet") for s in ("train", "valid", "test")}
+    return parts, av.ref, av.metadata
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def read_document_snapshots(dataset: str, as_of: pd.Timestamp) -> pd.DataFrame:
+    from features.store import FeatureRepo
+    from training.experiments import document_snapshots_from_repo
+
+    return document_snapshots_from_repo(FeatureRepo.for_dataset(dataset), as_of)
+
+
+@task(cache_policy=NO_CACHE)
+def documents_as_of(snapshots: pd.DataFrame, as_of: pd.Timestamp, include_later: bool) -> pd.DataFrame:
+    from training.experiments import index_documents
+
+    return index_documents(snapshots, as_of, include_later=include_later)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_model(model, parts: dict, split: str, index: pd.DataFrame, max_sessions: int, seed: int) -> dict:
+    from training.experiments import evaluate_split
+
+    return evaluate_split(model, parts, split, index, max_sessions=max_sessions, seed=seed)
+
+
+@task(cache_policy=NO_CACHE)
+def publish_report(key: str, markdown: str, description: str) -> None:
+    create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+def metrics_markdown(title: str, label: str, metrics: dict, facts: dict) -> str:
+    from models.evaluate import metrics_table
+
+    lines = [f"# {title}", "", metrics_table({label: metrics}), ""]
+    lines += [f"- **{k}**: {v}" for k, v in facts.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- train-only tasks
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def warm_start_from(model_name: str) -> tuple[Path, str]:
+    from training.registry import get_registered, registered_model_path
+
+    av = get_registered(model_name)
+    return registered_model_path(model_name, av.version), av.ref
+
+
+@task(cache_policy=NO_CACHE)
+def fit(parts: dict, corpus: pd.DataFrame, config: TrainConfig, out_dir: Path, init_from: Path | None,
+        feature_service: str):
+    from models.train import train
+    from training.experiments import fill_static_document_fields
+
+    train_ex = fill_static_document_fields(parts["train"], corpus)
+    valid = parts["valid"] if len(parts["valid"]) else None
+    return train(train_ex, valid, corpus, config, out_dir, init_from=init_from, feature_service=feature_service)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def register(model_dir: Path, name: str, metrics: dict, config: TrainConfig, feature_service: str,
+             examples_ref: str, extra: dict) -> str:
+    from training.registry import register_model
+
+    return register_model(model_dir, name, metrics, config, feature_service, examples_ref, extra=extra).ref
+
+
+# --------------------------------------------------------------------------- flow
+
+
+@flow(name="train", log_prints=True)
+def train(dataset: str = "synthetic-default", params: TrainParams | None = None) -> str:
+    """Train a two-tower model on the published examples of ``dataset``, evaluate it, register it."""
+    from training.experiments import split_cutoff
+
+    params = params or TrainParams()
+    config = params.train_config()
+    log = get_run_logger()
+    model_name, examples_name = params.names(dataset)
+    run_dir = _run_dir(dataset)
+
+    parts, examples_ref, examples_meta = fetch_examples(examples_name, params.examples_version)
+    feature_service = str(examples_meta.get("feature_service") or "")
+    train_end = split_cutoff(parts, "valid")
+    index_as_of = split_cutoff(parts, params.eval_split)
+    snapshots = read_document_snapshots(dataset, min(train_end, index_as_of))
+    corpus = documents_as_of(snapshots, train_end, include_later=True)
+    index = documents_as_of(snapshots, index_as_of, include_later=True)
+
+    init_from, warm_ref = (warm_start_from(model_name) if params.warm_start else (None, None))
+    result = fit(parts, corpus, config, run_dir / "model", init_from, feature_service)
+    metrics = evaluate_model(result.model, parts, params.eval_split, index, params.max_eval_sessions, config.seed)
+
+    evaluation = {
+        "split": params.eval_split, "max_sessions": params.max_eval_sessions, "seed": config.seed,
+        "index_as_of": index_as_of.isoformat(), "index_documents": len(index), "examples": examples_ref,
+    }
+    extra = {
+        "dataset": dataset, "evaluation": evaluation, "warm_start_from": warm_ref,
+        "best_epoch": result.best_epoch, "history": result.history, "run_dir": run_dir.name,
+    }
+    ref = register(result.model_path, model_name, metrics, config, feature_service, examples_ref, extra)
+    if not params.keep_checkpoint:
+        result.checkpoint_path.unlink(missing_ok=True)
+
+    facts = {"model": f"`{ref}`", "examples": f"`{examples_ref}`", "feature service": feature_service or "-",
+             "split": f"{params.eval_split} ({int(metrics['n_sessions'])} sessions, {len(index)} documents, "
+                      f"exact KNN)", "best epoch": result.best_epoch, "warm start": warm_ref or "no",
+             "extra negatives": list(config.loss.extra_negatives) or "none"}
+    publish_report(artifact_key("train", dataset), metrics_markdown(f"Training run: {model_name}", model_name,
+                                                                    metrics, facts),
+                   f"held-out metrics of {ref}")
+    log.info("registered %s: recall@10 %.4f on %s", ref, metrics.get("recall@10", float("nan")), params.eval_split)
+    return ref
+
+
+if __name__ == "__main__":
+    train()
