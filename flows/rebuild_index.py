@@ -1,0 +1,255 @@
+"""The nightly index rebuild: selected documents -> batch embedding -> FAISS index -> validation -> publish.
+
+Steps: read the canonical documents and the newest document feature snapshot not after ``as_of`` -> apply the
+index selection filters (the report says how many each removed) -> load the current registered model ->
+embed the corpus with the document tower in batches, streamed to a file on disk -> build the index
+(``IndexConfig.for_corpus`` defaults, overrides in the params) -> validate (ANN recall@k against exact
+search on held-out queries, counts, size) -> publish ``index/<dataset>`` with its manifest and doc-id
+mapping -> the index stats and validation as a Prefect markdown artifact.
+
+A failed validation publishes nothing: the previous version stays current (and every earlier version stays
+available for rollback). The work is done by plain functions in ``retrieval/`` and ``infra/index_store.py``;
+only I/O steps retry.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import uuid
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
+
+from infra.index import EmbeddingIndex, IndexConfig
+from infra.index_selection import SelectionConfig, SelectionReport
+from infra.index_store import IndexManifest, ModelRef
+from infra.settings import get_settings
+from retrieval.validation import IndexValidation, IndexValidationError, ValidationConfig
+
+QuerySource = Literal["auto", "held_out", "documents"]
+STALE_SNAPSHOT_DAYS = 7  # the feature views' TTL: older snapshots count as missing features in Feast too
+
+
+class RebuildParams(BaseModel):
+    """How to select, embed, index and validate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="index selection filters")
+    index: IndexConfig = Field(
+        default_factory=IndexConfig,
+        description="index parameters; fields left None are sized from the corpus (IndexConfig.for_corpus)",
+    )
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="the publish gate")
+    query_source: QuerySource = Field(
+        "auto",
+        description="validation queries: held_out (the model's test examples through the query tower), "
+        "documents (document embeddings as queries), auto (held_out when the model names its examples)",
+    )
+    embed_batch_size: int = Field(8192, ge=1, le=1_000_000, description="documents per embedding batch")
+
+
+def runs_root(dataset: str) -> Path:
+    return get_settings().home / "runs" / "rebuild-index" / dataset
+
+
+def _run_dir(dataset: str) -> Path:
+    run_id = str(flow_run.id or uuid.uuid4().hex)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return runs_root(dataset) / f"{stamp}-{run_id[:8]}"
+
+
+def artifact_key(dataset: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", f"rebuild-index-{dataset}".lower()).strip("-")
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def read_inputs(dataset: str, as_of: date | None) -> tuple[pd.DataFrame, pd.DataFrame, date]:
+    """(canonical documents, the document snapshot, its day)."""
+    from features.store import FeatureRepo
+    from ingest.contract import read_dataset
+    from retrieval.corpus import snapshot_day_for
+
+    path = get_settings().data_dir / dataset
+    if not path.is_dir():
+        raise FileNotFoundError(f"no canonical dataset {dataset!r} at {path}; run 'ebr generate' or 'ebr ingest'")
+    documents = read_dataset(path, tables=("documents",)).documents
+    repo = FeatureRepo.for_dataset(dataset)
+    day = snapshot_day_for(repo.source_days("document"), as_of)
+    return documents, repo.read_source("document", day), day
+
+
+@task(cache_policy=NO_CACHE)
+def select_corpus(documents: pd.DataFrame, snapshot: pd.DataFrame, at: datetime, selection: SelectionConfig):
+    from retrieval.corpus import index_corpus
+
+    return index_corpus(documents, snapshot, at, selection)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_model(model_name: str):
+    from training.registry import load_registered_model
+
+    return load_registered_model(model_name)
+
+
+@task(cache_policy=NO_CACHE)
+def embed_corpus(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np.ndarray:
+    from retrieval.embedding import embed_documents_to_file
+
+    return embed_documents_to_file(model, corpus, path, model.config.output_dim, batch_size)
+
+
+@task(cache_policy=NO_CACHE)
+def build_index(vectors: np.ndarray, config: IndexConfig) -> EmbeddingIndex:
+    return EmbeddingIndex.build(vectors, np.arange(len(vectors), dtype=np.int64), config)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: QuerySource,
+                       config: ValidationConfig) -> tuple[np.ndarray, str]:
+    from retrieval.validation import held_out_queries, sample_rows
+
+    if source != "documents":
+        queries = held_out_queries(model, model_meta, config.n_queries, config.seed)
+        if queries is not None:
+            return queries, "held-out"
+        if source == "held_out":
+            raise ValueError(f"the model's manifest names no examples with held-out queries: {model_meta.get('examples')!r}")
+    rows = sample_rows(len(vectors), config.n_queries, config.seed)
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32), "document"
+
+
+@task(cache_policy=NO_CACHE)
+def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path) -> Path:
+    from infra.index_store import doc_map_frame, stage_index
+
+    return stage_index(index, doc_map_frame(corpus), dest)
+
+
+@task(cache_policy=NO_CACHE)
+def validate(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, source: str,
+             config: ValidationConfig, expected: int, staged: Path) -> IndexValidation:
+    from infra.index_store import staged_size
+    from retrieval.validation import validate_index
+
+    return validate_index(index, vectors, queries, config, source, expected, staged_size(staged))
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def publish(dataset: str, staged: Path, manifest: IndexManifest) -> str:
+    from infra.index_store import publish_index
+    from infra.storage import ArtifactStore
+
+    return publish_index(ArtifactStore.from_settings(), dataset, staged, manifest).ref
+
+
+@task(cache_policy=NO_CACHE)
+def publish_report(dataset: str, markdown: str, description: str) -> None:
+    create_markdown_artifact(markdown=markdown, key=artifact_key(dataset), description=description)
+
+
+def report_markdown(dataset: str, outcome: str, manifest: IndexManifest, selection: SelectionReport,
+                    validation: IndexValidation) -> str:
+    s = manifest.stats
+    lines = [
+        f"# Index rebuild: {dataset}",
+        "",
+        f"**{outcome}**",
+        "",
+        f"- model: `{manifest.model.ref}` (feature service {manifest.feature_service or '-'})",
+        f"- documents as of {manifest.as_of}, feature snapshot of {manifest.snapshot_day}",
+        f"- embedding {manifest.embed_seconds:.1f} s, index build {manifest.build_seconds:.1f} s",
+        "",
+        selection.to_markdown(),
+        "",
+        "| index | documents | dim | nlist | pq_m | nprobe | refine | bytes/doc | memory (MB) | list imbalance |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        f"| {s['kind']} | {s['ntotal']} | {s['dim']} | {s['nlist'] or '-'} | {s['pq_m'] or '-'} | "
+        f"{s['nprobe'] or '-'} | {s['refine']} | {s['bytes_per_vector']:.0f} | {s['memory_bytes'] / 1e6:.2f} | "
+        f"{'-' if s['imbalance_factor'] is None else format(s['imbalance_factor'], '.2f')} |",
+        "",
+        validation.to_markdown(),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- flow
+
+
+@flow(name="rebuild-index", log_prints=True)
+def rebuild_index(
+    dataset: str = "synthetic-default",
+    model_name: str | None = None,
+    as_of: date | None = None,
+    params: RebuildParams | None = None,
+) -> str:
+    """Rebuild, validate and publish the document index of ``dataset`` with the current registered model
+    (None: ``<dataset>-two-tower``) as of the end of ``as_of`` (None: the newest feature snapshot)."""
+    from retrieval.corpus import rebuild_time
+
+    params = params or RebuildParams()
+    model_name = model_name or f"{dataset}-two-tower"
+    log = get_run_logger()
+    run_dir = _run_dir(dataset)
+    try:
+        documents, snapshot, snapshot_day = read_inputs(dataset, as_of)
+        if as_of is not None and (as_of - snapshot_day).days > STALE_SNAPSHOT_DAYS:
+            log.warning("the newest document snapshot (%s) is more than %d days older than as_of %s: member "
+                        "aggregates are stale; materialize the missing days first", snapshot_day,
+                        STALE_SNAPSHOT_DAYS, as_of)
+        at = rebuild_time(as_of, snapshot_day)
+        corpus, selection = select_corpus(documents, snapshot, at, params.selection)
+        log.info("%s", selection.to_markdown())
+        model, model_av = load_model(model_name)
+
+        t0 = time.perf_counter()
+        vectors = embed_corpus(model, corpus, run_dir / "vectors.npy", params.embed_batch_size)
+        t1 = time.perf_counter()
+        index = build_index(vectors, params.index)
+        t2 = time.perf_counter()
+        queries, source = validation_queries(model, model_av.metadata, vectors, params.query_source,
+                                             params.validation)
+        staged = stage(index, corpus, run_dir / "artifact")
+        validation = validate(index, vectors, queries, source, params.validation, len(corpus), staged)
+
+        manifest = IndexManifest(
+            dataset=dataset, as_of=pd.Timestamp(at).isoformat(), snapshot_day=snapshot_day.isoformat(),
+            model=ModelRef(name=model_name, version=model_av.version, ref=model_av.ref),
+            feature_service=str(model_av.metadata.get("feature_service") or model.feature_service or ""),
+            selection=selection.model_dump(mode="json"), index_config=index.config.model_dump(mode="json"),
+            stats=index.stats().to_dict(),
+            counts={"canonical": len(documents), "selected": selection.selected_count,
+                    "without_snapshot": int(corpus["feature_ts"].isna().sum()), "indexed": index.ntotal},
+            validation=validation.model_dump(mode="json"), embed_seconds=round(t1 - t0, 3),
+            build_seconds=round(t2 - t1, 3), flow_run_id=str(flow_run.id) if flow_run.id else None,
+        )
+        if not validation.passed:
+            publish_report(dataset, report_markdown(dataset, "Not published: validation failed", manifest,
+                                                    selection, validation), f"failed rebuild of index/{dataset}")
+            raise IndexValidationError(validation)
+        ref = publish(dataset, staged, manifest)
+        publish_report(dataset, report_markdown(dataset, f"Published `{ref}`", manifest, selection, validation),
+                       f"index stats and validation of {ref}")
+        log.info("published %s: %d documents, ANN recall@%d %.4f", ref, index.ntotal, validation.k,
+                 validation.recall_at_k)
+        return ref
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)  # embeddings and the staged copy; the store keeps the artifact
+
+
+if __name__ == "__main__":
+    rebuild_index()

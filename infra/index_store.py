@@ -1,0 +1,222 @@
+"""Published document indexes: one artifact of kind ``index`` per dataset, with its doc-id mapping and manifest.
+
+A version's files::
+
+    index/index.faiss   the FAISS index (ids are int64 positions 0..n-1)
+    index/index.json    its IndexConfig and counts (written by EmbeddingIndex.save)
+    docs.parquet        position -> doc_id, title, doc_type (for display and for mapping results back)
+
+and its manifest metadata is an :class:`IndexManifest`: which model version embedded the documents, which
+feature service and snapshot fed them, the selection report, the index parameters and stats, the counts and the
+validation figures. Publishing goes through :class:`infra.storage.ArtifactStore`, so readers see the previous
+version until the new one is complete, and earlier versions stay for rollback (:func:`rollback_index`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from infra.index import EmbeddingIndex
+from infra.storage import ArtifactNotFoundError, ArtifactStore, ArtifactVersion
+
+INDEX_KIND = "index"
+INDEX_DIR = "index"
+DOCS_FILE = "docs.parquet"
+POSITION = "position"
+DOC_MAP_COLUMNS = (POSITION, "doc_id", "title", "doc_type")
+MANIFEST_FORMAT = 1
+
+
+class IndexArtifactError(ValueError):
+    """A staged or fetched index artifact whose files do not belong together."""
+
+
+class IndexNotPublishedError(LookupError):
+    """No current index for a dataset (or no such version)."""
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: str
+    ref: str
+
+
+class IndexManifest(BaseModel):
+    """What made a published index: the metadata of its artifact version (the config travels with it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int = MANIFEST_FORMAT
+    dataset: str
+    as_of: str = Field(description="ISO time the documents were selected as of")
+    snapshot_day: str = Field(description="day of the document feature snapshot that fed the embeddings")
+    model: ModelRef
+    feature_service: str = Field(description="feature service version the model was trained on (e.g. v1)")
+    selection: dict[str, Any] = Field(description="SelectionReport: documents removed by each filter")
+    index_config: dict[str, Any] = Field(description="the resolved IndexConfig")
+    stats: dict[str, Any] = Field(description="IndexStats: kind, sizes, list imbalance")
+    counts: dict[str, int] = Field(description="canonical, selected, without_snapshot, indexed documents")
+    validation: dict[str, Any] = Field(description="IndexValidation: ANN recall against exact search, ...")
+    embed_seconds: float | None = None
+    build_seconds: float | None = None
+    flow_run_id: str | None = None
+
+
+# --------------------------------------------------------------------------------------------- doc map
+
+
+def doc_map_frame(documents: pd.DataFrame) -> pd.DataFrame:
+    """The mapping of a corpus in index order: position i is the i-th row of ``documents``."""
+    missing = [c for c in ("doc_id", "title") if c not in documents.columns]
+    if missing:
+        raise IndexArtifactError(f"documents lack column(s) {missing} needed for the doc-id mapping")
+    n = len(documents)
+    return pd.DataFrame({
+        POSITION: np.arange(n, dtype=np.int64),
+        "doc_id": documents["doc_id"].astype(str).to_numpy(),
+        "title": documents["title"].fillna("").astype(str).to_numpy(),
+        "doc_type": (documents["doc_type"].fillna("").astype(str).to_numpy() if "doc_type" in documents.columns
+                     else np.full(n, "", dtype=object)),
+    })
+
+
+def read_doc_map(path: Path) -> pd.DataFrame:
+    return pq.read_table(path).to_pandas()
+
+
+def _check_doc_map(doc_map: pd.DataFrame, index: EmbeddingIndex, where: str) -> None:
+    missing = [c for c in DOC_MAP_COLUMNS if c not in doc_map.columns]
+    if missing:
+        raise IndexArtifactError(f"{where}: {DOCS_FILE} lacks column(s) {missing}")
+    n = len(doc_map)
+    if index.ntotal != n:
+        raise IndexArtifactError(f"{where}: the index holds {index.ntotal} vectors but {DOCS_FILE} maps {n}")
+    if not np.array_equal(doc_map[POSITION].to_numpy(), np.arange(n)):
+        raise IndexArtifactError(f"{where}: {DOCS_FILE} positions are not 0..{n - 1} in order")
+    if not np.array_equal(np.sort(index.ids()), np.arange(n)):
+        raise IndexArtifactError(f"{where}: index ids are not the positions 0..{n - 1}")
+    if doc_map["doc_id"].duplicated().any():
+        dup = doc_map.loc[doc_map["doc_id"].duplicated(), "doc_id"].iloc[0]
+        raise IndexArtifactError(f"{where}: doc_id {dup!r} appears twice in {DOCS_FILE}")
+
+
+# --------------------------------------------------------------------------------------------- staging
+
+
+def stage_index(index: EmbeddingIndex, doc_map: pd.DataFrame, dest: Path) -> Path:
+    """Write an artifact directory (index + mapping) at ``dest``: built under a temp name, then renamed."""
+    _check_doc_map(doc_map, index, "staged index")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        index.save(tmp / INDEX_DIR)
+        pq.write_table(pa.Table.from_pandas(doc_map[list(DOC_MAP_COLUMNS)], preserve_index=False), tmp / DOCS_FILE)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def check_staged(src: Path) -> None:
+    """The publish gate on the local files: the index loads and its ids are exactly the mapping's positions."""
+    src = Path(src)
+    if not (src / DOCS_FILE).is_file():
+        raise IndexArtifactError(f"{src} holds no {DOCS_FILE}: not a staged index")
+    _check_doc_map(read_doc_map(src / DOCS_FILE), EmbeddingIndex.load(src / INDEX_DIR), str(src))
+
+
+def staged_size(src: Path) -> int:
+    return sum(p.stat().st_size for p in Path(src).rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------------------- publish / load
+
+
+def publish_index(store: ArtifactStore, dataset: str, src: Path, manifest: IndexManifest) -> ArtifactVersion:
+    """Upload a staged directory as a new version of ``index/<dataset>`` and make it current.
+
+    The files are checked first (:func:`check_staged`); any failure before the store moves its CURRENT
+    pointer (a bad file, an upload error) leaves the previous version current.
+    """
+    return store.publish(INDEX_KIND, dataset, Path(src), manifest.model_dump(mode="json"), validate=check_staged)
+
+
+@dataclass
+class PublishedIndex:
+    """A fetched, loaded index version."""
+
+    index: EmbeddingIndex
+    doc_map: pd.DataFrame
+    manifest: IndexManifest
+    version: ArtifactVersion
+    path: Path
+
+
+def not_published_message(dataset: str, store: ArtifactStore, version: str | None = None) -> str:
+    what = f"version {version!r} of the index" if version else "published index"
+    return (f"no {what} for dataset {dataset!r} in {store.backend.describe()}; "
+            f"run 'ebr rebuild-index --dataset {dataset}' first")
+
+
+def current_index(dataset: str, store: ArtifactStore | None = None, version: str | None = None) -> ArtifactVersion:
+    """The manifest of the current (or a given) index version, without downloading the files."""
+    store = store or ArtifactStore.from_settings()
+    try:
+        return store.get(INDEX_KIND, dataset, version)
+    except ArtifactNotFoundError as e:
+        raise IndexNotPublishedError(f"{not_published_message(dataset, store, version)} ({e})") from e
+
+
+def load_index(dataset: str, store: ArtifactStore | None = None, version: str | None = None) -> PublishedIndex:
+    """Fetch (verified against the manifest's sha256, cached locally) and load an index version."""
+    store = store or ArtifactStore.from_settings()
+    av = current_index(dataset, store, version)
+    local = store.fetch(INDEX_KIND, dataset, av.version)
+    index = EmbeddingIndex.load(local / INDEX_DIR)
+    doc_map = read_doc_map(local / DOCS_FILE)
+    _check_doc_map(doc_map, index, av.ref)
+    return PublishedIndex(index, doc_map, IndexManifest.model_validate(av.metadata), av, local)
+
+
+def rollback_index(dataset: str, version: str, store: ArtifactStore | None = None) -> ArtifactVersion:
+    """Make an earlier complete version current again."""
+    store = store or ArtifactStore.from_settings()
+    return store.set_current(INDEX_KIND, dataset, version)
+
+
+__all__ = [
+    "DOCS_FILE",
+    "INDEX_DIR",
+    "INDEX_KIND",
+    "IndexArtifactError",
+    "IndexManifest",
+    "IndexNotPublishedError",
+    "ModelRef",
+    "PublishedIndex",
+    "check_staged",
+    "current_index",
+    "doc_map_frame",
+    "load_index",
+    "publish_index",
+    "read_doc_map",
+    "rollback_index",
+    "stage_index",
+    "staged_size",
+]

@@ -1,0 +1,206 @@
+"""The retriever: (query text, searcher) -> candidate documents with their cosine scores.
+
+Loaded once per process (:meth:`Retriever.load`): the current published index of a dataset, its doc-id
+mapping, the query tower of the model version its manifest names, and a handle on the dataset's Feast online
+store. Per query the work is one online lookup of the searcher's features (the serving feature service of
+the version the model was trained on, so serving reads what training read), one query-tower forward pass and
+one FAISS search.
+
+Hybrid retrieval (a Boolean term language with an ``(nn :radius :nprobe)`` operator) builds on two entry
+points: :meth:`Retriever.embed` turns a request into its query vector once, and
+:meth:`Retriever.candidates_within` runs the nn operator restricted to the documents the terms allowed
+(FAISS's id selector inside the IVF scan, or exact scoring for small sets).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from features.compute import SEARCHER_KEY
+from features.schema import searcher_column
+from infra.index_store import IndexManifest, IndexNotPublishedError, PublishedIndex, load_index
+from retrieval.errors import (
+    FeatureStoreNotFoundError,
+    IndexModelMismatchError,
+    IndexNotFoundError,
+    ModelNotFoundError,
+    UnknownSearcherError,
+)
+from retrieval.request import Candidate, NNRequest
+
+if TYPE_CHECKING:
+    from features.store import FeatureRepo
+    from infra.storage import ArtifactStore
+    from models.towers import TwoTowerModel
+
+log = logging.getLogger(__name__)
+
+FEATURE_TS = "feature_ts"
+
+
+def set_threads(threads: int) -> None:
+    """Intra-op threads of torch and FAISS for this process."""
+    import faiss
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
+class Retriever:
+    """Embedding-based retrieval over one published index (see the module docstring)."""
+
+    def __init__(self, dataset: str, published: PublishedIndex, model: TwoTowerModel, features: FeatureRepo):
+        self.dataset = dataset
+        self.index = published.index
+        self.manifest: IndexManifest = published.manifest
+        self.version = published.version
+        self.model = model
+        self.features = features
+        self.service_name = features.service_name("searcher", self.manifest.feature_service or None, "serving")
+        try:
+            # Parsed once; per query the retriever asks Feast for one row as a dict (no DataFrame round trip).
+            self._service = features.store.get_feature_service(self.service_name)
+        except Exception as e:  # feast raises FeatureServiceNotFoundException
+            raise FeatureStoreNotFoundError(
+                f"the feature store of dataset {dataset!r} has no service {self.service_name!r}, which model "
+                f"{self.manifest.model.ref} needs; run the materialize flow (it applies the repository) ({e})"
+            ) from e
+        self._names = [f.name for p in self._service.feature_view_projections for f in p.features
+                       if f.name != FEATURE_TS]
+        self._doc_ids = published.doc_map["doc_id"].to_numpy(dtype=object)
+        self._titles = published.doc_map["title"].to_numpy(dtype=object)
+        self._position = pd.Index(self._doc_ids)
+
+    # ------------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(
+        cls,
+        dataset: str,
+        store: ArtifactStore | None = None,
+        feature_repo: FeatureRepo | None = None,
+        version: str | None = None,
+        threads: int | None = None,
+    ) -> Retriever:
+        """The current (or a given) index version of ``dataset`` with its model and feature store.
+
+        ``threads`` sets the process's torch and FAISS thread counts: for one query at a time, 1 thread is
+        fastest (a multi-threaded forward pass or search over one row mostly waits on its threads). None
+        leaves them alone (a process that also trains or builds indexes keeps its own setting).
+        """
+        from features.store import FeatureRepo
+        from infra.storage import ArtifactNotFoundError, ArtifactStore
+        from training.registry import load_registered_model
+
+        if threads is not None:
+            set_threads(threads)
+        store = store or ArtifactStore.from_settings()
+        try:
+            published = load_index(dataset, store, version)
+        except IndexNotPublishedError as e:
+            raise IndexNotFoundError(str(e)) from e
+        ref = published.manifest.model
+        try:
+            model, _ = load_registered_model(ref.name, ref.version, store=store)
+        except ArtifactNotFoundError as e:
+            raise ModelNotFoundError(
+                f"index {published.version.ref} was built with model {ref.ref}, which is not in the model "
+                f"registry of {store.backend.describe()}; restore that model version or run "
+                f"'ebr rebuild-index --dataset {dataset}' with a registered model ({e})"
+            ) from e
+        if model.feature_service and model.feature_service != published.manifest.feature_service:
+            raise IndexModelMismatchError(
+                f"model {ref.ref} was trained on feature service {model.feature_service!r} but index "
+                f"{published.version.ref} records {published.manifest.feature_service!r}; run 'ebr rebuild-index --dataset {dataset}'"
+            )
+        repo = feature_repo or FeatureRepo.for_dataset(dataset)
+        if not repo.registry_path.exists() or not repo.online_store_path.exists():
+            raise FeatureStoreNotFoundError(
+                f"no Feast registry and online store for dataset {dataset!r} under {repo.root}; "
+                "run the materialize flow for the dataset first"
+            )
+        out = cls(dataset, published, model, repo)
+        log.info("retriever for %s: %s (%d documents), model %s", dataset, published.version.ref,
+                 out.index.ntotal, ref.ref)
+        return out
+
+    # ------------------------------------------------------------------------------------------- queries
+
+    def retrieve(
+        self, query: str, searcher_id: str, k: int = 10, radius: float | None = None, nprobe: int | None = None
+    ) -> list[Candidate]:
+        """Candidates for ``query`` typed by ``searcher_id``, best first.
+
+        Top-``k`` by cosine; with ``radius`` (the mode the paper prefers) only documents with cosine >=
+        radius, at most ``k``. Each candidate's ``score`` is that cosine: a feature for the later ranking
+        stages, not a final relevance score. Raises :class:`EmptyQueryError`, :class:`InvalidRequestError`
+        or :class:`UnknownSearcherError` (a searcher without features in the online store).
+        """
+        return self.run(NNRequest(query, searcher_id, k, radius, nprobe))
+
+    def run(self, request: NNRequest) -> list[Candidate]:
+        """Execute one nn request over the whole index."""
+        q = self.embed(request)
+        if request.radius is None:
+            scores, ids = self.index.search(q, request.k, nprobe=request.nprobe)
+            return self._candidates(ids[0], scores[0])
+        (ids, scores), = self.index.range_search(q, request.radius, nprobe=request.nprobe, max_results=request.k)
+        return self._candidates(ids, scores)
+
+    def candidates_within(self, request: NNRequest, allowed_doc_ids: Sequence[str],
+                          query_vector: np.ndarray | None = None) -> list[Candidate]:
+        """The nn request restricted to ``allowed_doc_ids`` (unknown ids are ignored): a constrained NN search.
+
+        ``query_vector`` (from :meth:`embed`) lets several operators of one hybrid query share one forward pass.
+        """
+        q = self.embed(request) if query_vector is None else query_vector
+        allowed = self.positions_of(allowed_doc_ids)
+        scores, ids = self.index.search_subset(q, request.k, allowed, nprobe=request.nprobe)
+        scores, ids = scores[0], ids[0]
+        if request.radius is not None:
+            keep = scores >= np.float32(request.radius)
+            scores, ids = scores[keep], ids[keep]
+        return self._candidates(ids, scores)
+
+    def embed(self, request: NNRequest) -> np.ndarray:
+        """The query embedding [1, dim] of a request: online searcher features + query tower."""
+        row = self.searcher_features(request.searcher_id)
+        frame = pd.DataFrame({"query": [request.query], **{searcher_column(n): [row[n]] for n in row}})
+        return self.model.embed_queries(frame)
+
+    def searcher_features(self, searcher_id: str) -> dict:
+        """The searcher's online features (the model's serving service), as a dict of feature -> value."""
+        row = self.features.store.get_online_features(
+            features=self._service, entity_rows=[{SEARCHER_KEY: searcher_id}]
+        ).to_dict()
+        if row.get(FEATURE_TS, [None])[0] is None:
+            raise UnknownSearcherError(
+                f"searcher {searcher_id!r} has no features in the online store of dataset {self.dataset!r}; "
+                "check the id (it must be in the dataset's searchers table) or run the materialize flow for "
+                "the days since the searcher joined"
+            )
+        return {n: row[n][0] for n in self._names}
+
+    def positions_of(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """Index ids (int64 positions) of the given doc_ids that are in the index."""
+        pos = self._position.get_indexer(pd.Index([str(d) for d in doc_ids], dtype=object))
+        return pos[pos >= 0].astype(np.int64)
+
+    def _candidates(self, ids: np.ndarray, scores: np.ndarray) -> list[Candidate]:
+        out: list[Candidate] = []
+        for i, s in zip(ids.tolist(), scores.tolist()):
+            if i < 0:
+                break  # FAISS pads missing results at the end
+            out.append(Candidate(self._doc_ids[i], self._titles[i], float(s), len(out) + 1))
+        return out
+
+
+__all__ = ["Candidate", "NNRequest", "Retriever", "set_threads"]

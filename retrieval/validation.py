@@ -1,0 +1,195 @@
+"""The gate a rebuilt index passes before it is published: ANN recall against exact search, counts and size.
+
+Recall@k is measured the way FAISS's own tests check approximate search: on a sample of queries, the share
+of the exact top-k (brute force over every document embedding) that the index returns in its top-k. The
+exact oracle reads the embeddings file in chunks, so validation needs no more memory than the index build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from infra.index import EmbeddingIndex
+from infra.storage import ArtifactNotFoundError, ArtifactStore
+
+HELD_OUT_SPLITS = ("test", "valid")
+
+
+class ValidationConfig(BaseModel):
+    """Thresholds of the index gate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k: int = Field(10, ge=1, le=1000, description="recall@k of the ANN index against exact search")
+    min_recall: float = Field(0.9, ge=0.0, le=1.0, description="least ANN recall@k to publish")
+    n_queries: int = Field(1000, ge=1, le=100_000, description="queries sampled for the recall measurement")
+    max_index_bytes: int | None = Field(None, ge=1, description="largest index artifact to publish (None: any)")
+    seed: int = Field(0, ge=0, description="query sample seed")
+
+
+class IndexValidation(BaseModel):
+    """Figures of one validation (they go into the index manifest and the run report)."""
+
+    k: int
+    recall_at_k: float
+    min_recall: float
+    n_queries: int
+    query_source: str
+    nprobe: int | None
+    expected_documents: int
+    indexed_documents: int
+    index_bytes: int
+    max_index_bytes: int | None
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_markdown(self) -> str:
+        verdict = "passed" if self.passed else "FAILED: " + "; ".join(self.failures)
+        return "\n".join([
+            f"Validation {verdict}",
+            "",
+            "| check | value | bound |",
+            "|---|---:|---:|",
+            f"| ANN recall@{self.k} vs exact ({self.n_queries} {self.query_source} queries, nprobe "
+            f"{self.nprobe if self.nprobe is not None else '-'}) | {self.recall_at_k:.4f} | >= {self.min_recall} |",
+            f"| documents indexed | {self.indexed_documents} | = {self.expected_documents} |",
+            f"| index bytes | {self.index_bytes} | <= {self.max_index_bytes or 'any'} |",
+        ])
+
+
+class IndexValidationError(RuntimeError):
+    """A rebuilt index that must not be published; ``validation`` holds the figures."""
+
+    def __init__(self, validation: IndexValidation):
+        self.validation = validation
+        super().__init__(
+            "index validation failed, nothing was published and the previous index stays current: "
+            + "; ".join(validation.failures)
+        )
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 8192) -> np.ndarray:
+    """Row positions of the exact top-``k`` cosine neighbours of each query ([nq, min(k, n)]), best first.
+
+    ``vectors`` may be a memory-mapped file: it is read ``chunk`` rows at a time, keeping a running top-k.
+    """
+    n = len(vectors)
+    if n == 0:
+        raise ValueError("no document vectors to search")
+    k = min(k, n)
+    q = _unit_rows(queries)
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for start in range(0, n, chunk):
+        block = _unit_rows(vectors[start : start + chunk])
+        s = q @ block.T  # [nq, chunk]
+        cand_s = np.concatenate([best_s, s], axis=1)
+        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(block)), s.shape)], axis=1)
+        kk = min(k, cand_s.shape[1])
+        top = np.argpartition(-cand_s, kk - 1, axis=1)[:, :kk]
+        best_s = np.take_along_axis(cand_s, top, axis=1)
+        best_i = np.take_along_axis(cand_i, top, axis=1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_i, order, axis=1)
+
+
+def recall_at_k(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, k: int,
+                nprobe: int | None = None) -> float:
+    """Mean share of the exact top-k (row positions = index ids) that the index returns in its top-k."""
+    truth = exact_top_k(vectors, queries, k)
+    _, got = index.search(np.ascontiguousarray(queries, dtype=np.float32), truth.shape[1], nprobe=nprobe)
+    hits = sum(len(np.intersect1d(t, g[g >= 0])) for t, g in zip(truth, got))
+    return hits / truth.size if truth.size else 1.0
+
+
+def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``min(size, n)`` rows."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+class QueryEmbedder(Protocol):
+    def embed_queries(self, frame: pd.DataFrame, batch_size: int = ...) -> np.ndarray: ...
+
+
+def held_out_queries(
+    model: QueryEmbedder, model_meta: dict[str, Any], n: int, seed: int = 0, store: ArtifactStore | None = None
+) -> np.ndarray | None:
+    """Query embeddings of up to ``n`` distinct (searcher, query) pairs of the held-out examples the model's
+    manifest names (``examples``: ``dataset/<name>@<version>``): real queries the model did not train on.
+
+    None when the manifest names no examples or they hold no held-out rows.
+    """
+    head, _, version = str(model_meta.get("examples") or "").partition("@")
+    kind, _, name = head.partition("/")
+    if kind != "dataset" or not name or not version:
+        return None
+    store = store or ArtifactStore.from_settings()
+    try:
+        local = store.fetch("dataset", name, version)
+    except ArtifactNotFoundError:
+        return None
+    for split in HELD_OUT_SPLITS:
+        path = Path(local) / f"{split}.parquet"
+        if path.is_file():
+            frame = pd.read_parquet(path)
+            frame = frame[frame["query"].fillna("").astype(str).str.strip() != ""]
+            if len(frame):
+                frame = frame.drop_duplicates(["searcher_id", "query"]).reset_index(drop=True)
+                return model.embed_queries(frame.iloc[sample_rows(len(frame), n, seed)])
+    return None
+
+
+def validate_index(
+    index: EmbeddingIndex,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    config: ValidationConfig,
+    query_source: str,
+    expected_documents: int,
+    index_bytes: int,
+) -> IndexValidation:
+    """Measure the gate's figures and list every failed check (an empty list means publishable)."""
+    if len(queries) == 0:
+        raise ValueError("no validation queries")
+    k = min(config.k, max(1, index.ntotal))
+    recall = recall_at_k(index, vectors, queries, k) if index.ntotal else 0.0
+    failures = []
+    if index.ntotal != expected_documents:
+        failures.append(f"the index holds {index.ntotal} documents, the corpus has {expected_documents}")
+    if recall < config.min_recall:
+        failures.append(f"ANN recall@{k} {recall:.4f} is below min_recall {config.min_recall}")
+    if config.max_index_bytes is not None and index_bytes > config.max_index_bytes:
+        failures.append(f"the index takes {index_bytes} bytes, more than max_index_bytes {config.max_index_bytes}")
+    return IndexValidation(
+        k=k, recall_at_k=recall, min_recall=config.min_recall, n_queries=len(queries), query_source=query_source,
+        nprobe=index.config.nprobe, expected_documents=expected_documents, indexed_documents=index.ntotal,
+        index_bytes=index_bytes, max_index_bytes=config.max_index_bytes, failures=failures,
+    )
+
+
+__all__ = [
+    "IndexValidation",
+    "IndexValidationError",
+    "ValidationConfig",
+    "exact_top_k",
+    "held_out_queries",
+    "recall_at_k",
+    "sample_rows",
+    "validate_index",
+]
