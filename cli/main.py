@@ -99,16 +99,202 @@ def list_datasets() -> None:
         typer.echo(f"{p.name:24s} {m.source:12s} {m.created_at}  {counts}")
 
 
+def _parse_day(value: Optional[str], name: str):
+    from datetime import date
+
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected YYYY-MM-DD, got {value!r}", param_hint=name) from None
+
+
+@app.command()
+def materialize(
+    dataset: str = typer.Option("synthetic-default", help="canonical dataset (see 'ebr datasets')"),
+    start: Optional[str] = typer.Option(None, help="first day YYYY-MM-DD (default: yesterday)"),
+    end: Optional[str] = typer.Option(None, help="last day YYYY-MM-DD (default: the start day)"),
+    every_days: int = typer.Option(1, min=1, max=7, help="snapshot cadence of a backfill"),
+) -> None:
+    """Compute feature snapshots for a range of days and load them into Feast (a backfill when dated)."""
+    from flows.materialize import materialize as flow
+
+    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days)
+    typer.echo(f"materialized {len(report.days)} snapshot(s) of {dataset} into {report.root}")
+
+
+@app.command("training-data")
+def training_data(
+    dataset: str = typer.Option("synthetic-default", help="canonical dataset"),
+    end: Optional[str] = typer.Option(None, help="last day of sessions YYYY-MM-DD (default: all)"),
+) -> None:
+    """Build point-in-time training examples behind the Great Expectations gate and publish them."""
+    from flows.training_data import training_data as flow
+    from validation.gate import GateFailed
+
+    try:
+        ref = flow(dataset, end_date=_parse_day(end, "--end"))
+    except GateFailed as exc:
+        typer.echo(f"the training data did not pass the gate; nothing was published:\n{exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"published {ref}")
+
+
+@app.command()
+def train(dataset: str = typer.Option("synthetic-default", help="dataset whose published examples to use")) -> None:
+    """Train the unified two-tower model, evaluate it on held-out sessions and register it."""
+    from flows.train import train as flow
+
+    typer.echo(f"registered {flow(dataset)}")
+
+
+@app.command()
+def evaluate(
+    dataset: str = typer.Option("synthetic-default"),
+    model_name: Optional[str] = typer.Option(None, help="registered model (default: <dataset>-two-tower)"),
+    model_version: Optional[str] = typer.Option(None, help="a registered version (default: the current one)"),
+    split: str = typer.Option("test", help="valid or test"),
+) -> None:
+    """Evaluate a registered model on a held-out split (recall@K with exact KNN)."""
+    from flows.evaluate import evaluate as flow
+    from models.evaluate import metrics_table
+
+    metrics = flow(dataset, model_name=model_name, model_version=model_version, split=split)
+    typer.echo(metrics_table({model_name or f"{dataset}-two-tower": metrics}))
+
+
+@app.command()
+def nightly(
+    dataset: str = typer.Option("synthetic-default"),
+    start: Optional[str] = typer.Option(None, help="first day YYYY-MM-DD (default: yesterday)"),
+    end: Optional[str] = typer.Option(None, help="last day YYYY-MM-DD"),
+    every_days: int = typer.Option(1, min=1, max=7, help="snapshot cadence of a backfill"),
+    retrain: str = typer.Option("auto", help="auto (weekly or when no model), always or never"),
+) -> None:
+    """The nightly chain: materialize, validate, retrain when due, rebuild the index, evaluate."""
+    from flows.nightly import nightly as flow
+
+    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days, retrain)
+    typer.echo(report.to_markdown())
+
+
 @app.command()
 def demo(
-    preset: str = typer.Option("default", help="size of the synthetic world"),
-    real: str = typer.Option("lastfm", help="a real dataset to ingest too ('' to skip)"),
+    preset: str = typer.Option("default", help="size of the synthetic world: tiny or default"),
+    searches: int = typer.Option(3, min=0, max=20, help="example searches to run at the end"),
 ) -> None:
-    """The main job on the embedded default: generate the world and ingest a real dataset."""
+    """The end-to-end job on the embedded default: world, features, gated examples, training, evaluation,
+    a validated index, and a few searches."""
+    from datetime import timedelta
+
+    from flows.nightly import nightly as nightly_flow
+    from infra.storage import ArtifactStore
+    from ingest.synthetic import WorldConfig
+
+    start = time.perf_counter()
     generate(preset=preset, seed=0, name=None)
-    if real:
-        ingest(source=real, datasets_dir=None)
-    typer.echo("next: 'ebr datasets' lists what was written")
+    dataset = f"synthetic-{preset}"
+    world = WorldConfig.preset(preset)
+    first, last = world.start.date(), (world.end - timedelta(days=1)).date()
+    # A weekly backfill of the world's weeks, then one retrain and one index rebuild at its end.
+    report = nightly_flow(dataset, first, last, every_days=7, retrain="always")
+    typer.echo("")
+    typer.echo(report.to_markdown())
+    typer.echo(f"index published in the artifact store {ArtifactStore.from_settings().backend.describe()} as {report.index}")
+    if searches:
+        _example_searches(dataset, searches)
+    typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f}s; try: ebr search --dataset {dataset} "
+               f"--searcher <id> \"<query>\"")
+
+
+def _example_searches(dataset: str, n: int) -> None:
+    """Replay a few held-out sessions: the clicked document is marked with *."""
+    import numpy as np
+
+    from ingest.contract import read_table
+    from retrieval.retriever import Retriever
+
+    sessions = read_table(_settings().data_dir / dataset, "sessions")
+    sessions = sessions[(sessions["query"].fillna("") != "") & (sessions["clicked"].map(len) > 0)]
+    picks = sessions.tail(2000).sample(n=min(n, len(sessions)), random_state=np.random.RandomState(0))
+    retriever = Retriever.load(dataset)
+    for row in picks.itertuples():
+        found = retriever.retrieve(row.query, row.searcher_id, k=5)
+        typer.echo(f"\nsearcher {row.searcher_id} typed {row.query!r} (clicked {', '.join(row.clicked)}):")
+        for c in found:
+            mark = "*" if c.doc_id in row.clicked else " "
+            typer.echo(f"  {mark} {c.rank:>2}  {c.score:.3f}  {c.doc_id:<10} {c.title}")
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="the query text, e.g. \"runners club\""),
+    dataset: str = typer.Option("synthetic-default", help="dataset whose published index to search"),
+    searcher: str = typer.Option(..., "--searcher", help="searcher id (its features come from the online store)"),
+    k: int = typer.Option(10, "--k", min=1, help="number of candidates (the cap in radius mode)"),
+    radius: Optional[float] = typer.Option(
+        None, min=-1.0, max=1.0, help="cosine threshold: only documents scoring >= radius"
+    ),
+    nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to scan (default: the index's)"),
+) -> None:
+    """Retrieve candidate documents for a query typed by a searcher, with their cosine scores."""
+    from retrieval.errors import RetrievalError
+    from retrieval.retriever import Retriever
+
+    try:
+        retriever = Retriever.load(dataset, threads=1)
+        start = time.perf_counter()
+        found = retriever.retrieve(query, searcher, k=k, radius=radius, nprobe=nprobe)
+        ms = (time.perf_counter() - start) * 1000
+    except RetrievalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    mode = f"radius {radius}" if radius is not None else f"top {k}"
+    typer.echo(f"{len(found)} candidates ({mode}) from {retriever.version.ref} in {ms:.1f} ms")
+    if found:
+        width = max(len(c.doc_id) for c in found)
+        typer.echo(f"{'rank':>4}  {'score':>7}  {'doc_id':<{width}}  title")
+        for c in found:
+            typer.echo(f"{c.rank:>4}  {c.score:>7.4f}  {c.doc_id:<{width}}  {c.title}")
+
+
+@app.command("rebuild-index")
+def rebuild_index_command(
+    dataset: str = typer.Option("synthetic-default", help="dataset to index"),
+    model_name: Optional[str] = typer.Option(None, help="registered model (default: <dataset>-two-tower)"),
+    as_of: Optional[str] = typer.Option(None, help="YYYY-MM-DD: index as of the end of this day (default: newest)"),
+    kind: str = typer.Option("auto", help="index kind: auto, flat or ivfpq"),
+    nprobe: Optional[int] = typer.Option(None, min=1, help="default IVF lists scanned per query"),
+    min_recall: float = typer.Option(0.9, min=0.0, max=1.0, help="least ANN recall@10 vs exact search to publish"),
+) -> None:
+    """Rebuild, validate and publish the document index (the nightly flow, run now)."""
+    from datetime import date
+
+    from pydantic import ValidationError
+
+    from flows.rebuild_index import RebuildParams, rebuild_index
+    from infra.index import IndexConfig
+    from infra.storage import ArtifactNotFoundError
+    from retrieval.corpus import CorpusError
+    from retrieval.validation import IndexValidationError, ValidationConfig
+
+    try:
+        day = date.fromisoformat(as_of) if as_of else None
+        params = RebuildParams(
+            index=IndexConfig(kind=kind, nprobe=nprobe), validation=ValidationConfig(min_recall=min_recall)
+        )
+    except (ValueError, ValidationError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        ref = rebuild_index(dataset=dataset, model_name=model_name, as_of=day, params=params)
+    except IndexValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (FileNotFoundError, CorpusError, ArtifactNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"published {ref}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -73,7 +73,7 @@ def prefect_server(tmp_path_factory):
 def _run(cmd: list[str], env: dict, timeout: float = 300) -> str:
     res = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout
+    return res.stdout + res.stderr
 
 
 def test_deploy_from_prefect_yaml_and_run_through_a_worker(prefect_server):
@@ -87,21 +87,33 @@ def test_deploy_from_prefect_yaml_and_run_through_a_worker(prefect_server):
     names = {d["name"] for d in deployments}
     assert names == {d["name"] for d in spec["deployments"]}
     scheduled = [d for d in deployments if d.get("schedules")]
-    # assert scheduled, "the nightly and weekly deployments carry cron schedules"
+    assert {d["name"] for d in scheduled} >= {"nightly", "nightly-materialize", "weekly-train"}
+    active = {d["name"] for d in scheduled if any(s["active"] for s in d["schedules"])}
+    assert active == {"nightly"}, "only the chained nightly run is scheduled active"
 
-    dep = httpx.get(f"{api}/deployments/name/generate-world/synthetic-world").json()
-    run = httpx.post(
-        f"{api}/deployments/{dep['id']}/create_flow_run",
-        json={"parameters": {"preset": "tiny", "seed": 3, "name": "deployed-tiny"}},
-    ).json()
-    _run([PREFECT, "worker", "start", "--pool", pool, "--run-once"], env, timeout=600)
+    # An on-demand run, then a backfill (a date-range run of the materialize deployment), each executed by
+    # a process worker as in production.
+    state = _run_deployment(api, env, pool, "generate-world/synthetic-world",
+                            {"preset": "tiny", "seed": 3, "name": "deployed-tiny"})
+    assert state["type"] == "COMPLETED", state["worker_log"]
+    home = Path(env["EBR_HOME"])
+    assert (home / "data" / "deployed-tiny" / "manifest.json").exists()
 
+    state = _run_deployment(api, env, pool, "materialize/nightly-materialize",
+                            {"dataset": "deployed-tiny", "start_date": "2024-03-04", "end_date": "2024-03-17",
+                             "every_days": 7})
+    assert state["type"] == "COMPLETED", state["worker_log"]
+    written = sorted(p.name for p in (home / "features" / "deployed-tiny").rglob("*.parquet"))
+    assert any("2024-03-04" in n for n in written) and any("2024-03-17" in n for n in written), written
+
+
+def _run_deployment(api: str, env: dict, pool: str, name: str, parameters: dict) -> dict:
+    dep = httpx.get(f"{api}/deployments/name/{name}").json()
+    run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}).json()
+    log = _run([PREFECT, "worker", "start", "--pool", pool, "--run-once"], env, timeout=600)
     deadline = time.monotonic() + 120
     while True:
         state = httpx.get(f"{api}/flow_runs/{run['id']}").json()["state"]
         if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") or time.monotonic() > deadline:
-            break
+            return {**state, "worker_log": log[-4000:]}
         time.sleep(1)
-    assert state["type"] == "COMPLETED", state
-    written = Path(env["EBR_HOME"]) / "data" / "deployed-tiny" / "manifest.json"
-    assert written.exists()
