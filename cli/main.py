@@ -189,6 +189,8 @@ def demo(
     from datetime import timedelta
 
     from flows.nightly import nightly as nightly_flow
+    from flows.rebuild_index import RebuildParams
+    from infra.index_selection import SelectionConfig
     from infra.storage import ArtifactStore
     from ingest.synthetic import WorldConfig
 
@@ -197,8 +199,11 @@ def demo(
     dataset = f"synthetic-{preset}"
     world = WorldConfig.preset(preset)
     first, last = world.start.date(), (world.end - timedelta(days=1)).date()
-    # A weekly backfill of the world's weeks, then one retrain and one index rebuild at its end.
-    report = nightly_flow(dataset, first, last, every_days=7, retrain="always")
+    # A weekly backfill of the world's weeks, then one retrain and one index rebuild at its end, with the
+    # index selection of the nightly deployment (prefect.yaml): no past events, no inactive groups.
+    selection = SelectionConfig(upcoming_events=True, active_within_days=90, active_doc_types=["group"])
+    report = nightly_flow(dataset, first, last, every_days=7, retrain="always",
+                          rebuild_params=RebuildParams(selection=selection))
     typer.echo("")
     typer.echo(report.to_markdown())
     typer.echo(f"index published in the artifact store {ArtifactStore.from_settings().backend.describe()} as {report.index}")
@@ -208,18 +213,28 @@ def demo(
                f"--searcher <id> \"<query>\"")
 
 
-def _example_searches(dataset: str, n: int) -> None:
-    """Replay a few held-out sessions: the clicked document is marked with *."""
-    import numpy as np
+def _describe_index(retriever) -> None:
+    """What index selection kept, and what was built: from the manifest published with the index."""
+    from infra.index_selection import SelectionReport
 
+    m = retriever.manifest
+    typer.echo(SelectionReport.model_validate(m.selection).to_markdown())
+    v = m.validation
+    typer.echo(f"index: {m.stats.get('kind')} over {m.counts.get('indexed', 0):,} documents; "
+               f"ANN recall@{v.get('k', 10)} vs exact search {v.get('recall_at_k', float('nan')):.3f}")
+
+
+def _example_searches(dataset: str, n: int) -> None:
+    """Replay a few of the newest sessions whose clicked document is in the index (marked with *)."""
     from ingest.contract import read_table
     from retrieval.retriever import Retriever
 
-    sessions = read_table(_settings().data_dir / dataset, "sessions")
-    sessions = sessions[(sessions["query"].fillna("") != "") & (sessions["clicked"].map(len) > 0)]
-    picks = sessions.tail(2000).sample(n=min(n, len(sessions)), random_state=np.random.RandomState(0))
     retriever = Retriever.load(dataset)
-    for row in picks.itertuples():
+    _describe_index(retriever)
+    sessions = read_table(_settings().data_dir / dataset, "sessions").tail(2000)
+    sessions = sessions[(sessions["query"].fillna("") != "") & (sessions["clicked"].map(len) > 0)]
+    sessions = sessions[sessions["clicked"].map(lambda c: len(retriever.positions_of(c)) > 0)]
+    for row in sessions.sample(n=min(n, len(sessions)), random_state=0).itertuples():
         found = retriever.retrieve(row.query, row.searcher_id, k=5)
         typer.echo(f"\nsearcher {row.searcher_id} typed {row.query!r} (clicked {', '.join(row.clicked)}):")
         for c in found:

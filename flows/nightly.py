@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from flows.evaluate import evaluate
 from flows.materialize import materialize
-from flows.rebuild_index import rebuild_index
+from flows.rebuild_index import RebuildParams, rebuild_index
 from flows.train import TrainParams, artifact_key, train
 from flows.training_data import training_data
 
@@ -81,6 +81,7 @@ def nightly(
     retrain: Retrain = "auto",
     retrain_weekday: int = 6,
     train_params: TrainParams | None = None,
+    rebuild_params: RebuildParams | None = None,
 ) -> NightlyReport:
     """Run the whole chain for ``dataset``; see the module docstring."""
     log = get_run_logger()
@@ -98,7 +99,7 @@ def nightly(
         model = f"model/{model_name} (current)"
         log.info("retraining not due (mode %s, weekday %d): serving the current %s", retrain, retrain_weekday, model_name)
 
-    index = rebuild_index(dataset, model_name=model_name, as_of=days[-1])
+    index = rebuild_index(dataset, model_name=model_name, as_of=days[-1], params=rebuild_params)
     metrics = evaluate(dataset, model_name=model_name)
     result = NightlyReport(
         dataset=dataset, days=days, examples=examples, model=model, retrained=due, index=index,
