@@ -483,8 +483,9 @@ def read_table(path: str | os.PathLike, name: str) -> pd.DataFrame:
     if not f.exists():
         raise FileNotFoundError(f"no table {name!r} in dataset {path} (looked for {f})")
     df = pq.read_table(f).to_pandas()
-    for c in SCHEMAS[name].columns:
-        if c.kind == "list_string":
+    schema = SCHEMAS[name]
+    for c in (*schema.columns, *schema.optional):
+        if c.kind == "list_string" and c.name in df.columns:  # arrow gives numpy arrays: lists, as written
             df[c.name] = df[c.name].map(lambda v: [] if v is None else list(v))
     return df
 

@@ -70,6 +70,14 @@ def test_roundtrip_keeps_types_and_values(tmp_path: Path) -> None:
     assert ds.qrels is None
 
 
+def test_optional_list_columns_read_back_as_lists(tmp_path: Path) -> None:
+    tables = small_tables()
+    tables["documents"] = tables["documents"].assign(tags=[["running"], [], None])
+    write_dataset(tables, tmp_path / "ds")
+    tags = read_dataset(tmp_path / "ds").documents["tags"].tolist()
+    assert tags == [["running"], [], []] and all(type(t) is list for t in tags)
+
+
 @pytest.mark.parametrize(
     "table, breaker, column, words",
     [
