@@ -24,3 +24,15 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A fresh EBR_HOME for the test module, with the default (local) artifact store."""
+    path = tmp_path_factory.mktemp("ebr-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EBR_HOME", str(path))
+    for name in ("EBR_STORAGE_URL", "EBR_S3_ENDPOINT_URL", "EBR_S3_REGION"):
+        mp.delenv(name, raising=False)
+    yield path
+    mp.undo()

@@ -20,17 +20,6 @@ K = 10
 N_SESSIONS = 60
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ebr-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EBR_HOME", str(path))
-    for name in ("EBR_STORAGE_URL", "EBR_S3_ENDPOINT_URL", "EBR_S3_REGION"):
-        mp.delenv(name, raising=False)
-    yield path
-    mp.undo()
-
-
 def test_generate_to_retrieve(home, prefect_harness):
     from flows.materialize import materialize
     from typer.testing import CliRunner

@@ -22,17 +22,6 @@ QUERY = "munich runners club"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ebr-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EBR_HOME", str(path))
-    for name in ("EBR_STORAGE_URL", "EBR_S3_ENDPOINT_URL", "EBR_S3_REGION"):
-        mp.delenv(name, raising=False)
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def world(home) -> TinyWorld:
     return build_tiny_world(DATASET, epochs=1)
 

@@ -30,16 +30,6 @@ def tiny_config(**kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ebr-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EBR_HOME", str(path))
-    mp.delenv("EBR_STORAGE_URL", raising=False)
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def world(home):
     """The tiny world, snapshots every 3 days (inside Feast's 7-day TTL), examples published by the flow."""
     from features.compute import as_of_for_day, compute_features

@@ -103,16 +103,6 @@ def prefect_api(prefect_harness):
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ebr-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EBR_HOME", str(path))
-    mp.delenv("EBR_STORAGE_URL", raising=False)
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def tiny(home) -> str:
     name = "tiny"
     target = get_settings().data_dir / name
