@@ -332,13 +332,14 @@ def _last_active(
     dataset: CanonicalDataset, docs: pd.DataFrame, members: pd.DataFrame, ts: pd.Timestamp
 ) -> pd.Series:
     index = pd.Index(docs[DOC_KEY].astype(str))
-    created = pd.Series(pd.to_datetime(docs["created_at"], utc=True).to_numpy(), index=index)
+    # .array keeps the UTC dtype even when every value is missing (to_numpy would drop it)
+    created = pd.Series(pd.to_datetime(docs["created_at"], utc=True).array, index=index)
     parts = [created]
     parts.append(pd.to_datetime(members["created_at"], utc=True).groupby(members[DOC_KEY].to_numpy()).max())
     sessions = _before(dataset.sessions, "ts", ts)
     clicks = sessions[["ts", "clicked"]].explode("clicked").dropna(subset=["clicked"])
     parts.append(pd.to_datetime(clicks["ts"], utc=True).groupby(clicks["clicked"].astype(str).to_numpy()).max())
-    own = pd.Series(pd.to_datetime(docs["last_active_at"], utc=True).to_numpy(), index=index)
+    own = pd.Series(pd.to_datetime(docs["last_active_at"], utc=True).array, index=index)
     parts.append(own[own < ts])
     frame = pd.concat([p.rename(i).reindex(index) for i, p in enumerate(parts)], axis=1)
     return frame.max(axis=1).astype("datetime64[us, UTC]")

@@ -99,6 +99,17 @@ def as_dict(r: pd.Series, name: str) -> dict[str, float]:
     return dict(zip(r[name], r[f"{name}_weights"]))
 
 
+def test_last_active_without_any_source_value(data):
+    """A source with no last_active_at at all (e.g. a paper corpus) still gets activity from its events."""
+    from dataclasses import replace
+
+    blank = replace(data, documents=data.documents.assign(last_active_at=pd.NaT))
+    blank.documents["last_active_at"] = pd.to_datetime(blank.documents["last_active_at"], utc=True)
+    _, d = compute_features(blank, T("2024-01-15"), DAILY)
+    assert row(d, "doc_id", "g1").last_active_at == T("2024-01-12")
+    assert row(d, "doc_id", "g2").last_active_at == T("2024-01-05")
+
+
 @pytest.fixture(scope="module")
 def data() -> CanonicalDataset:
     return hand_made()
