@@ -214,6 +214,23 @@ def dominant_place(df: pd.DataFrame, key: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- manifest
 
 
+def click_sessions(searcher_id: pd.Series, item_id: pd.Series, doc_id: pd.Series, ts: pd.Series,
+                   split: pd.Series) -> pd.DataFrame:
+    """Recommendation sessions of sources that log only positives: no query, no impressions, one click each
+    (session id ``<searcher>:<item>``), in time order."""
+    return pd.DataFrame(
+        {
+            "session_id": searcher_id + ":" + item_id,
+            "searcher_id": searcher_id,
+            "ts": ts,
+            "query": "",
+            "impressed": [[] for _ in range(len(searcher_id))],
+            "clicked": [[d] for d in doc_id],
+            "split": split,
+        }
+    ).sort_values(["ts", "session_id"]).reset_index(drop=True)
+
+
 def params_of(config: Any, **extra: Any) -> dict[str, Any]:
     """Manifest parameters: the adapter's config plus what the run derived (cuts, drop counts)."""
     base = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)

@@ -28,6 +28,7 @@ import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
 from ingest.datasets.common import (
+    click_sessions,
     admin_regions,
     dominant_place,
     from_epoch,
@@ -98,17 +99,7 @@ def load(datasets_dir: Path, config: ChicagoConfig | None = None) -> CanonicalDa
         rsvps["ts"] = from_epoch(rsvps["rsvpTime"], "ms")
         positive = rsvps["rsvpResponse"].isin(cfg.positive_responses)
         pos = rsvps[positive]
-        sessions = pd.DataFrame(
-            {
-                "session_id": pos["memberId"] + ":" + pos["eventId"],
-                "searcher_id": pos["memberId"],
-                "ts": pos["ts"],
-                "query": "",
-                "impressed": [[] for _ in range(len(pos))],
-                "clicked": [["event:" + e] for e in pos["eventId"]],
-                "split": pos["split"],
-            }
-        ).sort_values(["ts", "session_id"]).reset_index(drop=True)
+        sessions = click_sessions(pos["memberId"], pos["eventId"], "event:" + pos["eventId"], pos["ts"], pos["split"])
         bar.done()
 
         # ---- events: one row per event id (its attributes repeat on each RSVP row)

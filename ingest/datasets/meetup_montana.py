@@ -30,6 +30,7 @@ import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
 from ingest.datasets.common import (
+    click_sessions,
     admin_regions,
     dominant_place,
     from_epoch,
@@ -148,17 +149,7 @@ def load(datasets_dir: Path, config: MontanaConfig | None = None) -> CanonicalDa
         )
         yes["split"] = split_by_time(yes["ts"], valid_from, test_from)
         yes["doc_id"] = event_doc_id(yes["event_id"])
-        sessions = pd.DataFrame(
-            {
-                "session_id": yes["member_id"] + ":" + yes["event_id"],
-                "searcher_id": yes["member_id"],
-                "ts": yes["ts"],
-                "query": "",
-                "impressed": [[] for _ in range(len(yes))],
-                "clicked": [[d] for d in yes["doc_id"]],
-                "split": yes["split"],
-            }
-        ).sort_values(["ts", "session_id"]).reset_index(drop=True)
+        sessions = click_sessions(yes["member_id"], yes["event_id"], yes["doc_id"], yes["ts"], yes["split"])
         bar.done()
 
         # ---- documents: groups and events

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
-from ingest.datasets.common import from_epoch, params_of, progress, require_files
+from ingest.datasets.common import click_sessions, from_epoch, params_of, progress, require_files
 
 SOURCE = "movielens"
 SUBDIR = "movielens_100k"
@@ -117,17 +117,8 @@ def load(datasets_dir: Path, config: MovielensConfig | None = None) -> Canonical
         bar.done()
 
         positives = ratings[ratings["rating"] >= cfg.min_positive_rating]
-        sessions = pd.DataFrame(
-            {
-                "session_id": positives["user"] + ":" + positives["item"],
-                "searcher_id": positives["user"],
-                "ts": positives["ts"],
-                "query": "",
-                "impressed": [[] for _ in range(len(positives))],
-                "clicked": [[i] for i in positives["item"]],
-                "split": positives["split"],
-            }
-        ).sort_values(["ts", "session_id"]).reset_index(drop=True)
+        sessions = click_sessions(positives["user"], positives["item"], positives["item"], positives["ts"],
+                                  positives["split"])
         memberships = pd.DataFrame(
             {
                 "searcher_id": ratings["user"],
