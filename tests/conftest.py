@@ -15,6 +15,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest_plugins = ["tests.s3_server"]
 
 import pytest  # noqa: E402
+from prefect.logging.configuration import ensure_logging_setup  # noqa: E402
+
+# Prefect binds its console log handlers to the streams of the moment it first configures logging. Do it
+# now, on pytest's streams, rather than inside a CLI test whose captured stdout/stderr are closed after it.
+ensure_logging_setup()
 
 
 @pytest.fixture(scope="session")
