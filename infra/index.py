@@ -18,11 +18,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import struct
-import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -33,6 +30,8 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
+
+from infra.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -581,21 +580,9 @@ class EmbeddingIndex:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``index.faiss`` and ``index.json`` into directory ``path``, atomically (replacing it)."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_directory(target) as tmp:
             faiss.write_index(self._top, str(tmp / INDEX_FILE))
             (tmp / META_FILE).write_text(json.dumps(self._meta(), indent=2, sort_keys=True, default=str))
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @classmethod

@@ -14,9 +14,6 @@ version until the new one is complete, and earlier versions stay for rollback (:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.atomic import atomic_directory
 from infra.index import EmbeddingIndex
 from infra.storage import ArtifactNotFoundError, ArtifactStore, ArtifactVersion
 
@@ -120,17 +118,9 @@ def stage_index(index: EmbeddingIndex, doc_map: pd.DataFrame, dest: Path) -> Pat
     """Write an artifact directory (index + mapping) at ``dest``: built under a temp name, then renamed."""
     _check_doc_map(doc_map, index, "staged index")
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic_directory(dest) as tmp:
         index.save(tmp / INDEX_DIR)
         pq.write_table(pa.Table.from_pandas(doc_map[list(DOC_MAP_COLUMNS)], preserve_index=False), tmp / DOCS_FILE)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

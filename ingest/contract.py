@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from infra.atomic import atomic_directory
 
 CONTRACT_VERSION = 1
 
@@ -444,7 +443,6 @@ def write_dataset(
         notes = notes or dataset.manifest.notes
     valid = validate_dataset(tables)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     manifest = DatasetManifest(
         source=source,
         params=dict(params or {}),
@@ -452,27 +450,11 @@ def write_dataset(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         for name, df in valid.items():
             pq.write_table(_arrow_table(df, SCHEMAS[name]), tmp / f"{name}.parquet")
         (tmp / MANIFEST).write_text(manifest.to_json())
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target``: the old directory is renamed away first, then removed."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def read_table(path: str | os.PathLike, name: str) -> pd.DataFrame:

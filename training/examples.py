@@ -16,9 +16,6 @@ can prove that nothing newer than the session reached an example.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -28,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from infra.atomic import atomic_directory
 from features.schema import EXAMPLE_KEYS, SPLITS, doc_column, searcher_column
 
 SEARCHER_FEATURE_TS = "searcher_feature_ts"
@@ -344,18 +342,10 @@ def write_splits(examples: pd.DataFrame, out_dir: Path, config: dict) -> dict[st
     Returns the row count of each split (also recorded in the config).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        counts = {}
+    counts = {}
+    with atomic_directory(out_dir) as tmp:
         for name, frame in partition(examples).items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
             counts[name] = len(frame)
         (tmp / "config.json").write_text(json.dumps({**config, "rows": counts}, indent=2, sort_keys=True, default=str))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts
