@@ -11,7 +11,7 @@ One code path for every source (the synthetic world and the real datasets):
    for the default world, and thousands of days for Last.fm (2005-2011) or Meetup Chicago (2002-2016), so the
    benchmark takes at most ``max_snapshots`` evenly spaced ones instead: features are up to one period
    stale, never from the future;
-3. the held-out protocol of ``training.experiments``: corpus and index as of the end of the data a model
+3. the held-out protocol of ``evaluation.protocol``: corpus and index as of the end of the data a model
    learned from.
 
 Held-out test interactions never reach features: test sessions, and memberships that a source marks as
@@ -36,7 +36,7 @@ from features.compute import (
 )
 from ingest.contract import CanonicalDataset
 from training.examples import ExampleConfig, SplitConfig, build_examples, join_features, partition
-from training.experiments import (
+from evaluation.protocol import (
     fill_static_document_fields, fill_static_searcher_fields, index_documents, split_cutoff,
 )
 

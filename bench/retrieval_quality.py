@@ -31,9 +31,9 @@ import pandas as pd
 
 from bench.common import Prepared, prepare
 from models.config import TrainConfig
-from training.experiments import (
-    BM25, REPORT_VARIANTS, Popularity, compare_models, comparison_markdown, evaluate_ranker,
-)
+from evaluation.baselines import BM25, Popularity
+from evaluation.comparison import REPORT_VARIANTS, compare_models, comparison_markdown
+from evaluation.protocol import evaluate_ranker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("synthetic", "lastfm", "meetup_montana", "movielens", "scifact")
@@ -200,7 +200,7 @@ def main_quality(args) -> str:
         "the feature inputs. A searcher's or document's own fields (location, title, body, type) fill the gap "
         "where no snapshot preceded a session (newcomers, fresh events); their aggregates stay missing. The "
         "index: each document's newest snapshot up to the end of the training data, documents born later with "
-        "their first snapshot (`training.experiments.index_documents`).",
+        "their first snapshot (`evaluation.protocol.index_documents`).",
         "",
     ])
     write(RESULTS / ("retrieval_quality_quick.md" if args.quick else "retrieval_quality.md"), text)

@@ -2,7 +2,7 @@
 
 Steps: load the registered model version -> fetch the examples (by default the version the model was
 trained on, when it was trained on this dataset; else the current one) -> build the index as the train flow
-does (:mod:`training.experiments`: documents as of the end of the data the model learned from) -> exact-KNN
+does (:mod:`evaluation.protocol`: documents as of the end of the data the model learned from) -> exact-KNN
 metrics -> a markdown table artifact. With the model's own examples, split and evaluation seed it reproduces
 the metrics registered with the model.
 """
@@ -50,7 +50,7 @@ def evaluate(
     max_sessions: int | None = None,
 ) -> dict[str, float]:
     """Metrics of a registered model (None: ``<dataset>-two-tower``, its current version) on ``split``."""
-    from training.experiments import split_cutoff
+    from evaluation.protocol import split_cutoff
 
     log = get_run_logger()
     model_name = model_name or f"{dataset}-two-tower"

@@ -117,21 +117,21 @@ def fetch_examples(name: str, version: str | None) -> tuple[dict[str, pd.DataFra
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_document_snapshots(dataset: str, as_of: pd.Timestamp) -> pd.DataFrame:
     from features.store import FeatureRepo
-    from training.experiments import document_snapshots_from_repo
+    from evaluation.protocol import document_snapshots_from_repo
 
     return document_snapshots_from_repo(FeatureRepo.for_dataset(dataset), as_of)
 
 
 @task(cache_policy=NO_CACHE)
 def documents_as_of(snapshots: pd.DataFrame, as_of: pd.Timestamp, include_later: bool) -> pd.DataFrame:
-    from training.experiments import index_documents
+    from evaluation.protocol import index_documents
 
     return index_documents(snapshots, as_of, include_later=include_later)
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate_model(model, parts: dict, split: str, index: pd.DataFrame, max_sessions: int, seed: int) -> dict:
-    from training.experiments import evaluate_split
+    from evaluation.protocol import evaluate_split
 
     return evaluate_split(model, parts, split, index, max_sessions=max_sessions, seed=seed)
 
@@ -164,7 +164,7 @@ def warm_start_from(model_name: str) -> tuple[Path, str]:
 def fit(parts: dict, corpus: pd.DataFrame, config: TrainConfig, out_dir: Path, init_from: Path | None,
         feature_service: str):
     from models.train import train
-    from training.experiments import fill_static_document_fields
+    from evaluation.protocol import fill_static_document_fields
 
     train_ex = fill_static_document_fields(parts["train"], corpus)
     valid = parts["valid"] if len(parts["valid"]) else None
@@ -185,7 +185,7 @@ def register(model_dir: Path, name: str, metrics: dict, config: TrainConfig, fea
 @flow(name="train", log_prints=True)
 def train(dataset: str = "synthetic-default", params: TrainParams | None = None) -> str:
     """Train a two-tower model on the published examples of ``dataset``, evaluate it, register it."""
-    from training.experiments import split_cutoff
+    from evaluation.protocol import split_cutoff
 
     params = params or TrainParams()
     config = params.train_config()

@@ -93,17 +93,17 @@ def _padded_rows(sets: Sequence[np.ndarray], row_of: pd.Series) -> np.ndarray:
     return out
 
 
-def retrieval_metrics(
-    query_emb: np.ndarray, doc_emb: np.ndarray, doc_ids: Sequence[str], sessions: EvalSessions,
-    ks: Sequence[int] = (1, 10, 50, 100), ndcg_k: int = 10, mrr_k: int = 100,
+def ranking_metrics(
+    top: np.ndarray, doc_ids: Sequence[str], sessions: EvalSessions, ks: Sequence[int] = (1, 10, 50, 100),
+    ndcg_k: int = 10, mrr_k: int = 100,
 ) -> dict[str, float]:
-    """recall@K for each K, MRR@mrr_k and nDCG@ndcg_k of the sessions' queries against all documents."""
+    """recall@K for each K, MRR@mrr_k and nDCG@ndcg_k of a ranking: ``top`` is (sessions, k) rows of the
+    document table, best first, -1 for an empty slot (a baseline that retrieves fewer than k)."""
     n = len(sessions.targets)
-    if n == 0:
-        raise ValueError("no evaluation sessions")
+    if n == 0 or len(top) != n:
+        raise ValueError(f"need one ranking per evaluation session: {len(top)} rankings for {n} sessions")
+    top = np.where(np.asarray(top) < 0, -3, top)  # never equal to a target code (-1 missing, -2 padding)
     row_of = pd.Series(np.arange(len(doc_ids)), index=pd.Index(np.asarray(doc_ids, dtype=object).astype(str)))
-    kmax = max(max(ks), ndcg_k, mrr_k)
-    top = top_k(query_emb, doc_emb, kmax)  # (S, kmax)
     tgt = _padded_rows(sessions.targets, row_of)  # (S, T)
     hits = (top[:, :, None] == tgt[:, None, :]).any(-1)  # (S, kmax)
     n_t = np.array([len(t) for t in sessions.targets], float)
@@ -121,7 +121,8 @@ def retrieval_metrics(
     first = np.where(rel_at.any(1), rel_at.argmax(1) + 1, np.inf)
     out["mrr"] = float(np.mean(1.0 / first))
     disc = 1.0 / np.log2(np.arange(2, ndcg_k + 2))
-    dcg = ((2.0 ** gain_at[:, :ndcg_k] - 1) * disc[: gain_at[:, :ndcg_k].shape[1]]).sum(1)
+    g = gain_at[:, :ndcg_k]
+    dcg = ((2.0 ** g - 1) * disc[: g.shape[1]]).sum(1)
     ideal = -np.sort(-g_val, axis=1)[:, :ndcg_k]
     idcg = ((2.0 ** ideal - 1) * disc[: ideal.shape[1]]).sum(1)
     out[f"ndcg@{ndcg_k}"] = float(np.mean(np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)))
@@ -129,6 +130,17 @@ def retrieval_metrics(
     out["n_documents"] = float(len(doc_ids))
     out["targets_missing"] = float((tgt == -1).sum())
     return out
+
+
+def retrieval_metrics(
+    query_emb: np.ndarray, doc_emb: np.ndarray, doc_ids: Sequence[str], sessions: EvalSessions,
+    ks: Sequence[int] = (1, 10, 50, 100), ndcg_k: int = 10, mrr_k: int = 100,
+) -> dict[str, float]:
+    """:func:`ranking_metrics` of the exact KNN of the sessions' query embeddings over all documents."""
+    if len(sessions.targets) == 0:
+        raise ValueError("no evaluation sessions")
+    top = top_k(query_emb, doc_emb, max(max(ks), ndcg_k, mrr_k))  # (S, kmax)
+    return ranking_metrics(top, doc_ids, sessions, ks, ndcg_k, mrr_k)
 
 
 def evaluate(

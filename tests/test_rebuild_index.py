@@ -49,7 +49,7 @@ def build_tiny_world(dataset: str, snapshot_every_days: int = 6, epochs: int = 2
     from models.config import LossConfig, ModelConfig, TrainConfig
     from models.train import train
     from training.examples import build_examples, join_features, partition, write_splits
-    from training.experiments import fill_static_document_fields, index_documents, split_cutoff
+    from evaluation.protocol import fill_static_document_fields, index_documents, split_cutoff
     from training.registry import load_registered_model, register_model
 
     data = generate_world(WorldConfig.preset("tiny"))

@@ -7,19 +7,10 @@ import pandas as pd
 import pytest
 
 from models.config import LossConfig, ModelConfig, TrainConfig
-from models.evaluate import retrieval_metrics, session_targets, top_k
-from training.experiments import (
-    BM25,
-    Popularity,
-    compare_models,
-    comparison_markdown,
-    evaluate_ranker,
-    fill_static_document_fields,
-    index_documents,
-    ranking_metrics,
-    split_cutoff,
-    variant_config,
-)
+from evaluation.baselines import BM25, Popularity
+from evaluation.comparison import compare_models, comparison_markdown, variant_config
+from evaluation.protocol import evaluate_ranker, fill_static_document_fields, index_documents, split_cutoff
+from models.evaluate import ranking_metrics, retrieval_metrics, session_targets, top_k
 
 
 def T(s: str) -> pd.Timestamp:

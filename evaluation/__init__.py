@@ -1,0 +1,1 @@
+"""Offline evaluation: the held-out protocol, plain baselines, the model comparison."""

@@ -1,0 +1,146 @@
+"""The held-out evaluation protocol that the train/evaluate flows, the comparison and the benchmarks share.
+
+- **the index**: a held-out split is retrieved from the documents as the index stood when the data the
+  model learned from ended (:func:`split_cutoff`): each document with its newest feature snapshot not
+  after the cutoff, and documents created later with their first snapshot (a nightly rebuild adds them).
+  Nothing that happened after the cutoff reaches a document that already existed.
+- **the metrics**: the paper's recall@K (eq. 1) over up to 10,000 held-out sessions with exact KNN over
+  the whole index, MRR and nDCG@10 (graded by qrels where the source has them), from
+  :mod:`models.evaluate`; :func:`evaluate_ranker` scores any ranking (a baseline, a library peer) with the
+  same code, on exactly the same sessions and index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from features.schema import DOC_CATEGORICAL, DOC_TEXT, SEARCHER_CATEGORICAL, SPLITS, doc_column, searcher_column
+from models.evaluate import evaluate, ranking_metrics, session_targets
+
+DEFAULT_KS = (1, 10, 50, 100)
+FEATURE_TS = "feature_ts"
+# A document's own fields, fixed at its creation (the rest of its features are aggregates over time).
+STATIC_DOC_FIELDS = (*DOC_TEXT, *DOC_CATEGORICAL)
+def split_cutoff(parts: Mapping[str, pd.DataFrame], split: str) -> pd.Timestamp:
+    """The newest example time a model evaluated on ``split`` could have learned from.
+
+    valid: the newest train example; test: the newest train or valid example. With a time split this is
+    the start of the held-out period; with a source's random split (MovieLens, Meetup Chicago) it is the
+    end of the data, whose adapters keep held-out interactions out of the feature inputs.
+    """
+    if split not in SPLITS[1:]:
+        raise ValueError(f"split must be one of {list(SPLITS[1:])}, got {split!r}")
+    before = SPLITS[: SPLITS.index(split)]
+    times = [pd.to_datetime(parts[s]["ts"], utc=True) for s in before if s in parts and len(parts[s])]
+    if not times:
+        raise ValueError(f"no {' or '.join(before)} examples: nothing a model evaluated on {split!r} learned from")
+    return max(t.max() for t in times)
+
+
+def index_documents(snapshots: pd.DataFrame, as_of: datetime | pd.Timestamp, include_later: bool = True) -> pd.DataFrame:
+    """One row per document from feature snapshot rows (``doc_id``, ``feature_ts``, features).
+
+    Each document gets its newest snapshot with ``feature_ts <= as_of``; with ``include_later``, documents
+    without one get their first snapshot after ``as_of``. Sorted by ``doc_id``.
+    """
+    missing = [c for c in ("doc_id", FEATURE_TS) if c not in snapshots.columns]
+    if missing:
+        raise ValueError(f"document snapshots lack column(s) {missing}; present: {list(snapshots.columns)}")
+    as_of = pd.Timestamp(as_of)
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of must be timezone-aware (UTC), got {as_of}")
+    ts = pd.to_datetime(snapshots[FEATURE_TS], utc=True)
+    order = np.argsort(ts.to_numpy(dtype="datetime64[ns]"), kind="stable")
+    s = snapshots.iloc[order]
+    early = (ts <= as_of).to_numpy()[order]
+    parts = [s[early].drop_duplicates("doc_id", keep="last")]
+    if include_later:
+        later = s[~early]
+        parts.append(later[~later["doc_id"].isin(parts[0]["doc_id"])].drop_duplicates("doc_id", keep="first"))
+    drop = [c for c in ("event_timestamp", "created_timestamp") if c in s.columns]
+    out = pd.concat(parts, ignore_index=True).drop(columns=drop)
+    return out.sort_values("doc_id", kind="stable").reset_index(drop=True)
+
+
+def _fill(examples: pd.DataFrame, table: pd.DataFrame, key: str, fields: Sequence[str], column, ts_column: str
+          ) -> pd.DataFrame:
+    hole = examples[ts_column].isna() if ts_column in examples.columns else pd.Series(True, index=examples.index)
+    if not hole.any():
+        return examples
+    static = table.drop_duplicates(key).set_index(key)
+    out = examples.copy()
+    ids = out.loc[hole, key].astype(str)
+    for f in fields:
+        if f not in static.columns:
+            continue
+        col = column(f)
+        values = static[f].reindex(ids).to_numpy(dtype=object)
+        if col not in out.columns:
+            out[col] = None
+        current = out.loc[hole, col].to_numpy(dtype=object)
+        out.loc[hole, col] = np.where(pd.isna(current), values, current)
+    return out
+
+
+def fill_static_document_fields(examples: pd.DataFrame, documents: pd.DataFrame) -> pd.DataFrame:
+    """Fill a document's own fields (title, body, type, location) where the point-in-time join found no
+    snapshot (a document created after the last snapshot before the session). Those fields exist from the
+    document's creation, so this adds nothing from the future; member aggregates stay missing."""
+    return _fill(examples, documents, "doc_id", STATIC_DOC_FIELDS, doc_column, "doc_feature_ts")
+
+
+def fill_static_searcher_fields(examples: pd.DataFrame, searchers: pd.DataFrame) -> pd.DataFrame:
+    """The same for the searcher's own fields (city, region, country, language) of a searcher who joined
+    after the last snapshot before the session; social features and counts stay missing."""
+    return _fill(examples, searchers, "searcher_id", SEARCHER_CATEGORICAL, searcher_column, "searcher_feature_ts")
+
+
+def document_snapshots_from_repo(repo, as_of: datetime | pd.Timestamp) -> pd.DataFrame:
+    """The document snapshot rows of a :class:`features.store.FeatureRepo` that :func:`index_documents`
+    needs for ``as_of``: the newest day written not after it, and every later day."""
+    days = repo.source_days("document")
+    if not days:
+        raise FileNotFoundError(f"no document snapshots under {repo.root}; run the materialize flow first")
+    from features.compute import as_of_for_day
+
+    as_of = pd.Timestamp(as_of)
+    first = 0
+    for i, day in enumerate(days):
+        if pd.Timestamp(as_of_for_day(day)) <= as_of:
+            first = i
+    frames = [repo.read_source("document", d) for d in tqdm(days[first:], desc="read document snapshots",
+                                                              unit="day", disable=None)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate_split(
+    model, parts: Mapping[str, pd.DataFrame], split: str, index: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
+    max_sessions: int = 10_000, qrels: pd.DataFrame | None = None, seed: int = 0,
+) -> dict[str, float]:
+    """A model's metrics on one held-out split against ``index`` (exact KNN over all its documents)."""
+    examples = parts.get(split)
+    if examples is None or examples.empty:
+        raise ValueError(f"the {split!r} split has no examples to evaluate on")
+    return evaluate(model, examples, index, ks=ks, max_sessions=max_sessions, qrels=qrels, seed=seed)
+
+
+class Ranker(Protocol):
+    """A baseline: for each session query (a frame row), the top ``k`` rows of the document table (-1: none)."""
+
+    def rank(self, queries: pd.DataFrame, k: int) -> np.ndarray: ...
+
+
+def evaluate_ranker(
+    ranker: Ranker, examples: pd.DataFrame, index: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
+    max_sessions: int = 10_000, qrels: pd.DataFrame | None = None, seed: int = 0,
+) -> dict[str, float]:
+    """A baseline's metrics on the same sessions (same sample, same seed) as :func:`models.evaluate.evaluate`."""
+    sessions = session_targets(examples, max_sessions, seed, qrels)
+    top = ranker.rank(sessions.queries, max(max(ks), 100))
+    return ranking_metrics(top, index["doc_id"].astype(str).to_numpy(), sessions, ks)
