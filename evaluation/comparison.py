@@ -88,6 +88,7 @@ def compare_models(
     seed: int = 0,
     out_dir: str | Path | None = None,
     feature_service: str = "",
+    consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Train every variant on the same examples, evaluate each on the same test sessions; one row each.
 
@@ -110,7 +111,8 @@ def compare_models(
             result = fit(train, valid, documents, cfg, root / _slug(name), resume=False,
                          feature_service=feature_service)
             seconds = time.perf_counter() - t0
-            metrics = evaluate(result.model, test, index, ks=ks, max_sessions=max_sessions, qrels=qrels, seed=seed)
+            metrics = evaluate(result.model, test, index, ks=ks, max_sessions=max_sessions, qrels=qrels, seed=seed,
+                               consumed=consumed)
             rows.append({"variant": name, **metrics, "best_epoch": result.best_epoch, "train_seconds": seconds,
                          "examples_per_s": result.examples_per_s})
     return pd.DataFrame(rows).set_index("variant")

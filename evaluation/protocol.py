@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features.schema import DOC_CATEGORICAL, DOC_TEXT, SEARCHER_CATEGORICAL, SPLITS, doc_column, searcher_column
-from models.evaluate import evaluate, ranking_metrics, session_targets
+from models.evaluate import drop_excluded, evaluate, exclusion_rows, ranking_metrics, session_targets
 
 DEFAULT_KS = (1, 10, 50, 100)
 FEATURE_TS = "feature_ts"
@@ -122,12 +122,14 @@ def document_snapshots_from_repo(repo, as_of: datetime | pd.Timestamp) -> pd.Dat
 def evaluate_split(
     model, parts: Mapping[str, pd.DataFrame], split: str, index: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
     max_sessions: int = 10_000, qrels: pd.DataFrame | None = None, seed: int = 0,
+    consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """A model's metrics on one held-out split against ``index`` (exact KNN over all its documents)."""
     examples = parts.get(split)
     if examples is None or examples.empty:
         raise ValueError(f"the {split!r} split has no examples to evaluate on")
-    return evaluate(model, examples, index, ks=ks, max_sessions=max_sessions, qrels=qrels, seed=seed)
+    return evaluate(model, examples, index, ks=ks, max_sessions=max_sessions, qrels=qrels, seed=seed,
+                    consumed=consumed)
 
 
 class Ranker(Protocol):
@@ -139,8 +141,23 @@ class Ranker(Protocol):
 def evaluate_ranker(
     ranker: Ranker, examples: pd.DataFrame, index: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
     max_sessions: int = 10_000, qrels: pd.DataFrame | None = None, seed: int = 0,
+    consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, float]:
-    """A baseline's metrics on the same sessions (same sample, same seed) as :func:`models.evaluate.evaluate`."""
-    sessions = session_targets(examples, max_sessions, seed, qrels)
-    top = ranker.rank(sessions.queries, max(max(ks), 100))
-    return ranking_metrics(top, index["doc_id"].astype(str).to_numpy(), sessions, ks)
+    """A baseline's metrics on the same sessions (same sample, same seed, same exclusions) as
+    :func:`models.evaluate.evaluate`."""
+    sessions = session_targets(examples, max_sessions, seed, qrels, consumed)
+    doc_ids = index["doc_id"].astype(str).to_numpy()
+    k = max(max(ks), 100)
+    rows = exclusion_rows(sessions.exclude, doc_ids)
+    widest = max((len(r) for r in rows), default=0) if rows is not None else 0
+    top = drop_excluded(ranker.rank(sessions.queries, k + widest), rows, k)
+    return ranking_metrics(top, doc_ids, sessions, ks)
+
+
+def consumed_documents(examples: pd.DataFrame) -> dict[str, np.ndarray]:
+    """searcher_id -> the doc_ids it clicked in ``examples`` (the training split): what a recommender
+    does not offer again."""
+    if examples.empty:
+        return {}
+    g = examples[["searcher_id", "doc_id"]].astype(str).drop_duplicates()
+    return {s: d.to_numpy(object) for s, d in g.groupby("searcher_id")["doc_id"]}

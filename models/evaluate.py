@@ -29,6 +29,9 @@ class EvalSessions:
     queries: pd.DataFrame  # one row per session (its first example): the query tower's input
     targets: list[np.ndarray]  # doc_ids clicked in each session (recall target set)
     graded: list[tuple[np.ndarray, np.ndarray]]  # (doc_ids, relevance) for MRR / nDCG
+    # doc_ids each session must not retrieve: what its searcher already consumed in training (the
+    # recommendation protocol; None in search). A consumed target then counts as a miss for every method.
+    exclude: list[np.ndarray] | None = None
 
 
 def _session_key(examples: pd.DataFrame) -> pd.Series:
@@ -41,9 +44,13 @@ def _session_key(examples: pd.DataFrame) -> pd.Series:
 
 
 def session_targets(
-    examples: pd.DataFrame, max_sessions: int = 10_000, seed: int = 0, qrels: pd.DataFrame | None = None
+    examples: pd.DataFrame, max_sessions: int = 10_000, seed: int = 0, qrels: pd.DataFrame | None = None,
+    consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> EvalSessions:
-    """Group examples into sessions; keep a seeded random sample of at most ``max_sessions``."""
+    """Group examples into sessions; keep a seeded random sample of at most ``max_sessions``.
+
+    ``consumed`` (searcher_id -> doc_ids) fills :attr:`EvalSessions.exclude` for each session's searcher.
+    """
     if DOC_ID not in examples.columns:
         raise ValueError(f"examples lack {DOC_ID!r}; present: {list(examples.columns)}")
     key = _session_key(examples).to_numpy()
@@ -66,17 +73,53 @@ def session_targets(
         graded = [groups.get(str(uniques[c]), empty) for c in chosen]
     else:
         graded = [(t, np.ones(len(t))) for t in targets]
-    return EvalSessions(queries, targets, graded)
+    exclude = None
+    if consumed is not None:
+        empty_ids = np.zeros(0, object)
+        exclude = [np.asarray(consumed.get(str(s), empty_ids), dtype=object)
+                   for s in queries["searcher_id"].astype(str)]
+    return EvalSessions(queries, targets, graded, exclude)
 
 
-def top_k(query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Exact inner-product KNN: (n_queries, k) document rows, best first."""
+def exclusion_rows(exclude: Sequence[np.ndarray] | None, doc_ids: Sequence[str]) -> list[np.ndarray] | None:
+    """Per session, the document-table rows of its excluded doc_ids (unknown ids dropped)."""
+    if exclude is None:
+        return None
+    index = pd.Index(np.asarray(doc_ids, dtype=object).astype(str))
+    rows = [index.get_indexer(np.asarray(e, dtype=object).astype(str)) for e in exclude]
+    return [r[r >= 0] for r in rows]
+
+
+def drop_excluded(top: np.ndarray, exclude_rows: Sequence[np.ndarray] | None, k: int) -> np.ndarray:
+    """The first ``k`` entries of each ranking that are not excluded (-1 pads a ranking that runs out)."""
+    if exclude_rows is None:
+        return top[:, :k]
+    out = np.full((len(top), k), -1, np.int64)
+    for i, (ranked, ex) in enumerate(zip(top, exclude_rows)):
+        keep = ranked[(ranked >= 0) & ~np.isin(ranked, ex)][:k]
+        out[i, : len(keep)] = keep
+    return out
+
+
+def top_k(
+    query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: int = 2048,
+    exclude_rows: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Exact inner-product KNN: (n_queries, k) document rows, best first; ``exclude_rows[i]`` are never
+    returned for query i (-1 pads a row when fewer than k documents remain)."""
     k = min(k, len(doc_emb))
     d = torch.from_numpy(np.ascontiguousarray(doc_emb, dtype=np.float32))
     out = np.empty((len(query_emb), k), np.int64)
     for s in range(0, len(query_emb), chunk):
         q = torch.from_numpy(np.ascontiguousarray(query_emb[s : s + chunk], dtype=np.float32))
-        out[s : s + chunk] = (q @ d.T).topk(k, dim=1).indices.numpy()
+        scores = q @ d.T
+        if exclude_rows is not None:
+            ex = exclude_rows[s : s + chunk]
+            r = np.repeat(np.arange(len(ex)), [len(e) for e in ex])
+            if len(r):
+                scores[torch.from_numpy(r), torch.from_numpy(np.concatenate(ex).astype(np.int64))] = -torch.inf
+        val, idx = scores.topk(k, dim=1)
+        out[s : s + chunk] = np.where(torch.isinf(val).numpy(), -1, idx.numpy())
     return out
 
 
@@ -139,7 +182,8 @@ def retrieval_metrics(
     """:func:`ranking_metrics` of the exact KNN of the sessions' query embeddings over all documents."""
     if len(sessions.targets) == 0:
         raise ValueError("no evaluation sessions")
-    top = top_k(query_emb, doc_emb, max(max(ks), ndcg_k, mrr_k))  # (S, kmax)
+    top = top_k(query_emb, doc_emb, max(max(ks), ndcg_k, mrr_k),
+                exclude_rows=exclusion_rows(sessions.exclude, doc_ids))  # (S, kmax)
     return ranking_metrics(top, doc_ids, sessions, ks, ndcg_k, mrr_k)
 
 
@@ -147,14 +191,16 @@ def evaluate(
     model: Embedder, examples_test: pd.DataFrame, documents: pd.DataFrame,
     ks: Sequence[int] = (1, 10, 50, 100), max_sessions: int = 10_000, qrels: pd.DataFrame | None = None,
     seed: int = 0, batch_size: int = 4096, doc_embeddings: np.ndarray | None = None, progress: bool = False,
+    consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` on held-out examples against the full document table (exact KNN).
 
-    ``doc_embeddings`` (rows aligned with ``documents``) skips re-embedding the corpus.
+    ``doc_embeddings`` (rows aligned with ``documents``) skips re-embedding the corpus; ``consumed``
+    (searcher_id -> doc_ids) is never retrieved for that searcher (the recommendation protocol).
     """
     if len(documents) == 0:
         raise ValueError("empty document table: nothing to retrieve from")
-    sessions = session_targets(examples_test, max_sessions, seed, qrels)
+    sessions = session_targets(examples_test, max_sessions, seed, qrels, consumed)
     q = model.embed_queries(sessions.queries, batch_size=batch_size)
     d = doc_embeddings
     if d is None:

@@ -9,8 +9,10 @@ import pytest
 from models.config import LossConfig, ModelConfig, TrainConfig
 from evaluation.baselines import BM25, Popularity
 from evaluation.comparison import compare_models, comparison_markdown, variant_config
-from evaluation.protocol import evaluate_ranker, fill_static_document_fields, index_documents, split_cutoff
-from models.evaluate import ranking_metrics, retrieval_metrics, session_targets, top_k
+from evaluation.protocol import (
+    consumed_documents, evaluate_ranker, fill_static_document_fields, index_documents, split_cutoff,
+)
+from models.evaluate import exclusion_rows, ranking_metrics, retrieval_metrics, session_targets, top_k
 
 
 def T(s: str) -> pd.Timestamp:
@@ -152,3 +154,29 @@ def test_compare_models_one_row_per_variant():
     assert table.loc["unified", "recall@10"] > table.loc["text-only", "recall@10"] + 0.1
     md = comparison_markdown(table, reference="text-only")
     assert md.count("\n") == 2 + len(variants) and "| text-only |" in md and "ref" in md
+
+
+# --------------------------------------------------------------------------- the recommendation protocol
+
+
+def test_consumed_documents_are_never_retrieved_by_models_or_baselines():
+    rng = np.random.default_rng(3)
+    ids = [f"d{i}" for i in range(30)]
+    index = pd.DataFrame({"doc_id": ids})
+    train = pd.DataFrame({"searcher_id": ["a", "a", "b"], "doc_id": ["d0", "d1", "d2"]})
+    test = pd.DataFrame({"session_id": ["1", "2"], "searcher_id": ["a", "b"], "doc_id": ["d3", "d2"]})
+    consumed = consumed_documents(train)
+    assert sorted(consumed["a"]) == ["d0", "d1"] and list(consumed["b"]) == ["d2"]
+    sessions = session_targets(test, consumed=consumed)
+    rows = exclusion_rows(sessions.exclude, ids)
+    q, d = rng.normal(size=(2, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    top = top_k(q, d, 30, exclude_rows=rows)
+    assert not np.isin(top[0], [0, 1]).any() and not np.isin(top[1], [2]).any()
+    assert (top[0, -2:] == -1).all() and (top[0, :-2] >= 0).all()  # 28 left for searcher a
+    # the same exclusions for a ranker: popularity would put d0..d2 first
+    pop = Popularity(pd.DataFrame({"doc_id": ["d0"] * 3 + ["d1"] * 2 + ["d2"]}), index)
+    got = evaluate_ranker(pop, test, index, ks=(1, 10), consumed=consumed)
+    # b's only target d2 was consumed in training: a miss for every method; a's target d3 ranks 2nd
+    assert got["recall@1"] == 0.0 and got["recall@10"] == 0.5
+    plain = evaluate_ranker(pop, test, index, ks=(1, 10))
+    assert plain["recall@1"] == 0.0 and plain["recall@10"] == 1.0
