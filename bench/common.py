@@ -35,7 +35,7 @@ from features.compute import (
     compute_features,
 )
 from ingest.contract import CanonicalDataset
-from training.examples import ExampleConfig, SplitConfig, build_examples, join_features, partition
+from training.examples import ExampleConfig, SplitConfig, add_history, build_examples, join_features, partition
 from evaluation.protocol import (
     fill_static_document_fields, fill_static_searcher_fields, index_documents, split_cutoff,
 )
@@ -88,7 +88,8 @@ def snapshot_days(first_event: pd.Timestamp, last_event: pd.Timestamp, max_snaps
 
 
 def feature_inputs(data: CanonicalDataset, session_split: pd.Series) -> CanonicalDataset:
-    """The tables features may see: held-out test sessions and test-marked memberships removed.
+    """The tables features may see: held-out test sessions, test-marked memberships and memberships made
+    after the last non-test session (the end of the data a model learns from) removed.
 
     A missing ``last_active_at`` is set to ``created_at``: the same value the feature takes anyway (the
     newest of creation and later activity), and ``compute_features`` fails on a column that is all NaT.
@@ -97,6 +98,8 @@ def feature_inputs(data: CanonicalDataset, session_split: pd.Series) -> Canonica
     memberships = data.memberships
     if "split" in memberships.columns:
         memberships = memberships[memberships["split"].astype(str) != "test"]
+    end = pd.to_datetime(sessions["ts"], utc=True).max()
+    memberships = memberships[pd.to_datetime(memberships["created_at"], utc=True) <= end]
     docs = data.documents.assign(last_active_at=data.documents["last_active_at"].fillna(data.documents["created_at"]))
     return dataclasses.replace(data, sessions=sessions.reset_index(drop=True), memberships=memberships, documents=docs)
 
@@ -152,6 +155,7 @@ def prepare(name: str, data: CanonicalDataset, max_snapshots: int = 24,
 
     joined = join_features(ex, snaps)
     parts = partition(joined)
+    parts = partition(add_history(joined, sessions, data.memberships, split))
     qrels = None
     if data.qrels is not None:
         qrels = data.qrels[data.qrels["split"].astype(str) == "test"] if "split" in data.qrels.columns else data.qrels

@@ -27,6 +27,7 @@ DEFAULT_KS = (1, 10, 50, 100)
 FEATURE_TS = "feature_ts"
 # A document's own fields, fixed at its creation (the rest of its features are aggregates over time).
 STATIC_DOC_FIELDS = (*DOC_TEXT, *DOC_CATEGORICAL)
+STATIC_SEARCHER_FIELDS = (*SEARCHER_CATEGORICAL, "profile", "profile_weights")
 def split_cutoff(parts: Mapping[str, pd.DataFrame], split: str) -> pd.Timestamp:
     """The newest example time a model evaluated on ``split`` could have learned from.
 
@@ -98,7 +99,7 @@ def fill_static_document_fields(examples: pd.DataFrame, documents: pd.DataFrame)
 def fill_static_searcher_fields(examples: pd.DataFrame, searchers: pd.DataFrame) -> pd.DataFrame:
     """The same for the searcher's own fields (city, region, country, language) of a searcher who joined
     after the last snapshot before the session; social features and counts stay missing."""
-    return _fill(examples, searchers, "searcher_id", SEARCHER_CATEGORICAL, searcher_column, "searcher_feature_ts")
+    return _fill(examples, searchers, "searcher_id", STATIC_SEARCHER_FIELDS, searcher_column, "searcher_feature_ts")
 
 
 def document_snapshots_from_repo(repo, as_of: datetime | pd.Timestamp) -> pd.DataFrame:

@@ -44,6 +44,7 @@ from features.schema import (
     DOC_NUMERIC,
     DOC_TEXT,
     DOC_TIMES,
+    SEARCHER_ATTRIBUTES,
     SEARCHER_CATEGORICAL,
     SEARCHER_MULTI,
     SEARCHER_NUMERIC,
@@ -60,6 +61,7 @@ from features.social import (
     make_graph,
     neighbour_cluster_weights,
 )
+from features.history import HistoryConfig, interactions, recent_documents
 from ingest.contract import CanonicalDataset
 
 SEARCHER_KEY = "searcher_id"
@@ -104,6 +106,7 @@ class FeatureConfig(BaseModel):
         "(periods start on Mondays for 7); 1 re-detects for every daily snapshot",
     )
     community: CommunityConfig = CommunityConfig()
+    history: HistoryConfig = HistoryConfig()
 
 
 # --------------------------------------------------------------------------- time
@@ -182,11 +185,36 @@ def searchers_as_of(dataset: CanonicalDataset, as_of: datetime) -> pd.DataFrame:
 
 
 def searcher_location(searchers: pd.DataFrame) -> pd.DataFrame:
-    """city, region, country, language of each searcher (``""`` when unknown)."""
+    """city, region, country, language of each searcher (``""`` when unknown), and its ``profile``."""
     out = pd.DataFrame({SEARCHER_KEY: searchers[SEARCHER_KEY].astype(str).to_numpy()})
     for c in SEARCHER_CATEGORICAL:
         out[c] = _text(searchers[c]).to_numpy() if c in searchers else ""
+    out["profile"] = searcher_profile(searchers)
+    out[weights_of("profile")] = [[1.0 / len(p)] * len(p) if p else [] for p in out["profile"]]
     return out
+
+
+AGE_BINS = (18, 25, 35, 45, 50, 56)  # MovieLens's published age groups: under 18, 18-24, ..., 56+
+
+
+def searcher_profile(searchers: pd.DataFrame) -> list[list[str]]:
+    """The searcher's optional attributes as tokens (``age:25-34``, ``gender:F``, ``occupation:writer``):
+    demographics carry what is known of a searcher before any history (cold start)."""
+    tokens = []
+    for c in SEARCHER_ATTRIBUTES:
+        if c not in searchers.columns:
+            continue
+        if c == "age":
+            age = pd.to_numeric(searchers[c], errors="coerce").to_numpy(np.float64)
+            edges = np.r_[0, AGE_BINS]
+            bins = np.searchsorted(AGE_BINS, age, side="right")
+            label = np.array([f"age:{edges[b]}-{AGE_BINS[b] - 1}" if b < len(AGE_BINS) else f"age:{AGE_BINS[-1]}+"
+                              for b in range(len(AGE_BINS) + 1)], dtype=object)
+            tokens.append(np.where(np.isnan(age), "", label[np.minimum(bins, len(AGE_BINS))]))
+        else:
+            v = _text(searchers[c]).to_numpy(dtype=object)
+            tokens.append(np.where(v == "", "", f"{c}:" + v.astype(str)))
+    return [[str(t) for t in row if t] for row in zip(*tokens)] if tokens else [[] for _ in range(len(searchers))]
 
 
 def social_graph(
@@ -371,6 +399,10 @@ def compute_features(
     location = searcher_location(searchers)
     social, own_cluster = searcher_social(dataset, searchers, ts, config, communities)
     searcher_df = location.merge(social, on=SEARCHER_KEY, how="left", validate="one_to_one")
+    events = interactions(_before(dataset.sessions, "ts", ts), _before(dataset.memberships, "created_at", ts))
+    hist, hist_w = recent_documents(events, searcher_df[SEARCHER_KEY].to_numpy(object),
+                                    pd.Series(ts, index=searcher_df.index), config.history)
+    searcher_df["history"], searcher_df[weights_of("history")] = hist, hist_w
     city = pd.Series(location["city"].to_numpy(), index=pd.Index(location[SEARCHER_KEY]))
     doc_df = document_features(dataset, ts, city, own_cluster, config)
     return _stamp(searcher_df, ts, SEARCHER_COLUMNS), _stamp(doc_df, ts, DOCUMENT_COLUMNS)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 # --- searcher features (entity key: searcher_id) -------------------------------------------------
 SEARCHER_CATEGORICAL = ("city", "region", "country", "language")
-SEARCHER_MULTI = ("clusters",)  # + "clusters_weights"
+SEARCHER_MULTI = ("clusters", "history", "profile")  # + "<name>_weights"; history: features.history
+SEARCHER_ATTRIBUTES = ("age", "gender", "occupation")  # optional searcher columns that make up "profile"
 SEARCHER_NUMERIC = ("friend_count",)
 
 # --- document features (entity key: doc_id) ------------------------------------------------------

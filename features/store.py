@@ -274,7 +274,7 @@ class FeatureRepo:
 
     def service_name(self, entity: EntityName, service: str | None = None,
                      role: Literal["training", "serving"] = "training") -> str:
-        """A full service name: ``None`` -> ``<entity>_<role>_v1``, ``"v2"`` -> ``<entity>_<role>_v2``."""
+        """A full service name: ``None`` -> ``<entity>_<role>_<FEATURE_SERVICE_VERSION>``, ``"v2"`` -> ``<entity>_<role>_v2``."""
         _check_entity(entity)
         if service is None:
             return f"{entity}_{role}_{self.FEATURE_SERVICE_VERSION}"
@@ -293,7 +293,7 @@ class FeatureRepo:
                 raise ValueError(f"unknown feature service {name!r}; registered: {known} (did you apply()?)") from exc
             self._services[name] = svc
         views = {p.name for p in svc.feature_view_projections}
-        if views != {f"{entity}_features"}:
+        if f"{entity}_features" not in views or any(not v.startswith(f"{entity}_") for v in views):
             raise ValueError(f"feature service {name!r} reads {sorted(views)}, not the {entity} features")
         return svc
 
@@ -324,7 +324,7 @@ class FeatureRepo:
 
         ``entity_df`` has the key column and ``event_timestamp`` (tz-aware). Returns ``entity_df``'s rows in
         its order and index, with the service's feature columns appended (``feature_ts`` tells which
-        snapshot a row got). ``service`` defaults to ``<entity>_training_v1``.
+        snapshot a row got). ``service`` defaults to ``<entity>_training_<FEATURE_SERVICE_VERSION>``.
         """
         key = KEYS[_check_entity(entity)]
         missing = [c for c in (key, EVENT_TIMESTAMP) if c not in entity_df.columns]
@@ -363,7 +363,7 @@ class FeatureRepo:
     ) -> pd.DataFrame:
         """The latest materialized features of ``ids`` (in that order; nulls for unknown ids).
 
-        ``service`` defaults to ``<entity>_serving_v1``.
+        ``service`` defaults to ``<entity>_serving_<FEATURE_SERVICE_VERSION>``.
         """
         key = KEYS[_check_entity(entity)]
         svc = self._service(entity, service, "serving")

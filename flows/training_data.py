@@ -58,7 +58,7 @@ def _run_dir(dataset: str) -> Path:
 def read_canonical(dataset: str):
     from ingest.contract import read_dataset
 
-    return read_dataset(get_settings().data_dir / dataset, tables=INPUT_TABLES)
+    return read_dataset(get_settings().data_dir / dataset, tables=(*INPUT_TABLES, "memberships"))
 
 
 @task(cache_policy=NO_CACHE)
@@ -97,6 +97,16 @@ def join_point_in_time(examples: pd.DataFrame, dataset: str, service: str | None
             f"no feature repository for {dataset!r} at {root}; run the materialize flow for it first"
         )
     return join_features(examples, FeatureRepo(root), service, feature_ts_column=FEATURE_TS)
+
+
+@task(cache_policy=NO_CACHE)
+def history_at_serving_time(examples: pd.DataFrame, sessions: pd.DataFrame, memberships: pd.DataFrame,
+                            params: TrainingDataParams):
+    """The searcher history as the daily snapshot serves it at each example's time (not as of the possibly
+    older snapshot the join found), and as of the cutoff for held-out splits."""
+    from training.examples import add_history
+
+    return add_history(examples, sessions, memberships, params.split)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -140,6 +150,8 @@ def training_data(
 
     examples = make_examples(sessions, data.documents, params)
     joined = join_point_in_time(examples, dataset, params.feature_service)
+    if "searcher_history" in joined.columns:  # services from v2 on serve the history
+        joined = history_at_serving_time(joined, sessions, data.memberships, params)
     report = gate("examples", joined, params.gates, previous["examples"], run_dir, dataset)
 
     config = {

@@ -1,8 +1,12 @@
 """Training batches: examples and corpus featurized once, a step gathers rows and draws negatives.
 
 Doc ids become integer ids: the rows of the document table first (0..N-1), then doc_ids that only occur
-as positives of examples (N..). Positives are embedded from the example's own ``doc_*`` columns (features
-as of the example's time); corpus and extra negatives from the document table.
+as positives of examples (N..). Corpus and extra negatives are embedded from the document table. Positives
+too by default (``positive_features="corpus"``), so that positives and sampled negatives are drawn from one
+feature distribution, the one the index serves; with ``"example"`` a positive uses the example's own
+``doc_*`` columns (features as of the example's time; documents absent from the table always do). Mixing
+the two lets the model tell a positive from a negative by the age of its aggregates (a document that has
+gathered members since) instead of by relevance: measured on MovieLens, recall@10 fell by three quarters.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.columns import DOC_ID
+from models.columns import DOC_ID, to_document_columns
 from models.config import LossConfig
 from models.features import FeatureTable, TowerInputs
 from models.sampling import ExtraNegatives, NegativeSampler, click_probabilities
@@ -61,21 +65,39 @@ def doc_index(documents: pd.DataFrame, *others: pd.Series) -> pd.Series:
     return pd.Series(np.arange(len(known) + len(extra)), index=known.append(extra))
 
 
+def positive_frame(examples: pd.DataFrame, documents: pd.DataFrame, pos_ids: np.ndarray, source: str) -> pd.DataFrame:
+    """The document rows the positives are embedded from, one per example (see the module docstring)."""
+    if source not in ("corpus", "example"):
+        raise ValueError(f"positive_features must be 'corpus' or 'example', got {source!r}")
+    own = to_document_columns(examples)
+    if source == "example":
+        return own
+    inside = pos_ids < len(documents)
+    parts = [documents.iloc[pos_ids[inside]].assign(_row=np.flatnonzero(inside))]
+    if not inside.all():
+        parts.append(own.loc[~inside, [c for c in documents.columns if c in own.columns]]
+                     .assign(_row=np.flatnonzero(~inside)))
+    return pd.concat(parts, ignore_index=True).sort_values("_row", kind="stable").reset_index(drop=True)
+
+
 class TrainingData:
     """Featurized examples and corpus of one run; :meth:`batch` builds a step's :class:`TrainBatch`."""
 
     def __init__(
         self, model: TwoTowerModel, examples: pd.DataFrame, documents: pd.DataFrame, loss: LossConfig,
         corpus: FeatureTable | None = None, ids: pd.Series | None = None,
+        positive_features: str = "corpus",
     ):
         if len(examples) == 0:
             raise ValueError("no training examples")
         self.loss = loss
         self.ids = ids if ids is not None else doc_index(documents, examples[DOC_ID])
         self.queries = model.featurize_queries(examples)
-        self.positives = model.featurize_documents(examples)
-        self.corpus = corpus if corpus is not None else model.featurize_documents(documents)
         self.pos_ids = self.ids.loc[examples[DOC_ID].astype(str)].to_numpy(np.int64)
+        self.positives = model.featurize_documents(
+            positive_frame(examples, documents, self.pos_ids, positive_features)
+        )
+        self.corpus = corpus if corpus is not None else model.featurize_documents(documents)
         self.n_examples = len(examples)
         self.click_probs = click_probabilities(self.pos_ids, len(self.ids))
         mode = loss.negatives if loss.n_corpus_negatives > 0 else "batch"

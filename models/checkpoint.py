@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from models.config import ModelConfig
+from models.features import FittedInputs
 from models.towers import TwoTowerModel
 
 CHECKPOINT = "checkpoint.pt"
@@ -90,6 +91,7 @@ def model_payload(model: TwoTowerModel, feature_service: str = "", **info: Any) 
         "format_version": FORMAT_VERSION,
         "model_config": model.config.model_dump(mode="json"),
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "fitted_inputs": model.fitted.as_dict(),
         "feature_service": feature_service,
         **info,
     }
@@ -102,6 +104,7 @@ def save_model(model: TwoTowerModel, path: str | os.PathLike, feature_service: s
 def model_from_payload(payload: dict, device: str = "cpu") -> TwoTowerModel:
     model = TwoTowerModel(ModelConfig.model_validate(payload["model_config"]))
     model.load_state_dict(payload["model_state"])
+    model.set_fitted(FittedInputs.from_dict(payload.get("fitted_inputs")))
     model.feature_service = payload.get("feature_service", "")
     return model.to(device).eval()
 
@@ -124,5 +127,5 @@ def read_model_info(path: str | os.PathLike) -> dict:
     if p.is_dir():
         p = p / MODEL if (p / MODEL).exists() else p / CHECKPOINT
     payload = load_file(p)
-    skip = ("model_state", "optimizers", "rng")
+    skip = ("model_state", "optimizers", "rng", "fitted_inputs")
     return {k: v for k, v in payload.items() if k not in skip}

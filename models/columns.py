@@ -37,11 +37,15 @@ DOC_ID = "doc_id"
 _KIND = {
     "city": "city", "region": "region", "country": "country", "language": "language",
     "clusters": "cluster", "member_cities": "city", "member_clusters": "cluster", "doc_type": "doc_type",
+    "history": "doc", "doc_id": "doc", "searcher_id": "searcher", "profile": "profile",
 }
+# Kinds whose values are ids with a learned vocabulary (the min-frequency rule of ModelConfig.id_min_count).
+ID_KINDS = ("doc", "searcher")
 _GROUP = {
     "city": "location", "region": "location", "country": "location", "language": "location",
     "member_cities": "location", "clusters": "social", "member_clusters": "social", "doc_type": "doc_type",
     "friend_count": "counts", "member_count": "counts", "active_members_30d": "counts",
+    "history": "history", "doc_id": "ids", "searcher_id": "ids", "profile": "profile",
 }
 
 
@@ -77,6 +81,8 @@ def query_columns(cfg: ModelConfig) -> TowerColumns:
     """Query tower inputs, named as in a training example (``query``, ``searcher_*``)."""
     ctx = [ContextField(searcher_column(n), _KIND[n], False) for n in SEARCHER_CATEGORICAL if _enabled(cfg, n)]
     ctx += [ContextField(searcher_column(n), _KIND[n], True) for n in SEARCHER_MULTI if _enabled(cfg, n)]
+    if _enabled(cfg, "searcher_id"):
+        ctx.append(ContextField("searcher_id", _KIND["searcher_id"], False))
     num = tuple(searcher_column(n) for n in SEARCHER_NUMERIC if _enabled(cfg, n))
     return TowerColumns(text=(QUERY_TEXT,), context=tuple(ctx), numeric=num)
 
@@ -86,6 +92,8 @@ def document_columns(cfg: ModelConfig) -> TowerColumns:
     text = DOC_TEXT if cfg.doc_body else DOC_TEXT[:1]
     ctx = [ContextField(n, _KIND[n], False) for n in DOC_CATEGORICAL if _enabled(cfg, n)]
     ctx += [ContextField(n, _KIND[n], True) for n in DOC_MULTI if _enabled(cfg, n)]
+    if _enabled(cfg, DOC_ID):
+        ctx.append(ContextField(DOC_ID, _KIND[DOC_ID], False))
     num = tuple(n for n in DOC_NUMERIC if _enabled(cfg, n))
     return TowerColumns(text=tuple(text), context=tuple(ctx), numeric=num)
 

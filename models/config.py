@@ -32,6 +32,20 @@ class ModelConfig(BaseModel):
     social: bool = Field(True, description="searcher social clusters; document member clusters")
     counts: bool = Field(True, description="friend count; member and active-member counts (log1p)")
     doc_type: bool = Field(True, description="the document type as a categorical feature")
+    ids: bool = Field(
+        True, description="hashed id embeddings: the searcher id (query tower) and the document id (document "
+        "tower), for ids seen at least id_min_count times in training; rarer and unseen ids use the unknown row",
+    )
+    history: bool = Field(
+        True, description="the searcher's recent clicks and joins as a weighted multi-hot of document ids "
+        "(features.history; same id vocabulary as the document id)",
+    )
+    profile: bool = Field(True, description="the searcher's attribute tokens (age group, gender, occupation)")
+    id_min_count: int = Field(2, ge=1, description="training examples an id needs to get its own embedding")
+    scale_counts: bool = Field(
+        True, description="standardize the log1p count features with training statistics (unscaled counts "
+        "up to ~7 dominate the MLP input)",
+    )
     hidden_dims: tuple[int, ...] = Field((256,), description="MLP hidden layers of each tower")
     output_dim: int = Field(64, ge=2, description="size of the L2-normalized embedding")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -98,6 +112,11 @@ class TrainConfig(BaseModel):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    positive_features: Literal["corpus", "example"] = Field(
+        "corpus", description="corpus: positives are embedded from the document table like the sampled "
+        "negatives and the index (one feature distribution); example: from the example's point-in-time "
+        "doc_* columns (see models.batches)",
+    )
     lr: float = Field(2e-3, gt=0.0, description="Adam learning rate of the dense (MLP) parameters")
     sparse_lr: float = Field(1e-2, gt=0.0, description="SparseAdam learning rate of the embedding tables")
     batch_size: int = Field(512, ge=2)

@@ -94,10 +94,13 @@ def _is_list(v) -> bool:
     return isinstance(v, (list, tuple, np.ndarray))
 
 
-def _hash_values(values: np.ndarray, kind: str, buckets: int) -> np.ndarray:
-    """Hashed context rows of an object array of strings; None/NaN/'' -> the unknown row."""
+def _hash_values(values: np.ndarray, kind: str, buckets: int, vocabulary: pd.Index | None = None) -> np.ndarray:
+    """Hashed context rows of an object array of strings; None/NaN/'' and, when a ``vocabulary`` is given,
+    values outside it -> the unknown row."""
     s = pd.Series(values, dtype=object)
     missing = s.isna().to_numpy() | (s.astype(str) == "").to_numpy()
+    if vocabulary is not None:
+        missing |= ~s.astype(str).isin(vocabulary).to_numpy()
     codes, uniques = pd.factorize(s.where(~missing, None), use_na_sentinel=True)
     table = to_buckets(hash_strings([str(u) for u in uniques], kind), buckets - 1, offset=1)
     out = np.full(len(s), UNKNOWN, np.int64)
@@ -105,18 +108,18 @@ def _hash_values(values: np.ndarray, kind: str, buckets: int) -> np.ndarray:
     return out
 
 
-def _context_field(frame: pd.DataFrame, field: ContextField, buckets: int):
+def _context_field(frame: pd.DataFrame, field: ContextField, buckets: int, vocabulary: pd.Index | None = None):
     """(row, id, weight) triples of one context field."""
     n = len(frame)
     if not field.multi:
-        ids = _hash_values(frame[field.column].to_numpy(object), field.kind, buckets)
+        ids = _hash_values(frame[field.column].to_numpy(object), field.kind, buckets, vocabulary)
         return np.arange(n, dtype=np.int64), ids, None
     lists = frame[field.column].to_numpy(object)
     weights = frame[field.weights_column].to_numpy(object)
     lens = np.fromiter((len(v) if _is_list(v) else 0 for v in lists), np.int64, n)
     rows = np.repeat(np.arange(n, dtype=np.int64), lens)
     flat_values = np.array(list(chain.from_iterable(v for v in lists if _is_list(v))), dtype=object)
-    ids = _hash_values(flat_values, field.kind, buckets)
+    ids = _hash_values(flat_values, field.kind, buckets, vocabulary)
     wlens = np.fromiter((len(v) if _is_list(v) else 0 for v in weights), np.int64, n)
     bad = np.flatnonzero((wlens != lens) & (wlens > 0))
     if len(bad):
@@ -136,12 +139,43 @@ def _context_field(frame: pd.DataFrame, field: ContextField, buckets: int):
     return rows, ids, w
 
 
+@dataclass
+class FittedInputs:
+    """What featurization learns from the training data; saved with the weights (``as_dict``).
+
+    - ``vocabularies``: per id kind (``doc``, ``searcher``), the ids seen at least ``id_min_count`` times
+      in training; the others map to the unknown row (the paper's rule for rare high-cardinality ids);
+    - ``numeric``: per tower, the mean and standard deviation of each log1p count column.
+    """
+
+    vocabularies: dict[str, pd.Index]
+    numeric: dict[str, tuple[list[float], list[float]]]
+
+    def as_dict(self) -> dict:
+        return {"vocabularies": {k: v.tolist() for k, v in self.vocabularies.items()},
+                "numeric": {k: [list(m), list(s)] for k, (m, s) in self.numeric.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "FittedInputs":
+        d = d or {}
+        return cls({k: pd.Index(v, dtype=object) for k, v in d.get("vocabularies", {}).items()},
+                   {k: (list(m), list(s)) for k, (m, s) in d.get("numeric", {}).items()})
+
+
+def log_counts(frame: pd.DataFrame, columns) -> np.ndarray:
+    """log1p of non-negative count columns (missing -> 0), (rows, columns) float64."""
+    vals = np.column_stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64) for c in columns])
+    return np.log1p(np.clip(np.nan_to_num(vals, nan=0.0), 0, None))
+
+
 class Featurizer:
-    """Turns frames into :class:`FeatureTable` for one tower; stateless apart from the config."""
+    """Turns frames into :class:`FeatureTable` for one tower; its state is the config plus the
+    :class:`FittedInputs` that training sets (``fitted``; empty before: every id known, counts unscaled)."""
 
     def __init__(self, cfg: ModelConfig, columns: TowerColumns, what: str):
         self.cfg, self.columns, self.what = cfg, columns, what
         self.n_text_kinds = 3 if cfg.word_ngrams else 1
+        self.fitted = FittedInputs({}, {})
 
     @property
     def n_text_bags(self) -> int:
@@ -164,7 +198,8 @@ class Featurizer:
         if f:
             bag_parts, id_parts, w_parts = [], [], []
             for j, field in enumerate(self.columns.context):
-                rows, ids, w = _context_field(frame, field, cfg.context_buckets)
+                rows, ids, w = _context_field(frame, field, cfg.context_buckets,
+                                              self.fitted.vocabularies.get(field.kind))
                 bag_parts.append(rows * f + j)
                 id_parts.append(ids)
                 w_parts.append(np.ones(len(ids), np.float32) if w is None else w)
@@ -174,9 +209,10 @@ class Featurizer:
 
         numeric = None
         if self.columns.numeric:
-            vals = np.column_stack(
-                [pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64) for c in self.columns.numeric]
-            )
-            numeric = np.log1p(np.clip(np.nan_to_num(vals, nan=0.0), 0, None)).astype(np.float32)
+            numeric = log_counts(frame, self.columns.numeric)
+            if self.what in self.fitted.numeric:
+                mean, std = self.fitted.numeric[self.what]
+                numeric = (numeric - np.asarray(mean)) / np.asarray(std)
+            numeric = numeric.astype(np.float32)
         return FeatureTable(n, text, text_index, self.n_text_kinds, context, f, numeric)
 

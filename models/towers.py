@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from models.columns import document_columns, query_columns, to_document_columns
 from models.config import ModelConfig
-from models.features import FeatureTable, Featurizer, TowerInputs
+from models.columns import ID_KINDS
+from models.features import FeatureTable, FittedInputs, Featurizer, TowerInputs, log_counts
 
 _INIT_STD = 0.1
 
@@ -93,6 +94,38 @@ class TwoTowerModel(nn.Module):
     def dense_parameters(self) -> list[nn.Parameter]:
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
+
+    @property
+    def fitted(self) -> FittedInputs:
+        return self.query_featurizer.fitted
+
+    def set_fitted(self, fitted: FittedInputs) -> None:
+        """Both towers featurize with the same fitted state (one id vocabulary per kind)."""
+        self.query_featurizer.fitted = self.doc_featurizer.fitted = fitted
+
+    def fit_inputs(self, examples_train: pd.DataFrame, documents: pd.DataFrame) -> FittedInputs:
+        """Learn the id vocabularies (ids with at least ``id_min_count`` training examples) and the count
+        statistics (query side over the examples, document side over the corpus), and use them."""
+        cfg = self.config
+        vocab: dict[str, pd.Index] = {}
+        kinds = {f.kind: f.column for f in (*self.query_featurizer.columns.context,
+                                             *self.doc_featurizer.columns.context) if not f.multi}
+        for kind in ID_KINDS:
+            column = "doc_id" if kind == "doc" else "searcher_id"
+            if kind in kinds or (kind == "doc" and cfg.use_context and cfg.history):
+                counts = examples_train[column].astype(str).value_counts()
+                vocab[kind] = pd.Index(sorted(counts.index[counts >= cfg.id_min_count]), dtype=object)
+        numeric: dict[str, tuple[list[float], list[float]]] = {}
+        if cfg.scale_counts:
+            for what, feat, frame in (("query", self.query_featurizer, examples_train),
+                                      ("document", self.doc_featurizer, to_document_columns(documents))):
+                cols = feat.columns.numeric
+                if cols and all(c in frame.columns for c in cols):
+                    x = log_counts(frame, cols)
+                    numeric[what] = (x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist())
+        fitted = FittedInputs(vocab, numeric)
+        self.set_fitted(fitted)
+        return fitted
 
     def featurize_queries(self, frame: pd.DataFrame) -> FeatureTable:
         return self.query_featurizer(frame)

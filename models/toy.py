@@ -70,6 +70,10 @@ def location_task(
         "searcher_clusters": [[f"k{c % 5}"] for c in city],
         "searcher_clusters_weights": [[1.0] for _ in city],
         "searcher_friend_count": rng.integers(0, 300, size=n_examples),
+        "searcher_history": [[] for _ in city],  # no history: the task is about location
+        "searcher_history_weights": [[] for _ in city],
+        "searcher_profile": [[] for _ in city],
+        "searcher_profile_weights": [[] for _ in city],
     })
     for col in ("title", "body", "city", "region", "country", "member_cities", "member_cities_weights",
                 "member_clusters", "member_clusters_weights", "member_count", "active_members_30d"):

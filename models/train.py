@@ -29,6 +29,7 @@ from models.checkpoint import (
 from models.columns import DOC_ID
 from models.config import TrainConfig, resolve_device
 from models.evaluate import retrieval_metrics, session_targets
+from models.features import FittedInputs
 from models.objective import RetrievalObjective
 from models.towers import TwoTowerModel
 
@@ -98,6 +99,7 @@ def _warm_start(model: TwoTowerModel, init_from: Path) -> None:
     payload = load_file(p)
     try:
         model.load_state_dict(payload["model_state"])
+        model.set_fitted(FittedInputs.from_dict(payload.get("fitted_inputs")))  # the ids its rows belong to
     except RuntimeError as exc:
         raise ValueError(
             f"cannot warm start from {p}: its model config {payload['model_config']} does not match "
@@ -163,8 +165,11 @@ def _train(
                 f"{feature_service!r}; use another out_dir or resume=False"
             )
         model.load_state_dict(state["model_state"])
+        model.set_fitted(FittedInputs.from_dict(state.get("fitted_inputs")))
     elif init_from is not None:
         _warm_start(model, init_from)
+    else:
+        model.fit_inputs(examples_train, documents)
     model.to(device)
 
     def result(history, best, best_epoch, step, stopped, resumed) -> TrainResult:
@@ -177,7 +182,8 @@ def _train(
                       state["stopped_early"], state["global_step"])
 
     ids = doc_index(documents, examples_train[DOC_ID])
-    data = TrainingData(model, examples_train, documents, cfg.loss, ids=ids)
+    data = TrainingData(model, examples_train, documents, cfg.loss, ids=ids,
+                        positive_features=cfg.positive_features)
     valid = None
     if examples_valid is not None and len(examples_valid):
         sessions = session_targets(examples_valid, cfg.valid_max_sessions, cfg.seed)
@@ -211,6 +217,7 @@ def _train(
             "train_config": cfg_json,
             "feature_service": feature_service,
             "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "fitted_inputs": model.fitted.as_dict(),
             "optimizers": {"sparse": opt_sparse.state_dict(), "dense": opt_dense.state_dict()},
             "rng": rng_state(),
             "epoch": epoch_, "step_in_epoch": step_, "global_step": global_step,

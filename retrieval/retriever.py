@@ -173,7 +173,8 @@ class Retriever:
     def embed(self, request: NNRequest) -> np.ndarray:
         """The query embedding [1, dim] of a request: online searcher features + query tower."""
         row = self.searcher_features(request.searcher_id)
-        frame = pd.DataFrame({"query": [request.query], **{searcher_column(n): [row[n]] for n in row}})
+        frame = pd.DataFrame({"query": [request.query], SEARCHER_KEY: [request.searcher_id],
+                              **{searcher_column(n): [row[n]] for n in row}})
         return self.model.embed_queries(frame)
 
     def searcher_features(self, searcher_id: str) -> dict:

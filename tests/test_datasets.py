@@ -159,7 +159,7 @@ def test_lastfm_counts_match_readme(source, datasets_dir):
     fig = lambda label: readme_figure(datasets_dir, "lastfm_hetrec2011", label)  # noqa: E731
     assert len(ds.searchers) == fig("users")
     assert len(ds.documents) == fig("artists with names")
-    assert len(ds.memberships) == fig("user-artist play counts")
+    assert len(ds.memberships) == 0  # play counts are undated: left out by default (they leak the future)
     # The published friend file already lists both directions: symmetric handling adds nothing.
     assert len(ds.friendships) == fig(r"directed pairs")
     assert ds.manifest.params["dropped_taggings_unknown_artist"] == readme_figure(
@@ -225,8 +225,11 @@ def test_lastfm_artist_bodies_use_training_taggings_only(source, lastfm_raw):
     assert (ds.documents["tags"].map(len) <= ds.manifest.params["body_top_tags"]).all()
 
 
-def test_lastfm_play_counts(source, lastfm_raw):
-    m = source("lastfm").memberships
+def test_lastfm_play_counts_only_on_request(source, lastfm_raw, datasets_dir):
+    from ingest.datasets.lastfm import LastfmConfig, load
+
+    m = load(datasets_dir, LastfmConfig(undated_memberships=True)).memberships
+    assert len(m) == readme_figure(datasets_dir, "lastfm_hetrec2011", "user-artist play counts")
     raw = {(r["userID"], r["artistID"]): float(r["weight"]) for r in tsv_rows(lastfm_raw["dir"] / "user_artists.dat")}
     assert dict(zip(zip(m["searcher_id"], m["doc_id"]), m["weight"])) == raw
     assert m["created_at"].nunique() == 1 and m["created_at"].iloc[0] < source("lastfm").sessions["ts"].min()
@@ -319,7 +322,7 @@ def test_chicago_sessions_follow_the_given_split(source, chicago_raw):
     assert ds.manifest.params["rsvps_not_positive"] == sum(r["rsvpResponse"] not in positive for r in chicago_raw["full"])
 
 
-def test_chicago_tables(source, chicago_raw):
+def test_chicago_tables(source, chicago_raw, datasets_dir):
     ds = source("meetup_chicago")
     rows = [r for rs in chicago_raw["splits"].values() for r in rs]
     events = {r["eventId"] for r in rows}
@@ -334,8 +337,12 @@ def test_chicago_tables(source, chicago_raw):
     assert set(ds.searchers["searcher_id"]) == members
     joins = {(r["userId"], r["groupId"]) for r in chicago_raw["user_group"]}
     kinds = ds.memberships["kind"].value_counts()
-    assert kinds["join"] == len(joins)
+    assert "join" not in kinds  # undated group joins leak the future: only on request
     assert kinds["rsvp"] == (ds.sessions["split"] == "train").sum()
+    from ingest.datasets.meetup_chicago import ChicagoConfig, load
+
+    kinds = load(datasets_dir, ChicagoConfig(undated_memberships=True)).memberships["kind"].value_counts()
+    assert kinds["join"] == len(joins)
 
 
 def test_chicago_member_cells(source, chicago_raw):

@@ -48,7 +48,7 @@ def test_parquet_schema_matches_feature_views(repo):
     from feast.type_map import feast_value_type_to_pa
 
     for view in repo.store.list_feature_views():
-        entity = view.name.removesuffix("_features")
+        entity = view.name.split("_")[0]  # searcher_features, searcher_history, document_features
         schema = arrow_schema(entity)
         for f in view.features:
             expected = feast_value_type_to_pa(f.dtype.to_value_type())
@@ -58,8 +58,12 @@ def test_parquet_schema_matches_feature_views(repo):
 
 def test_services_are_versioned_and_serving_matches_training(repo):
     names = {s.name for s in repo.store.list_feature_services()}
-    assert names == {"searcher_training_v1", "searcher_serving_v1", "document_training_v1", "document_serving_v1"}
-    assert repo.feature_names("searcher", role="training") == repo.feature_names("searcher", role="serving")
+    assert names == {f"{e}_{r}_{v}" for e in ("searcher", "document") for r in ("training", "serving")
+                     for v in ("v1", "v2")}
+    for v in ("v1", "v2"):
+        assert repo.feature_names("searcher", v, "training") == repo.feature_names("searcher", v, "serving")
+    # v1 is frozen: v2 adds the history, never edits v1
+    assert "history" not in repo.feature_names("searcher", "v1") and "history" in repo.feature_names("searcher")
     serving = repo.feature_names("document", role="serving")
     assert "title" not in serving and "member_clusters" in serving
     assert repo.service_name("document", "v2") == "document_training_v2"

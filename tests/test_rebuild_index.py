@@ -70,7 +70,7 @@ def build_tiny_world(dataset: str, snapshot_every_days: int = 6, epochs: int = 2
     store = ArtifactStore.from_settings()
     out = get_settings().home / "runs" / "test-examples" / dataset
     write_splits(examples, out, {"dataset": dataset})
-    examples_ref = store.publish("dataset", f"{dataset}-examples", out, {"feature_service": "v1"}).ref
+    examples_ref = store.publish("dataset", f"{dataset}-examples", out, {"feature_service": "v2"}).ref
 
     parts = partition(examples)
     cutoff = split_cutoff(parts, "valid")
@@ -81,8 +81,8 @@ def build_tiny_world(dataset: str, snapshot_every_days: int = 6, epochs: int = 2
         loss=LossConfig(n_corpus_negatives=64), batch_size=128, epochs=epochs, progress=False, num_threads=1,
     )
     result = train(fill_static_document_fields(parts["train"], corpus), parts["valid"], corpus, config,
-                   get_settings().home / "runs" / "test-model" / dataset, feature_service="v1")
-    register_model(result.model_path, f"{dataset}-two-tower", {"best": result.best_metric or 0.0}, config, "v1",
+                   get_settings().home / "runs" / "test-model" / dataset, feature_service="v2")
+    register_model(result.model_path, f"{dataset}-two-tower", {"best": result.best_metric or 0.0}, config, "v2",
                    examples_ref)
     model, av = load_registered_model(f"{dataset}-two-tower")
     return TinyWorld(dataset, data, repo, days, model, av, examples)
@@ -106,7 +106,7 @@ def stage_plain(world: TinyWorld, dest: Path, selection: SelectionConfig | None 
     av = world.model_version
     manifest = IndexManifest(
         dataset=world.dataset, as_of=pd.Timestamp(at).isoformat(), snapshot_day=day.isoformat(),
-        model=ModelRef(name=av.name, version=av.version, ref=av.ref), feature_service="v1",
+        model=ModelRef(name=av.name, version=av.version, ref=av.ref), feature_service="v2",
         selection=report.model_dump(mode="json"), index_config=index.config.model_dump(mode="json"),
         stats=index.stats().to_dict(),
         counts={"canonical": len(world.data.documents), "selected": report.selected_count,
@@ -234,7 +234,7 @@ def test_flow_publishes_the_selected_documents_with_a_manifest(published, world)
     assert sorted(loaded.doc_map["doc_id"]) == sorted(docs.loc[kept, "doc_id"])
     titles = docs.set_index("doc_id")["title"]
     assert loaded.doc_map["title"].tolist() == titles.loc[loaded.doc_map["doc_id"]].tolist()
-    assert m.model.ref == world.model_version.ref and m.feature_service == "v1"
+    assert m.model.ref == world.model_version.ref and m.feature_service == "v2"
     assert m.snapshot_day == world.snapshot_days[-1].isoformat()
     assert m.index_config["kind"] == "flat" and m.stats["ntotal"] == int(kept.sum())
     v = m.validation

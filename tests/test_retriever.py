@@ -52,8 +52,10 @@ def exact_scores(world, index_parts, query: str, searcher_id: str) -> pd.Series:
     was materialized from), sorted best first."""
     corpus, vectors = index_parts
     snap = world.repo.read_source("searcher", world.snapshot_days[-1]).set_index("searcher_id").loc[searcher_id]
-    names = ("city", "region", "country", "language", "clusters", "clusters_weights", "friend_count")
-    frame = pd.DataFrame({"query": [query], **{searcher_column(n): [snap[n]] for n in names}})
+    names = ("city", "region", "country", "language", "clusters", "clusters_weights", "friend_count",
+             "history", "history_weights", "profile", "profile_weights")
+    frame = pd.DataFrame({"query": [query], "searcher_id": [searcher_id],
+                          **{searcher_column(n): [snap[n]] for n in names}})
     q = world.model.embed_queries(frame)[0]
     scores = pd.Series(vectors @ q, index=corpus["doc_id"].to_numpy())
     return scores.sort_values(ascending=False, kind="stable")

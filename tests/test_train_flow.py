@@ -75,7 +75,7 @@ def test_train_flow_registers_a_model_with_metrics_and_config(trained, examples_
     av = store.get("model", f"{DATASET}-two-tower")
     assert av.ref == ref and set(av.files) == {"model.pt"}
     meta = av.metadata
-    assert meta["examples"] == examples_ref and meta["feature_service"] == "v1"
+    assert meta["examples"] == examples_ref and meta["feature_service"] == "v2"
     assert meta["config"] == params.config.model_dump(mode="json")
     m = meta["metrics"]
     assert 0 < m["n_sessions"] <= 500 and m["n_documents"] > 0
@@ -85,7 +85,7 @@ def test_train_flow_registers_a_model_with_metrics_and_config(trained, examples_
     # it learned: far above a random ranking of the index (10 / documents)
     assert m["recall@10"] > 5 * 10 / m["n_documents"]
     model, loaded = load_registered_model(f"{DATASET}-two-tower")
-    assert loaded.version == av.version and model.config == TINY and model.feature_service == "v1"
+    assert loaded.version == av.version and model.config == TINY and model.feature_service == "v2"
     # the run keeps the model but not the optimizer state
     run_dir = get_settings().home / "runs" / "train" / DATASET / meta["run_dir"] / "model"
     assert (run_dir / "model.pt").exists() and not (run_dir / "checkpoint.pt").exists()
@@ -135,9 +135,9 @@ def test_register_model_checks_its_inputs(tmp_path, trained):
     model, av = load_registered_model(f"{DATASET}-two-tower")
     path = ArtifactStore.from_settings().fetch("model", f"{DATASET}-two-tower", av.version) / "model.pt"
     with pytest.raises(ValueError, match="feature service"):
-        register_model(path, "x", {}, tiny_config(), "v2", "dataset/x@1")
+        register_model(path, "x", {}, tiny_config(), "v1", "dataset/x@1")  # it was trained on v2
     with pytest.raises(TypeError, match="must be a number"):
-        register_model(path, "x", {"recall@10": "high"}, tiny_config(), "v1", "dataset/x@1")
+        register_model(path, "x", {"recall@10": "high"}, tiny_config(), "v2", "dataset/x@1")
 
 
 def test_snapshot_join_equals_feast(world, examples_ref):

@@ -16,7 +16,7 @@ can prove that nothing newer than the session reached an example.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Literal, Protocol
@@ -26,7 +26,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from infra.atomic import atomic_directory
-from features.schema import EXAMPLE_KEYS, SPLITS, doc_column, searcher_column
+from features.history import HistoryConfig, interactions, recent_documents
+from features.schema import EXAMPLE_KEYS, SPLITS, doc_column, searcher_column, weights_of
 
 SEARCHER_FEATURE_TS = "searcher_feature_ts"
 DOC_FEATURE_TS = "doc_feature_ts"
@@ -330,6 +331,60 @@ def join_features(
         feats = feats.rename(columns=names).drop_duplicates([key, "ts"])
         out = out.merge(feats, on=[key, "ts"], how="left", validate="many_to_one")
     return out
+
+
+def attach_history(
+    examples: pd.DataFrame, events: pd.DataFrame, cutoffs: Mapping[str, pd.Timestamp] | None = None,
+    config: HistoryConfig | None = None,
+) -> pd.DataFrame:
+    """Set ``searcher_history`` / ``searcher_history_weights`` of every example at the time Feast would serve
+    it, not at the (possibly older) snapshot the join found:
+
+    - a training example: as of the start of its day, i.e. the daily snapshot taken at the end of the day
+      before (what the online store holds when the session happens);
+    - an example of a held-out split named in ``cutoffs``: as of just after that split's cutoff (the end of
+      the data the evaluated model learned from), like the index it is evaluated against.
+
+    ``events`` is :func:`features.history.interactions` of the sessions and memberships that features may
+    see (held-out test sessions already removed).
+    """
+    ts = _utc_ns(examples["ts"])
+    as_of = pd.Series(ts.dt.floor("D").array, index=examples.index)  # a copy that can be assigned to
+    for split, cutoff in (cutoffs or {}).items():
+        as_of[examples["split"] == split] = pd.Timestamp(cutoff).tz_convert("UTC") + pd.Timedelta(microseconds=1)
+    hist, weights = recent_documents(events, examples["searcher_id"].to_numpy(object), as_of, config)
+    return examples.assign(**{searcher_column("history"): hist, searcher_column(weights_of("history")): weights})
+
+
+def history_events(
+    sessions: pd.DataFrame, memberships: pd.DataFrame | None, split: SplitConfig | None = None
+) -> pd.DataFrame:
+    """The interactions the history feature may read when examples are split with ``split``: held-out test
+    sessions, test-marked memberships and memberships after the last non-test session left out."""
+    s = sessions.reset_index(drop=True)
+    visible = s[(split_sessions(s, split) != "test").to_numpy()]
+    m = memberships
+    if m is not None and len(m):
+        if "split" in m.columns:
+            m = m[m["split"].astype(str) != "test"]
+        m = m[pd.to_datetime(m["created_at"], utc=True) <= pd.to_datetime(visible["ts"], utc=True).max()]
+    return interactions(visible, m)
+
+
+def add_history(
+    examples: pd.DataFrame, sessions: pd.DataFrame, memberships: pd.DataFrame | None,
+    split: SplitConfig | None = None, config: HistoryConfig | None = None,
+) -> pd.DataFrame:
+    """:func:`attach_history` with the events of :func:`history_events` and the held-out cutoffs of the
+    evaluation protocol: the one call of the training-data flow and of the benchmarks."""
+    from evaluation.protocol import split_cutoff
+
+    parts = partition(examples)
+    cutoffs = {}
+    for name in ("valid", "test"):
+        if len(parts[name]) and any(len(parts[s]) for s in SPLITS[: SPLITS.index(name)]):
+            cutoffs[name] = split_cutoff(parts, name)
+    return attach_history(examples, history_events(sessions, memberships, split), cutoffs, config)
 
 
 # --------------------------------------------------------------------------- output

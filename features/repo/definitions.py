@@ -78,6 +78,37 @@ searcher_features = FeatureView(
     tags={"team": "search", "entity": "searcher", "paper": "EBR location + social features"},
 )
 
+# The searcher's recent clicks and joins (features.history), from the same daily snapshots. A view of its
+# own so that the v1 services keep exactly the features they always had.
+searcher_history = FeatureView(
+    name="searcher_history",
+    entities=[searcher],
+    ttl=timedelta(days=7),
+    schema=[
+        Field(name="history", dtype=Array(String), description="most recent distinct documents clicked or joined"),
+        Field(name="history_weights", dtype=Array(Float64), description="recency weights of history, sum 1"),
+    ],
+    online=True,
+    source=searcher_features_source,
+    description="documents the searcher clicked or joined before the snapshot, weighted by recency",
+    tags={"team": "search", "entity": "searcher", "paper": "EBR multi-hot id features with weights"},
+)
+
+# The searcher's own attributes (age group, gender, occupation where the source has them), as tokens.
+searcher_profile = FeatureView(
+    name="searcher_profile",
+    entities=[searcher],
+    ttl=timedelta(days=7),
+    schema=[
+        Field(name="profile", dtype=Array(String), description="attribute tokens, e.g. age:25-34, gender:F"),
+        Field(name="profile_weights", dtype=Array(Float64), description="uniform weights, sum 1"),
+    ],
+    online=True,
+    source=searcher_features_source,
+    description="what is known of a searcher before any history (cold start)",
+    tags={"team": "search", "entity": "searcher"},
+)
+
 # The document's own fields plus aggregates over its members (the paper's group features).
 document_features = FeatureView(
     name="document_features",
@@ -140,7 +171,43 @@ document_serving_v1 = FeatureService(
     tags={"version": FEATURE_SERVICE_VERSION, "use": "serving"},
 )
 
+# v2: the unified model with id and history features (models.config.ModelConfig.ids / .history).
+searcher_training_v2 = FeatureService(
+    name="searcher_training_v2",
+    features=[searcher_features, searcher_history, searcher_profile],
+    description="v1 searcher features plus the searcher's history (clicked and joined documents) and profile",
+    tags={"version": "v2", "use": "training"},
+)
+
+searcher_serving_v2 = FeatureService(
+    name="searcher_serving_v2",
+    features=[searcher_features, searcher_history, searcher_profile],
+    description="searcher features read online at query time; same features as searcher_training_v2",
+    tags={"version": "v2", "use": "serving"},
+)
+
+document_training_v2 = FeatureService(
+    name="document_training_v2",
+    features=[document_features],
+    description="document features of v2 models (unchanged from v1: the document id needs no feature)",
+    tags={"version": "v2", "use": "training"},
+)
+
+document_serving_v2 = FeatureService(
+    name="document_serving_v2",
+    features=[document_features[[
+        "doc_type", "city", "region", "country",
+        "member_cities", "member_cities_weights", "member_clusters", "member_clusters_weights",
+        "member_count", "active_members_30d", "last_active_at", "feature_ts",
+    ]]],
+    description="document features read online (index selection, reranking); no title/body",
+    tags={"version": "v2", "use": "serving"},
+)
+
 ENTITIES = [searcher, document]
 SOURCES = [searcher_features_source, document_features_source]
-FEATURE_VIEWS = [searcher_features, document_features]
-FEATURE_SERVICES = [searcher_training_v1, searcher_serving_v1, document_training_v1, document_serving_v1]
+FEATURE_VIEWS = [searcher_features, searcher_history, searcher_profile, document_features]
+FEATURE_SERVICES = [
+    searcher_training_v1, searcher_serving_v1, document_training_v1, document_serving_v1,
+    searcher_training_v2, searcher_serving_v2, document_training_v2, document_serving_v2,
+]

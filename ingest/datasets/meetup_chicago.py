@@ -11,9 +11,11 @@ Only the Chicago files are read: ``rsvp_chicago_{train,test,cv}.csv`` (together 
 - documents: events (``event:<id>``; empty title and body, the group's document id as tag, start time, venue
   location, the dataset's ``eventYesRSVPCount`` as extra column ``yes_rsvp_count``) and groups
   (``group:<id>``; location of the most frequent venue cell of their events).
-- memberships: ``user_group_chicago.csv`` (no dates: ``undated_at``) and, so that events have members too, the
-  positive RSVPs of the training file only (the split is random, not by time: a held-out RSVP must not leak
-  into features through memberships). The extra column ``kind`` says which.
+- memberships: the positive RSVPs of the training file only, so that events have members (the split is
+  random, not by time: a held-out RSVP must not leak into features through memberships). Group joins of
+  ``user_group_chicago.csv`` have no dates (an end-of-data snapshot) and would leak later joins into every
+  point-in-time join; they are added (at ``undated_at``) only with ``undated_memberships=True``. The extra
+  column ``kind`` says which.
 - sessions: one per positive RSVP (``positive_responses``, by default the rows the dataset rates 1: yes,
   waitlist, watching), empty query, clicked = the event, with the dataset's own split: ``*_train.csv`` ->
   train, ``*_cv.csv`` -> valid, ``*_test.csv`` -> test. "no" RSVPs are not sessions (counted in the manifest).
@@ -52,6 +54,9 @@ class ChicagoConfig:
     cell_deg: float = 0.1  # size of the location grid cells used as "city"
     positive_responses: tuple[str, ...] = ("yes", "waitlist", "watching")  # the dataset's rsvpRating = 1
     undated_at: str = "2002-01-01T00:00:00+00:00"  # timestamp of rows without a date (group joins)
+    # user_group_chicago.csv has no dates (a snapshot at the end of the data): as memberships it would reach
+    # every point-in-time join and leak later joins into training features. Off unless asked for.
+    undated_memberships: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.cell_deg <= 10:
@@ -184,6 +189,8 @@ def load(datasets_dir: Path, config: ChicagoConfig | None = None) -> CanonicalDa
             ],
             ignore_index=True,
         )
+        if not cfg.undated_memberships:
+            memberships = memberships[memberships["kind"] != "join"].reset_index(drop=True)
         bar.done()
 
     params = params_of(
@@ -202,8 +209,10 @@ def load(datasets_dir: Path, config: ChicagoConfig | None = None) -> CanonicalDa
         f"Meetup Chicago (no text). Sessions = RSVPs with response in {list(cfg.positive_responses)} "
         f"({params['rsvps_not_positive']} other RSVPs dropped), empty query, clicked = the event, split from the "
         f"dataset's files (train/cv->valid/test; a random split of rows, not by time). City = "
-        f"{cfg.cell_deg:g}-degree grid cell id. Memberships = user_group rows (dated {cfg.undated_at}) + "
-        f"training-file positive RSVPs. No impressions are logged."
+        f"{cfg.cell_deg:g}-degree grid cell id. Memberships = training-file positive RSVPs"
+        + (f" + user_group rows (undated, stamped {cfg.undated_at})" if cfg.undated_memberships
+           else " (user_group rows are undated and left out: they would leak later joins)")
+        + ". No impressions are logged."
     )
     return CanonicalDataset(
         searchers=searchers,
