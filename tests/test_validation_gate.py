@@ -206,3 +206,12 @@ def test_enforce_raises_with_markdown_and_reports_round_trip(tables, tmp_path):
     assert latest_report(tmp_path, "searchers") == good
     assert latest_report(tmp_path, "searchers", passed_only=False) == report
     assert latest_report(tmp_path / "nowhere", "searchers") is None
+
+
+def test_a_feature_missing_in_most_examples_is_named(examples):
+    """Training that sees a feature missing while serving always has it is skew: the gate names the feature."""
+    bad = examples.copy()
+    bad["searcher_friend_count"] = [None] * (len(bad) - 1) + [3]
+    f = only_failure(gate("examples", bad), "expect_column_values_to_not_be_null", "searcher_friend_count")
+    assert f.unexpected_count == len(bad) - 1
+    assert gate("examples", bad, GateConfig(min_feature_coverage=0.0)).passed

@@ -182,6 +182,14 @@ def _list_stats(values: pd.Series) -> pd.DataFrame:
     return stats.reindex(values.index)
 
 
+def feature_columns(columns: Iterable[str]) -> list[str]:
+    """The joined feature columns of examples (``searcher_*`` and ``doc_*``), without weights and
+    snapshot times, which follow their feature."""
+    keys = set(EXAMPLE_KEYS) | set(FEATURE_TS_COLUMNS)
+    return [c for c in columns if c.startswith(("searcher_", "doc_")) and c not in keys
+            and not c.endswith("_weights")]
+
+
 def _derive_examples(df: pd.DataFrame) -> pd.DataFrame:
     extra = {}
     for col in weight_columns(df.columns):
@@ -227,6 +235,15 @@ def examples_expectations(columns: Iterable[str], config: GateConfig) -> list:
             E.ExpectColumnPairValuesAToBeGreaterThanB(
                 column_A="ts", column_B=ts, or_equal=True, ignore_row_if="either_value_is_missing",
                 description=f"{ts} is not after the example time (no feature from the future)",
+            )
+        )
+    # Per feature, the share of examples that have it: the report lists each one's missing share, so a
+    # feature that training sees missing while serving always has it (train/serve skew) shows by name.
+    for col in feature_columns(present):
+        out.append(
+            E.ExpectColumnValuesToNotBeNull(
+                column=col, mostly=config.min_feature_coverage,
+                description=f"at least {config.min_feature_coverage:.0%} of examples have feature {col}",
             )
         )
     numeric = [searcher_column(n) for n in SEARCHER_NUMERIC] + [doc_column(n) for n in DOC_NUMERIC]
