@@ -22,7 +22,11 @@ class ModelConfig(BaseModel):
     word_buckets: int = Field(2**18, ge=1, description="hashed word-unigram rows per text table")
     bigram_buckets: int = Field(2**18, ge=1, description="hashed word-bigram rows per text table")
     word_ngrams: bool = Field(True, description="add hashed word unigrams and bigrams to the trigrams")
-    max_text_chars: int = Field(256, ge=1, description="each text field is cut to this many characters")
+    max_text_chars: int = Field(256, ge=1, description="the query and the title are cut to this many characters")
+    max_body_chars: int = Field(
+        2048, ge=1, description="the document body is cut to this many characters (SciFact abstracts: median "
+        "1,330; 256 kept a fifth of them)",
+    )
     doc_body: bool = Field(True, description="embed the document body besides its title")
     context_buckets: int = Field(2**17, ge=2, description="hashed rows of the categorical table per tower")
     use_context: bool = Field(

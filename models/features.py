@@ -184,12 +184,15 @@ class Featurizer:
     def __call__(self, frame: pd.DataFrame) -> FeatureTable:
         check_columns(frame, self.columns, self.what)
         cfg, n = self.cfg, len(frame)
+        # each field cut to its own limit first (raw characters), so one text_bags call serves all fields
         texts = [frame[c].to_numpy(object) for c in self.columns.text]
-        allt = pd.Series(np.concatenate(texts) if texts else np.zeros(0, object), dtype=object)
-        codes, uniques = pd.factorize(allt.where(allt.notna(), ""))
+        limits = [cfg.max_body_chars if c == "body" else cfg.max_text_chars for c in self.columns.text]
+        allt = pd.concat([pd.Series(t, dtype=object).fillna("").astype(str).str.slice(0, m)
+                          for t, m in zip(texts, limits)], ignore_index=True) if texts else pd.Series([], dtype=object)
+        codes, uniques = pd.factorize(allt)
         text = text_bags(
             pd.Series(uniques, dtype=object), cfg.trigram_buckets, cfg.word_buckets, cfg.bigram_buckets,
-            cfg.word_ngrams, cfg.max_text_chars,
+            cfg.word_ngrams, max(limits, default=cfg.max_text_chars),
         )
         text_index = codes.astype(np.int64).reshape(len(self.columns.text), n).T.copy()
 

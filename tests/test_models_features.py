@@ -161,3 +161,17 @@ def test_document_column_conventions_round_trip(toy):
     assert (merged["title"] == merged["title_t"]).all() and (merged["city"] == merged["city_t"]).all()
     with pytest.raises(ValueError, match="one convention"):
         to_document_columns(pd.concat([documents[["title"]], prefixed[["doc_title"]]], axis=1))
+
+
+def test_each_text_field_is_cut_to_its_own_limit(toy):
+    _, documents = toy
+    doc = documents.head(1).assign(title="a " * 200 + "titleword", body="b " * 450 + "bodyword")
+    def words(cfg):
+        m = TwoTowerModel(cfg)
+        t = m.featurize_documents(doc)
+        return set(t.text.ids.tolist())
+    word = lambda w, cfg: text_bags([w], cfg.trigram_buckets, cfg.word_buckets, cfg.bigram_buckets).ids[-2]  # noqa: E731
+    long = TINY.model_copy(update={"max_text_chars": 256, "max_body_chars": 2048})
+    short = TINY.model_copy(update={"max_text_chars": 256, "max_body_chars": 256})
+    assert word("bodyword", long) in words(long) and word("bodyword", short) not in words(short)
+    assert word("titleword", long) not in words(long)  # 400 characters of title: past 256
