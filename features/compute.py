@@ -17,6 +17,9 @@ Definitions:
 - searcher ``clusters``: the searcher's own community (weight ``own_cluster_weight``) mixed with the
   distribution of its graph neighbours' communities (the rest), top ``top_k_clusters``, renormalized.
 - ``friend_count``: distinct friends as of the snapshot (0 for sources without friendships).
+- searcher ``history``: the documents it clicked or joined before the snapshot, newest first, weighted by
+  recency (``features.history``); ``profile``: its optional attributes as tokens (``age:25-34``,
+  ``gender:F``, ``occupation:writer``).
 - document ``member_cities`` / ``member_clusters``: distribution of its members' home cities and own
   communities (each member counts once; members with no city / no community are left out), top-k,
   renormalized. ``member_count``: members as of the snapshot.
