@@ -109,11 +109,12 @@ def compare_models(
         for name, cfg in tqdm(configs.items(), desc="compare models", unit="variant", disable=None):
             t0 = time.perf_counter()
             result = fit(train, valid, documents, cfg, root / _slug(name), resume=False,
-                         feature_service=feature_service)
+                         feature_service=feature_service, consumed=consumed)
             seconds = time.perf_counter() - t0
             metrics = evaluate(result.model, test, index, ks=ks, max_sessions=max_sessions, qrels=qrels, seed=seed,
                                consumed=consumed)
-            rows.append({"variant": name, **metrics, "best_epoch": result.best_epoch, "train_seconds": seconds,
+            rows.append({"variant": name, **metrics, "best_epoch": result.best_epoch, "valid_metric": result.best_metric,
+                         "train_seconds": seconds,
                          "examples_per_s": result.examples_per_s})
     return pd.DataFrame(rows).set_index("variant")
 

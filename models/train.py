@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -117,6 +117,7 @@ def train(
     feature_service: str = "",
     resume: bool = True,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
+    consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> TrainResult:
     """Train a two-tower model on examples; write ``checkpoint.pt`` and ``model.pt`` under ``out_dir``.
 
@@ -128,6 +129,8 @@ def train(
       resuming).
     - ``feature_service``: name/version of the feature service the examples came from; stored with the
       weights.
+    - ``consumed``: searcher_id -> doc_ids never retrieved for that searcher in validation (the
+      recommendation protocol of :mod:`evaluation.protocol`), so early stopping scores what the test scores.
     """
     cfg = config or TrainConfig()
     _check_inputs(examples_train, documents)
@@ -136,7 +139,7 @@ def train(
         torch.set_num_threads(cfg.num_threads)
     try:
         return _train(examples_train, examples_valid, documents, cfg, Path(out_dir), init_from,
-                      feature_service, resume, callbacks)
+                      feature_service, resume, callbacks, consumed)
     finally:
         torch.set_num_threads(threads)
 
@@ -144,7 +147,7 @@ def train(
 def _train(
     examples_train: pd.DataFrame, examples_valid: pd.DataFrame | None, documents: pd.DataFrame,
     cfg: TrainConfig, out_dir: Path, init_from: Path | None, feature_service: str, resume: bool,
-    callbacks: Sequence[Callable[[StepInfo], None]],
+    callbacks: Sequence[Callable[[StepInfo], None]], consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> TrainResult:
     device = resolve_device(cfg.device)
     ckpt_path, model_path = out_dir / CHECKPOINT, out_dir / MODEL
@@ -186,7 +189,7 @@ def _train(
                         positive_features=cfg.positive_features)
     valid = None
     if examples_valid is not None and len(examples_valid):
-        sessions = session_targets(examples_valid, cfg.valid_max_sessions, cfg.seed)
+        sessions = session_targets(examples_valid, cfg.valid_max_sessions, cfg.seed, consumed=consumed)
         valid = (sessions, model.featurize_queries(sessions.queries))
     doc_ids = documents[DOC_ID].astype(str).to_numpy()
 
