@@ -23,6 +23,8 @@ Definitions:
 - document ``member_cities`` / ``member_clusters``: distribution of its members' home cities and own
   communities (each member counts once; members with no city / no community are left out), top-k,
   renormalized. ``member_count``: members as of the snapshot.
+- document ``tags``: the source's own labels of the document (Meetup topics, the group of an event), with
+  uniform weights.
 - ``active_members_30d``: members who were *active* in the ``active_window_days`` days before the
   snapshot, where active means the searcher had a session or made a membership (in any document) in
   that window.
@@ -351,6 +353,9 @@ def document_features(
         lab, w = top_k_lists(m_doc[ok], value[ok], ones[ok], k, index)
         out[name], out[weights_of(name)] = lab, w
 
+    tags = docs["tags"] if "tags" in docs.columns else pd.Series([[]] * len(docs))
+    out["tags"] = [[str(t) for t in v] if isinstance(v, (list, tuple, np.ndarray)) else [] for v in tags]
+    out[weights_of("tags")] = [[1.0 / len(v)] * len(v) if len(v) else [] for v in out["tags"]]
     out["member_count"] = pd.Series(m_doc).value_counts().reindex(index, fill_value=0).to_numpy(dtype=np.int64)
     active = pd.Index(active_searchers(dataset, ts, config.active_window_days))
     act = pd.Series(m_doc[np.asarray(pd.Index(m_who).isin(active))]).value_counts()

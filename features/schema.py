@@ -23,7 +23,7 @@ SEARCHER_NUMERIC = ("friend_count",)
 # --- document features (entity key: doc_id) ------------------------------------------------------
 DOC_TEXT = ("title", "body")
 DOC_CATEGORICAL = ("doc_type", "city", "region", "country")
-DOC_MULTI = ("member_cities", "member_clusters")  # + "<name>_weights"
+DOC_MULTI = ("member_cities", "member_clusters", "tags")  # + "<name>_weights"; tags: the source's own labels
 DOC_NUMERIC = ("member_count", "active_members_30d")
 DOC_TIMES = ("last_active_at",)
 

@@ -37,7 +37,7 @@ DOC_ID = "doc_id"
 _KIND = {
     "city": "city", "region": "region", "country": "country", "language": "language",
     "clusters": "cluster", "member_cities": "city", "member_clusters": "cluster", "doc_type": "doc_type",
-    "history": "doc", "doc_id": "doc", "searcher_id": "searcher", "profile": "profile",
+    "history": "doc", "doc_id": "doc", "searcher_id": "searcher", "profile": "profile", "tags": "tag",
 }
 # Kinds whose values are ids with a learned vocabulary (the min-frequency rule of ModelConfig.id_min_count).
 ID_KINDS = ("doc", "searcher")
@@ -45,7 +45,7 @@ _GROUP = {
     "city": "location", "region": "location", "country": "location", "language": "location",
     "member_cities": "location", "clusters": "social", "member_clusters": "social", "doc_type": "doc_type",
     "friend_count": "counts", "member_count": "counts", "active_members_30d": "counts",
-    "history": "history", "doc_id": "ids", "searcher_id": "ids", "profile": "profile",
+    "history": "history", "doc_id": "ids", "searcher_id": "ids", "profile": "profile", "tags": "tags",
 }
 
 

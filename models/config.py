@@ -45,6 +45,8 @@ class ModelConfig(BaseModel):
         "(features.history; same id vocabulary as the document id)",
     )
     profile: bool = Field(True, description="the searcher's attribute tokens (age group, gender, occupation)")
+    tags: bool = Field(True, description="the document's own labels (topics; an event's group): what links a "
+                       "new document to known ones")
     id_min_count: int = Field(2, ge=1, description="training examples an id needs to get its own embedding")
     scale_counts: bool = Field(
         True, description="standardize the log1p count features with training statistics (unscaled counts "

@@ -42,6 +42,7 @@ def location_task(
                 "city": city, "region": region_of[city], "country": "XX",
                 "member_cities": [city, neighbour], "member_cities_weights": [0.8, 0.2],
                 "member_clusters": [f"k{ci % 5}"], "member_clusters_weights": [1.0],
+                "tags": [], "tags_weights": [],
                 "member_count": int(rng.integers(5, 500)), "active_members_30d": int(rng.integers(0, 50)),
             })
     documents = pd.DataFrame(docs)
@@ -76,7 +77,8 @@ def location_task(
         "searcher_profile_weights": [[] for _ in city],
     })
     for col in ("title", "body", "city", "region", "country", "member_cities", "member_cities_weights",
-                "member_clusters", "member_clusters_weights", "member_count", "active_members_30d"):
+                "member_clusters", "member_clusters_weights", "tags", "tags_weights", "member_count",
+                "active_members_30d"):
         examples[f"doc_{col}"] = d[col]
     examples["doc_type"] = d["doc_type"]
     return examples, documents

@@ -136,6 +136,21 @@ document_features = FeatureView(
     tags={"team": "search", "entity": "document", "paper": "EBR group aggregates"},
 )
 
+# The source's own labels of a document (topics, an event's group), for v2 models.
+document_tags = FeatureView(
+    name="document_tags",
+    entities=[document],
+    ttl=timedelta(days=7),
+    schema=[
+        Field(name="tags", dtype=Array(String), description="the source's labels of the document"),
+        Field(name="tags_weights", dtype=Array(Float64), description="uniform weights, sum 1"),
+    ],
+    online=True,
+    source=document_features_source,
+    description="labels that link a new document to known ones (Meetup topics, the group of an event)",
+    tags={"team": "search", "entity": "document"},
+)
+
 # Versioned contracts: what training asked for is what serving returns.
 searcher_training_v1 = FeatureService(
     name="searcher_training_v1",
@@ -188,8 +203,8 @@ searcher_serving_v2 = FeatureService(
 
 document_training_v2 = FeatureService(
     name="document_training_v2",
-    features=[document_features],
-    description="document features of v2 models (unchanged from v1: the document id needs no feature)",
+    features=[document_features, document_tags],
+    description="document features of v2 models: v1's plus the document's tags (its id needs no feature)",
     tags={"version": "v2", "use": "training"},
 )
 
@@ -206,7 +221,7 @@ document_serving_v2 = FeatureService(
 
 ENTITIES = [searcher, document]
 SOURCES = [searcher_features_source, document_features_source]
-FEATURE_VIEWS = [searcher_features, searcher_history, searcher_profile, document_features]
+FEATURE_VIEWS = [searcher_features, searcher_history, searcher_profile, document_features, document_tags]
 FEATURE_SERVICES = [
     searcher_training_v1, searcher_serving_v1, document_training_v1, document_serving_v1,
     searcher_training_v2, searcher_serving_v2, document_training_v2, document_serving_v2,
