@@ -127,10 +127,13 @@ def evaluate_split(
     max_sessions: int = 10_000, qrels: pd.DataFrame | None = None, seed: int = 0,
     consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, float]:
-    """A model's metrics on one held-out split against ``index`` (exact KNN over all its documents)."""
+    """A model's metrics on one held-out split against ``index`` (exact KNN over all its documents);
+    ``consumed`` defaults to :func:`protocol_exclusions` of ``parts``."""
     examples = parts.get(split)
     if examples is None or examples.empty:
         raise ValueError(f"the {split!r} split has no examples to evaluate on")
+    if consumed is None:
+        consumed = protocol_exclusions(parts)
     return evaluate(model, examples, index, ks=ks, max_sessions=max_sessions, qrels=qrels, seed=seed,
                     consumed=consumed)
 
@@ -155,6 +158,16 @@ def evaluate_ranker(
     widest = max((len(r) for r in rows), default=0) if rows is not None else 0
     top = drop_excluded(ranker.rank(sessions.queries, k + widest), rows, k)
     return ranking_metrics(top, doc_ids, sessions, ks)
+
+
+def protocol_exclusions(parts: Mapping[str, pd.DataFrame]) -> dict[str, np.ndarray] | None:
+    """The recommendation protocol where the training sessions have no query text (what a searcher clicked
+    in training is never retrieved for it): :func:`consumed_documents` of the training split; None in
+    search."""
+    train = parts.get("train")
+    if train is None or train.empty or (train["query"].fillna("").astype(str) != "").any():
+        return None
+    return consumed_documents(train)
 
 
 def consumed_documents(examples: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -164,11 +164,12 @@ def warm_start_from(model_name: str) -> tuple[Path, str]:
 def fit(parts: dict, corpus: pd.DataFrame, config: TrainConfig, out_dir: Path, init_from: Path | None,
         feature_service: str):
     from models.train import train
-    from evaluation.protocol import fill_static_document_fields
+    from evaluation.protocol import fill_static_document_fields, protocol_exclusions
 
     train_ex = fill_static_document_fields(parts["train"], corpus)
     valid = parts["valid"] if len(parts["valid"]) else None
-    return train(train_ex, valid, corpus, config, out_dir, init_from=init_from, feature_service=feature_service)
+    return train(train_ex, valid, corpus, config, out_dir, init_from=init_from, feature_service=feature_service,
+                 consumed=protocol_exclusions(parts))
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -10,7 +10,8 @@ from models.config import LossConfig, ModelConfig, TrainConfig
 from evaluation.baselines import BM25, Popularity
 from evaluation.comparison import compare_models, comparison_markdown, variant_config
 from evaluation.protocol import (
-    consumed_documents, evaluate_ranker, fill_static_document_fields, index_documents, split_cutoff,
+    consumed_documents, evaluate_ranker, fill_static_document_fields, index_documents, protocol_exclusions,
+    split_cutoff,
 )
 from models.evaluate import exclusion_rows, ranking_metrics, retrieval_metrics, session_targets, top_k
 
@@ -180,3 +181,9 @@ def test_consumed_documents_are_never_retrieved_by_models_or_baselines():
     assert got["recall@1"] == 0.0 and got["recall@10"] == 0.5
     plain = evaluate_ranker(pop, test, index, ks=(1, 10))
     assert plain["recall@1"] == 0.0 and plain["recall@10"] == 1.0
+
+
+def test_the_recommendation_protocol_applies_where_sessions_have_no_query_text():
+    train = pd.DataFrame({"searcher_id": ["a", "b"], "doc_id": ["d0", "d1"], "query": ["", ""]})
+    assert {k: list(v) for k, v in protocol_exclusions({"train": train}).items()} == {"a": ["d0"], "b": ["d1"]}
+    assert protocol_exclusions({"train": train.assign(query=["rock", ""])}) is None
