@@ -102,7 +102,7 @@ def save_model(model: TwoTowerModel, path: str | os.PathLike, feature_service: s
 
 
 def model_from_payload(payload: dict, device: str = "cpu") -> TwoTowerModel:
-    model = TwoTowerModel(ModelConfig.model_validate(payload["model_config"]))
+    model = TwoTowerModel(ModelConfig.from_saved(payload["model_config"]))
     model.load_state_dict(payload["model_state"])
     model.set_fitted(FittedInputs.from_dict(payload.get("fitted_inputs")))
     model.feature_service = payload.get("feature_service", "")

@@ -59,6 +59,14 @@ class ModelConfig(BaseModel):
         False, description="query and document towers use the same text embedding tables"
     )
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> "ModelConfig":
+        """A config read back from a saved model: inputs added after the model was trained are off, so a
+        model registered before them loads as it was trained (same towers, same text limits)."""
+        added_since_v1 = {"ids": False, "history": False, "profile": False, "tags": False, "scale_counts": False,
+                          "max_body_chars": saved.get("max_text_chars", 256)}
+        return cls.model_validate({**added_since_v1, **saved})
+
     @property
     def text_rows(self) -> int:
         """Rows of one text table: slot 0 is the reserved unknown slot, then the three hashed ranges."""

@@ -131,3 +131,21 @@ def test_positives_come_from_the_document_table_unless_asked_otherwise(toy):
     assert mixed["member_count"].tolist()[2] == -1 and mixed["doc_id"].tolist() == ex["doc_id"].tolist()
     with pytest.raises(ValueError, match="positive_features"):
         positive_frame(ex, documents, pos, "latest")
+
+
+def test_a_model_saved_before_the_v2_inputs_loads_as_it_was_trained(toy, tmp_path):
+    """A v1 model's config has none of the v2 fields: it must rebuild the v1 towers, not the v2 defaults."""
+    from models.checkpoint import load_model, model_payload, save_atomic
+
+    examples, documents = toy
+    v1 = TINY.model_copy(update={"ids": False, "history": False, "profile": False, "tags": False,
+                                 "scale_counts": False, "max_body_chars": TINY.max_text_chars})
+    model = TwoTowerModel(v1)
+    payload = model_payload(model)
+    for field in ("ids", "history", "profile", "tags", "scale_counts", "max_body_chars", "id_min_count"):
+        payload["model_config"].pop(field)
+    payload.pop("fitted_inputs")
+    save_atomic(payload, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.config == v1
+    assert np.allclose(loaded.embed_documents(documents), model.embed_documents(documents), atol=1e-6)
