@@ -37,7 +37,7 @@ from features.compute import (
 from ingest.contract import CanonicalDataset
 from training.examples import ExampleConfig, SplitConfig, add_history, build_examples, join_features, partition
 from evaluation.protocol import (
-    fill_static_document_fields, fill_static_searcher_fields, index_documents, split_cutoff,
+    fill_static_document_fields, fill_static_searcher_fields, index_documents, servable, split_cutoff,
 )
 
 _ENTITY = {"searcher": (SEARCHER_KEY, SEARCHER_FEATURES), "document": (DOC_KEY, DOCUMENT_FEATURES)}
@@ -159,15 +159,17 @@ def prepare(name: str, data: CanonicalDataset, max_snapshots: int = 24,
     qrels = None
     if data.qrels is not None:
         qrels = data.qrels[data.qrels["split"].astype(str) == "test"] if "split" in data.qrels.columns else data.qrels
-    corpus = index_documents(snaps.documents, split_cutoff(parts, "valid"))
-    index = index_documents(snaps.documents, split_cutoff(parts, "test"))
+    valid_cut, test_cut = split_cutoff(parts, "valid"), split_cutoff(parts, "test")
+    corpus = index_documents(snaps.documents, valid_cut)  # training negatives and validation: every document
+    full_index = index_documents(snaps.documents, test_cut)
+    index = servable(full_index, data.documents, test_cut)
     # A searcher's or document's own fields exist from its creation: fill them where no snapshot preceded
     # the session (newcomers, fresh events); aggregates stay missing.
     searchers = snaps.searchers.sort_values(EVENT_TIMESTAMP, kind="stable").drop_duplicates(SEARCHER_KEY)
     for s in parts:
         parts[s] = fill_static_searcher_fields(parts[s], searchers)
         if s != "test":
-            parts[s] = fill_static_document_fields(parts[s], index)
+            parts[s] = fill_static_document_fields(parts[s], full_index)
     t3 = time.perf_counter()
     step = (days[1] - days[0]).days if len(days) > 1 else 1
     return Prepared(

@@ -71,6 +71,22 @@ def index_documents(snapshots: pd.DataFrame, as_of: datetime | pd.Timestamp, inc
     return out.sort_values("doc_id", kind="stable").reset_index(drop=True)
 
 
+def servable(index: pd.DataFrame, documents: pd.DataFrame, as_of: datetime | pd.Timestamp) -> pd.DataFrame:
+    """The rows of ``index`` that a nightly rebuild at ``as_of`` would serve: events that already started are
+    dropped (the ``upcoming_events`` filter of index selection, on the canonical ``starts_at``). Without
+    it a held-out split is ranked against every past event too, and a model that learned that documents
+    with members are the ones people join ranks each new event below all the old ones."""
+    from infra.index_selection import UpcomingEvents
+
+    if "starts_at" not in documents.columns:
+        return index
+    dated = documents[["doc_id", "doc_type", "starts_at"]].assign(doc_id=documents["doc_id"].astype(str))
+    meta = index[["doc_id"]].astype(str).merge(dated, on="doc_id", how="left")
+    meta["doc_type"] = meta["doc_type"].fillna("")
+    keep = UpcomingEvents().keep(meta, pd.Timestamp(as_of), None)
+    return index[keep].reset_index(drop=True)
+
+
 def _fill(examples: pd.DataFrame, table: pd.DataFrame, key: str, fields: Sequence[str], column, ts_column: str
           ) -> pd.DataFrame:
     hole = examples[ts_column].isna() if ts_column in examples.columns else pd.Series(True, index=examples.index)

@@ -22,6 +22,7 @@ from flows.train import (
     metrics_markdown,
     publish_report,
     read_document_snapshots,
+    servable_index,
 )
 
 
@@ -64,7 +65,7 @@ def evaluate(
 
     index_as_of = split_cutoff(parts, split)
     snapshots = read_document_snapshots(dataset, index_as_of)
-    index = documents_as_of(snapshots, index_as_of, include_later=True)
+    index = servable_index(dataset, documents_as_of(snapshots, index_as_of, include_later=True), index_as_of)
     metrics = evaluate_model(model, parts, split, index, max_sessions, seed)
 
     facts = {"model": f"`{model_ref}`", "examples": f"`{examples_ref}`",

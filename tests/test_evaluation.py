@@ -11,7 +11,7 @@ from evaluation.baselines import BM25, Popularity
 from evaluation.comparison import compare_models, comparison_markdown, variant_config
 from evaluation.protocol import (
     consumed_documents, evaluate_ranker, fill_static_document_fields, index_documents, protocol_exclusions,
-    split_cutoff,
+    servable, split_cutoff,
 )
 from models.evaluate import exclusion_rows, ranking_metrics, retrieval_metrics, session_targets, top_k
 
@@ -187,3 +187,14 @@ def test_the_recommendation_protocol_applies_where_sessions_have_no_query_text()
     train = pd.DataFrame({"searcher_id": ["a", "b"], "doc_id": ["d0", "d1"], "query": ["", ""]})
     assert {k: list(v) for k, v in protocol_exclusions({"train": train}).items()} == {"a": ["d0"], "b": ["d1"]}
     assert protocol_exclusions({"train": train.assign(query=["rock", ""])}) is None
+
+
+def test_the_evaluation_index_serves_no_event_that_already_started():
+    documents = pd.DataFrame({
+        "doc_id": ["past", "soon", "group", "undated"], "doc_type": ["event", "event", "group", "event"],
+        "starts_at": [T("2024-01-01"), T("2024-03-01"), pd.NaT, pd.NaT],
+    })
+    index = pd.DataFrame({"doc_id": ["group", "past", "soon", "undated"], "title": ["g", "p", "s", "u"]})
+    got = servable(index, documents, T("2024-02-01"))
+    assert got["doc_id"].tolist() == ["group", "soon", "undated"] and got["title"].tolist() == ["g", "s", "u"]
+    assert servable(index, documents.drop(columns="starts_at"), T("2024-02-01")).equals(index)
