@@ -162,7 +162,7 @@ def prepare(name: str, data: CanonicalDataset, max_snapshots: int = 24,
     valid_cut, test_cut = split_cutoff(parts, "valid"), split_cutoff(parts, "test")
     corpus = index_documents(snaps.documents, valid_cut)  # training negatives and validation: every document
     full_index = index_documents(snaps.documents, test_cut)
-    index = servable(full_index, data.documents, test_cut)
+    index = servable(full_index, data.documents, test_cut, parts["train"])
     # A searcher's or document's own fields exist from its creation: fill them where no snapshot preceded
     # the session (newcomers, fresh events); aggregates stay missing.
     searchers = snaps.searchers.sort_values(EVENT_TIMESTAMP, kind="stable").drop_duplicates(SEARCHER_KEY)

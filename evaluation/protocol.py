@@ -71,19 +71,43 @@ def index_documents(snapshots: pd.DataFrame, as_of: datetime | pd.Timestamp, inc
     return out.sort_values("doc_id", kind="stable").reset_index(drop=True)
 
 
-def servable(index: pd.DataFrame, documents: pd.DataFrame, as_of: datetime | pd.Timestamp) -> pd.DataFrame:
+MAX_CLICKS_ON_STARTED_EVENTS = 0.01
+
+
+def _event_starts(doc_ids: pd.Series, documents: pd.DataFrame) -> pd.DataFrame:
+    dated = documents[["doc_id", "doc_type", "starts_at"]].assign(doc_id=documents["doc_id"].astype(str))
+    meta = pd.DataFrame({"doc_id": doc_ids.astype(str).to_numpy()}).merge(dated, on="doc_id", how="left")
+    meta["doc_type"] = meta["doc_type"].fillna("")
+    return meta
+
+
+def servable(
+    index: pd.DataFrame, documents: pd.DataFrame, as_of: datetime | pd.Timestamp, train: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """The rows of ``index`` that a nightly rebuild at ``as_of`` would serve: events that already started are
-    dropped (the ``upcoming_events`` filter of index selection, on the canonical ``starts_at``). Without
-    it a held-out split is ranked against every past event too, and a model that learned that documents
-    with members are the ones people join ranks each new event below all the old ones."""
+    dropped (the ``upcoming_events`` filter of index selection, on the canonical ``starts_at``), where an
+    event cannot be joined once it started. Without it a held-out split is ranked against every past event
+    too, and a model that learned that documents with members are the ones people join ranks each new
+    event below all the old ones.
+
+    Whether a source's events stay clickable after they start is read from ``train`` (the training
+    examples; never the held-out ones): the filter applies when at most
+    :data:`MAX_CLICKS_ON_STARTED_EVENTS` of the training clicks on events came after the event started
+    (Meetup RSVPs: none; the synthetic world: people look past events up, and they stay served).
+    """
     from infra.index_selection import UpcomingEvents
 
     if "starts_at" not in documents.columns:
         return index
-    dated = documents[["doc_id", "doc_type", "starts_at"]].assign(doc_id=documents["doc_id"].astype(str))
-    meta = index[["doc_id"]].astype(str).merge(dated, on="doc_id", how="left")
-    meta["doc_type"] = meta["doc_type"].fillna("")
-    keep = UpcomingEvents().keep(meta, pd.Timestamp(as_of), None)
+    if train is not None and len(train):
+        meta = _event_starts(train["doc_id"], documents)
+        events = (meta["doc_type"] == "event").to_numpy() & meta["starts_at"].notna().to_numpy()
+        if events.any():
+            after = pd.to_datetime(train["ts"], utc=True).to_numpy()[events] > pd.to_datetime(
+                meta.loc[events, "starts_at"], utc=True).to_numpy()
+            if after.mean() > MAX_CLICKS_ON_STARTED_EVENTS:
+                return index
+    keep = UpcomingEvents().keep(_event_starts(index["doc_id"], documents), pd.Timestamp(as_of), None)
     return index[keep].reset_index(drop=True)
 
 

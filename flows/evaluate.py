@@ -65,7 +65,8 @@ def evaluate(
 
     index_as_of = split_cutoff(parts, split)
     snapshots = read_document_snapshots(dataset, index_as_of)
-    index = servable_index(dataset, documents_as_of(snapshots, index_as_of, include_later=True), index_as_of)
+    index = servable_index(dataset, documents_as_of(snapshots, index_as_of, include_later=True), index_as_of,
+                           parts["train"])
     metrics = evaluate_model(model, parts, split, index, max_sessions, seed)
 
     facts = {"model": f"`{model_ref}`", "examples": f"`{examples_ref}`",

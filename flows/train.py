@@ -130,14 +130,15 @@ def documents_as_of(snapshots: pd.DataFrame, as_of: pd.Timestamp, include_later:
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def servable_index(dataset: str, index: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """The evaluation index as the nightly rebuild at ``as_of`` serves it: no event that already started."""
+def servable_index(dataset: str, index: pd.DataFrame, as_of: pd.Timestamp, train: pd.DataFrame) -> pd.DataFrame:
+    """The evaluation index as the nightly rebuild at ``as_of`` serves it (no event that already started,
+    where the training clicks show that events are not clicked once started)."""
     from evaluation.protocol import servable
     from infra.settings import get_settings
     from ingest.contract import read_dataset
 
     documents = read_dataset(get_settings().data_dir / dataset, tables=("documents",)).documents
-    return servable(index, documents, as_of)
+    return servable(index, documents, as_of, train)
 
 
 @task(cache_policy=NO_CACHE)
@@ -211,7 +212,8 @@ def train(dataset: str = "synthetic-default", params: TrainParams | None = None)
     index_as_of = split_cutoff(parts, params.eval_split)
     snapshots = read_document_snapshots(dataset, min(train_end, index_as_of))
     corpus = documents_as_of(snapshots, train_end, include_later=True)
-    index = servable_index(dataset, documents_as_of(snapshots, index_as_of, include_later=True), index_as_of)
+    index = servable_index(dataset, documents_as_of(snapshots, index_as_of, include_later=True), index_as_of,
+                           parts["train"])
 
     init_from, warm_ref = (warm_start_from(model_name) if params.warm_start else (None, None))
     result = fit(parts, corpus, config, run_dir / "model", init_from, feature_service)

@@ -198,3 +198,9 @@ def test_the_evaluation_index_serves_no_event_that_already_started():
     got = servable(index, documents, T("2024-02-01"))
     assert got["doc_id"].tolist() == ["group", "soon", "undated"] and got["title"].tolist() == ["g", "s", "u"]
     assert servable(index, documents.drop(columns="starts_at"), T("2024-02-01")).equals(index)
+    # RSVPs before the start (Meetup): the filter applies; clicks after the start (people look past events
+    # up, as in the synthetic world): started events stay served
+    before = pd.DataFrame({"doc_id": ["past", "soon"], "ts": [T("2023-12-01"), T("2024-01-15")]})
+    assert servable(index, documents, T("2024-02-01"), before)["doc_id"].tolist() == ["group", "soon", "undated"]
+    after = pd.DataFrame({"doc_id": ["past", "soon"], "ts": [T("2024-01-20"), T("2024-01-15")]})
+    assert servable(index, documents, T("2024-02-01"), after).equals(index)
