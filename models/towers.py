@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.columns import document_columns, query_columns, to_document_columns
+from models.columns import DOC_ID, ID_KINDS, document_columns, query_columns, to_document_columns
 from models.config import ModelConfig
-from models.columns import ID_KINDS
 from models.features import FeatureTable, FittedInputs, Featurizer, TowerInputs, log_counts
 
 _INIT_STD = 0.1
@@ -107,14 +106,13 @@ class TwoTowerModel(nn.Module):
         """Learn the id vocabularies (ids with at least ``id_min_count`` training examples) and the count
         statistics (query side over the examples, document side over the corpus), and use them."""
         cfg = self.config
+        id_column = {"doc": DOC_ID, "searcher": "searcher_id"}  # where training counts each id kind
+        kinds = {f.kind for f in (*self.query_featurizer.columns.context, *self.doc_featurizer.columns.context)
+                 if f.kind in ID_KINDS}  # the document id, the history (document ids), the searcher id
         vocab: dict[str, pd.Index] = {}
-        kinds = {f.kind: f.column for f in (*self.query_featurizer.columns.context,
-                                             *self.doc_featurizer.columns.context) if not f.multi}
-        for kind in ID_KINDS:
-            column = "doc_id" if kind == "doc" else "searcher_id"
-            if kind in kinds or (kind == "doc" and cfg.use_context and cfg.history):
-                counts = examples_train[column].astype(str).value_counts()
-                vocab[kind] = pd.Index(sorted(counts.index[counts >= cfg.id_min_count]), dtype=object)
+        for kind in sorted(kinds):
+            counts = examples_train[id_column[kind]].astype(str).value_counts()
+            vocab[kind] = pd.Index(sorted(counts.index[counts >= cfg.id_min_count]), dtype=object)
         numeric: dict[str, tuple[list[float], list[float]]] = {}
         if cfg.scale_counts:
             for what, feat, frame in (("query", self.query_featurizer, examples_train),
