@@ -47,6 +47,22 @@ REPORT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# What each input of the unified model is worth on a dataset: each row switches one group off (or, for
+# positives, embeds them from the example's point-in-time document columns instead of the document table).
+FEATURE_ABLATION: dict[str, dict[str, Any]] = {
+    "unified (default)": {},
+    "without ids": {"model": {"ids": False}},
+    "without history": {"model": {"history": False}},
+    "without profile": {"model": {"profile": False}},
+    "without tags": {"model": {"tags": False}},
+    "without counts": {"model": {"counts": False}},
+    "without location": {"model": {"location": False}},
+    "without social": {"model": {"social": False}},
+    "positives from the example's own columns": {"positive_features": "example"},
+    "text-only": {"model": {"use_context": False}},
+}
+
+
 def _merge(base: dict, over: Mapping[str, Any]) -> dict:
     out = dict(base)
     for k, v in over.items():
