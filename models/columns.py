@@ -140,5 +140,6 @@ def check_columns(frame: pd.DataFrame, cols: TowerColumns, what: str) -> None:
         raise ValueError(
             f"{what} frame lacks column(s) {missing}; present: {list(frame.columns)}. Provide them "
             "(None/NaN/empty lists are fine: they map to the unknown slot) or switch their feature group "
-            "off in ModelConfig (use_context, location, social, counts, doc_type, doc_body)"
+            "off in ModelConfig (use_context, location, social, counts, doc_type, doc_body, ids, history, profile, "
+            "tags)"
         )
