@@ -189,7 +189,7 @@ def searchers_as_of(dataset: CanonicalDataset, as_of: datetime) -> pd.DataFrame:
     return _before(dataset.searchers, "created_at", ts).sort_values(SEARCHER_KEY).reset_index(drop=True)
 
 
-def searcher_location(searchers: pd.DataFrame) -> pd.DataFrame:
+def searcher_own_fields(searchers: pd.DataFrame) -> pd.DataFrame:
     """city, region, country, language of each searcher (``""`` when unknown), and its ``profile``."""
     out = pd.DataFrame({SEARCHER_KEY: searchers[SEARCHER_KEY].astype(str).to_numpy()})
     for c in SEARCHER_CATEGORICAL:
@@ -404,14 +404,14 @@ def compute_features(
     config = config or FeatureConfig()
     ts = check_as_of(as_of)
     searchers = searchers_as_of(dataset, ts)
-    location = searcher_location(searchers)
+    own = searcher_own_fields(searchers)
     social, own_cluster = searcher_social(dataset, searchers, ts, config, communities)
-    searcher_df = location.merge(social, on=SEARCHER_KEY, how="left", validate="one_to_one")
+    searcher_df = own.merge(social, on=SEARCHER_KEY, how="left", validate="one_to_one")
     events = interactions(_before(dataset.sessions, "ts", ts), _before(dataset.memberships, "created_at", ts))
     hist, hist_w = recent_documents(events, searcher_df[SEARCHER_KEY].to_numpy(object),
                                     pd.Series(ts, index=searcher_df.index), config.history)
     searcher_df["history"], searcher_df[weights_of("history")] = hist, hist_w
-    city = pd.Series(location["city"].to_numpy(), index=pd.Index(location[SEARCHER_KEY]))
+    city = pd.Series(own["city"].to_numpy(), index=pd.Index(own[SEARCHER_KEY]))
     doc_df = document_features(dataset, ts, city, own_cluster, config)
     return _stamp(searcher_df, ts, SEARCHER_COLUMNS), _stamp(doc_df, ts, DOCUMENT_COLUMNS)
 
