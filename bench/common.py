@@ -35,7 +35,9 @@ from features.compute import (
     compute_features,
 )
 from ingest.contract import CanonicalDataset
-from training.examples import ExampleConfig, SplitConfig, add_history, build_examples, join_features, partition
+from training.examples import (
+    ExampleConfig, SplitConfig, add_history, build_examples, join_features, partition, visible_memberships,
+)
 from evaluation.protocol import (
     fill_static_document_fields, fill_static_searcher_fields, index_documents, servable, split_cutoff,
 )
@@ -95,11 +97,7 @@ def feature_inputs(data: CanonicalDataset, session_split: pd.Series) -> Canonica
     newest of creation and later activity), and ``compute_features`` fails on a column that is all NaT.
     """
     sessions = data.sessions[(session_split != "test").to_numpy()]
-    memberships = data.memberships
-    if "split" in memberships.columns:
-        memberships = memberships[memberships["split"].astype(str) != "test"]
-    end = pd.to_datetime(sessions["ts"], utc=True).max()
-    memberships = memberships[pd.to_datetime(memberships["created_at"], utc=True) <= end]
+    memberships = visible_memberships(data.memberships, sessions)
     docs = data.documents.assign(last_active_at=data.documents["last_active_at"].fillna(data.documents["created_at"]))
     return dataclasses.replace(data, sessions=sessions.reset_index(drop=True), memberships=memberships, documents=docs)
 

@@ -44,7 +44,7 @@ def interactions(sessions: pd.DataFrame, memberships: pd.DataFrame | None = None
         parts.append(pd.DataFrame({SEARCHER_KEY: memberships[SEARCHER_KEY].astype(str).to_numpy(),
                                    DOC_KEY: memberships[DOC_KEY].astype(str).to_numpy(),
                                    "ts": pd.to_datetime(memberships["created_at"], utc=True).to_numpy()}))
-    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+    out = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
     out["ts"] = pd.to_datetime(out["ts"], utc=True).astype("datetime64[ns, UTC]")
     return out.sort_values([SEARCHER_KEY, "ts"], kind="stable").reset_index(drop=True)
 

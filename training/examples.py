@@ -363,12 +363,19 @@ def history_events(
     sessions, test-marked memberships and memberships after the last non-test session left out."""
     s = sessions.reset_index(drop=True)
     visible = s[(split_sessions(s, split) != "test").to_numpy()]
+    return interactions(visible, visible_memberships(memberships, visible))
+
+
+def visible_memberships(memberships: pd.DataFrame | None, visible_sessions: pd.DataFrame) -> pd.DataFrame | None:
+    """Memberships features may see: not test-marked (a source's own split) and not made after the last
+    visible session (the end of the data a model learns from)."""
+    if memberships is None or memberships.empty:
+        return memberships
     m = memberships
-    if m is not None and len(m):
-        if "split" in m.columns:
-            m = m[m["split"].astype(str) != "test"]
-        m = m[pd.to_datetime(m["created_at"], utc=True) <= pd.to_datetime(visible["ts"], utc=True).max()]
-    return interactions(visible, m)
+    if "split" in m.columns:
+        m = m[m["split"].astype(str) != "test"]
+    end = pd.to_datetime(visible_sessions["ts"], utc=True).max()
+    return m[pd.to_datetime(m["created_at"], utc=True) <= end]
 
 
 def add_history(
