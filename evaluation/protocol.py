@@ -304,8 +304,15 @@ class EmbeddingRanker:
         self._top_k = top_k
         self.model, self.batch_size = model, batch_size
         self.doc_emb = model.embed_documents(documents, batch_size=batch_size)
-        self.n_docs = len(documents)
+        self.documents, self.n_docs, self._second = documents, len(documents), None
 
     def rank(self, queries: pd.DataFrame, k: int) -> np.ndarray:
+        if hasattr(self.model, "rescore_documents"):  # a cascade re-ranks its first stage's top N
+            from models.ensemble import cascade_top_k
+
+            if self._second is None:
+                self._second = self.model.rescore_documents(self.documents, batch_size=self.batch_size)
+            return cascade_top_k(self.model, queries, self.documents, min(k, self.n_docs),
+                                 doc_first=self.doc_emb, doc_second=self._second)
         q = self.model.embed_queries(queries, batch_size=self.batch_size)
         return self._top_k(q, self.doc_emb, min(k, self.n_docs))

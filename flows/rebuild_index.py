@@ -110,7 +110,7 @@ def load_model(model_name: str):
 def embed_corpus(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np.ndarray:
     from retrieval.embedding import embed_documents_to_file
 
-    return embed_documents_to_file(model, corpus, path, model.config.output_dim, batch_size)
+    return embed_documents_to_file(model, corpus, path, model.output_dim, batch_size)
 
 
 @task(cache_policy=NO_CACHE)

@@ -105,10 +105,25 @@ class TrainingData:
         row_of_doc = pd.Series(np.arange(len(documents)), index=documents[DOC_ID].astype(str).to_numpy())
         self.extra = ExtraNegatives(examples, loss.extra_negatives, row_of_doc) if loss.extra_negatives else None
 
+    def hard_per_example(self, batch_size: int) -> float:
+        """Extra negatives per example and step: ``max_extra_negatives``, or the easy:hard ratio's share of
+        the easy ones (the other positives of the batch plus the corpus draws)."""
+        if self.loss.easy_hard_ratio is None:
+            return float(self.loss.max_extra_negatives)
+        return (batch_size - 1 + self.sampler.k) / self.loss.easy_hard_ratio
+
+    def _extra_rows(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        want = self.hard_per_example(len(rows))
+        extra = self.extra.pick(rows, max(1, int(np.ceil(want))), rng)
+        if self.loss.easy_hard_ratio is not None:  # floor or ceil per example, so the mean is the ratio's
+            n = np.floor(want) + (rng.random(len(rows)) < want - np.floor(want))
+            extra[np.arange(extra.shape[1])[None, :] >= n[:, None]] = -1
+        return extra
+
     def batch(self, rows: np.ndarray, rng: np.random.Generator) -> TrainBatch:
         pos_ids = self.pos_ids[rows]
         shared = self.sampler.sample(pos_ids, rng)
-        extra_rows = self.extra.pick(rows, self.loss.max_extra_negatives, rng) if self.extra else None
+        extra_rows = self._extra_rows(rows, rng) if self.extra else None
         wanted = [shared.corpus_rows] + ([extra_rows[extra_rows >= 0]] if extra_rows is not None else [])
         uniq, inverse = np.unique(np.concatenate(wanted), return_inverse=True)
         negatives = self.corpus.take(uniq) if len(uniq) else None

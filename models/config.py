@@ -105,6 +105,12 @@ class LossConfig(BaseModel):
         (), description="example list columns of extra negative doc_ids fed to the loss, e.g. hard_negatives"
     )
     max_extra_negatives: int = Field(4, ge=1, description="extra negatives used per example and step")
+    easy_hard_ratio: float | None = Field(
+        None, gt=0.0, le=10_000.0,
+        description="easy:hard mix (the paper saturates at 100:1): per example and step, the extra negatives "
+        "used average (batch - 1 + corpus negatives) / ratio, overriding max_extra_negatives; None: "
+        "max_extra_negatives each",
+    )
     reduction: Literal["mean", "sum"] = Field(
         "mean", description="sum is the paper's eq. 2; mean keeps the step size independent of the batch"
     )

@@ -201,6 +201,13 @@ def evaluate(
     if len(documents) == 0:
         raise ValueError("empty document table: nothing to retrieve from")
     sessions = session_targets(examples_test, max_sessions, seed, qrels, consumed)
+    if hasattr(model, "rescore_documents"):  # a cascade: the second stage re-ranks the first stage's top N
+        from models.ensemble import cascade_top_k
+
+        doc_ids = documents[DOC_ID].astype(str).to_numpy()
+        top = cascade_top_k(model, sessions.queries, documents, max(max(ks), 100), doc_first=doc_embeddings,
+                            exclude_rows=exclusion_rows(sessions.exclude, doc_ids))
+        return ranking_metrics(top, doc_ids, sessions, ks)
     q = model.embed_queries(sessions.queries, batch_size=batch_size)
     d = doc_embeddings
     if d is None:

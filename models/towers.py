@@ -78,6 +78,11 @@ class TwoTowerModel(nn.Module):
         )
 
     @property
+    def output_dim(self) -> int:
+        """Width of the embeddings (what an index over them holds)."""
+        return self.config.output_dim
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 

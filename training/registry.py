@@ -8,6 +8,7 @@ service the examples were joined with and the examples dataset version it was tr
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +17,7 @@ from pydantic import BaseModel
 
 from infra.storage import ArtifactStore, ArtifactVersion
 from models.checkpoint import CHECKPOINT, MODEL, load_model, read_model_info
+from models.ensemble import ENSEMBLE_FILE, load_ensemble
 
 MODEL_KIND = "model"
 
@@ -95,11 +97,34 @@ def load_registered_model(
     store = store or ArtifactStore.from_settings()
     av = store.get(MODEL_KIND, name, version)
     local = store.fetch(MODEL_KIND, name, av.version)
-    return load_model(local / av.metadata.get("model_file", MODEL), device), av
+    model_file = av.metadata.get("model_file", MODEL)
+    if model_file == ENSEMBLE_FILE:
+        return load_ensemble(local, device), av
+    return load_model(local / model_file, device), av
+
+
+def register_ensemble(
+    ensemble_dir: str | Path, name: str, metrics: Mapping[str, float], config: Mapping[str, Any],
+    examples_ref: str, store: ArtifactStore | None = None, extra: Mapping[str, Any] | None = None,
+) -> ArtifactVersion:
+    """Publish an ensemble directory (:func:`models.ensemble.save_ensemble`) as a new version of
+    ``model/<name>``: served, indexed and evaluated like any registered model."""
+    src = Path(ensemble_dir)
+    ensemble = load_ensemble(src)  # proves it loads before anything is published
+    metadata = {
+        "metrics": _json_metrics(metrics), "config": dict(config), "model_config": {"ensemble": ensemble.spec()},
+        "feature_service": ensemble.feature_service, "examples": examples_ref, "model_file": ENSEMBLE_FILE,
+        "ensemble": json.loads((src / ENSEMBLE_FILE).read_text()), **dict(extra or {}),
+    }
+    store = store or ArtifactStore.from_settings()
+    return store.publish(MODEL_KIND, name, src, metadata)
 
 
 def registered_model_path(name: str, version: str | None = None, store: ArtifactStore | None = None) -> Path:
     """A verified local copy of a registered model file (for warm starts)."""
     store = store or ArtifactStore.from_settings()
     av = store.get(MODEL_KIND, name, version)
+    if av.metadata.get("model_file") == ENSEMBLE_FILE:
+        raise ValueError(f"{av.ref} is an ensemble; warm start from one of its members "
+                         f"({[m['ref'] for m in av.metadata.get('ensemble', {}).get('members', [])]})")
     return store.fetch(MODEL_KIND, name, av.version) / av.metadata.get("model_file", MODEL)

@@ -1,0 +1,232 @@
+"""Offline hard-negative mining, the easy:hard mix, weighted-concat and cascade ensembles (models/)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from infra.index import IndexConfig
+from models.batches import TrainingData
+from models.checkpoint import MODEL
+from models.config import LossConfig, ModelConfig, TrainConfig
+from models.ensemble import (
+    Cascade, WeightedConcat, cascade_top_k, concat_constant, fit_concat_weights, load_ensemble, rerank,
+    save_ensemble,
+)
+from models.evaluate import evaluate, session_targets, top_k
+from models.mining import HARD_NEGATIVES, MiningConfig, mine_hard_negatives
+from models.toy import location_task
+from models.train import train
+
+MODEL_CFG = ModelConfig(
+    trigram_buckets=2048, word_buckets=1024, bigram_buckets=1024, context_buckets=512, embedding_dim=16,
+    hidden_dims=(64,), output_dim=32,
+)
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(model=MODEL_CFG, loss=LossConfig(n_corpus_negatives=64), batch_size=128, epochs=2,
+                progress=False, num_threads=1, early_stopping_patience=3)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def task():
+    examples, documents = location_task(n_names=10, n_cities=40, n_examples=2000, seed=3)
+    return examples, documents
+
+
+@pytest.fixture(scope="module")
+def base(task, tmp_path_factory):
+    examples, documents = task
+    split = {s: examples[examples["split"] == s].reset_index(drop=True) for s in ("train", "valid", "test")}
+    return train(split["train"], split["valid"], documents, config(), tmp_path_factory.mktemp("base"),
+                 feature_service="toy_v1")
+
+
+@pytest.fixture(scope="module")
+def text_only(task, tmp_path_factory):
+    examples, documents = task
+    split = {s: examples[examples["split"] == s].reset_index(drop=True) for s in ("train", "valid", "test")}
+    cfg = config(model=MODEL_CFG.model_copy(update={"use_context": False}))
+    return train(split["train"], split["valid"], documents, cfg, tmp_path_factory.mktemp("text"),
+                 feature_service="toy_v1")
+
+
+# --------------------------------------------------------------------------- mining
+
+
+def _ranks(model, examples, documents):
+    """1-based rank of every document for each training example's query (exact)."""
+    train = examples[examples["split"] == "train"].reset_index(drop=True)
+    q = model.embed_queries(train)
+    d = model.embed_documents(documents)
+    order = np.argsort(-(q @ d.T), axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    ranks[np.arange(len(order))[:, None], order] = np.arange(1, order.shape[1] + 1)
+    return train, ranks
+
+
+@pytest.mark.parametrize("strategy,window", [("window", (21, 60)), ("hardest", (1, 60))])
+def test_mined_negatives_fall_in_the_window_and_are_never_positives(task, base, strategy, window):
+    examples, documents = task
+    cfg = MiningConfig(strategy=strategy, rank_window=window, negatives_per_example=5,
+                       index=IndexConfig(kind="flat"), exact_check_queries=50, false_negative_margin=None)
+    result = mine_hard_negatives(base.model, examples, documents, cfg)
+    out, report = result.examples, result.report
+    assert len(out) == len(examples) and HARD_NEGATIVES in out.columns
+    assert all(len(v) == 0 for v in out.loc[out["split"] != "train", HARD_NEGATIVES])
+    train, ranks = _ranks(base.model, examples, documents)
+    row_of = pd.Series(np.arange(len(documents)), index=documents["doc_id"])
+    by_searcher = train.groupby("searcher_id")["doc_id"].agg(set)
+    by_query = train.groupby("query")["doc_id"].agg(set)
+    negs = out.loc[out["split"] == "train", HARD_NEGATIVES].reset_index(drop=True)
+    n_checked = 0
+    for i, lst in negs.items():
+        assert len(lst) <= 5 and len(set(lst)) == len(lst)
+        row = train.iloc[i]
+        for d in lst:
+            assert d != row["doc_id"]
+            assert d not in by_searcher[row["searcher_id"]] and d not in by_query[row["query"]]
+            r = ranks[i, row_of[d]]
+            if strategy == "window":
+                assert window[0] - 1 <= r <= window[1] + 1  # ties may swap neighbours
+            n_checked += 1
+    assert n_checked > 0.9 * 5 * len(train)
+    assert report.examples_with_negatives == len(train) and report.removed_known_positives > 0
+    assert report.pool_overlap_with_exact == pytest.approx(1.0)  # a flat index is exact
+    if strategy == "hardest":  # exactly the best-ranked documents that are not known positives
+        doc_ids = documents["doc_id"].to_numpy()
+        for i in range(0, len(train), 97):
+            row = train.iloc[i]
+            known = by_searcher[row["searcher_id"]] | by_query[row["query"]]
+            ranked = [x for x in doc_ids[np.argsort(ranks[i])] if x not in known][:5]
+            assert set(negs[i]) == set(ranked)
+
+
+def test_margin_drops_candidates_scoring_above_the_positive(task, base):
+    examples, documents = task
+    kw = dict(strategy="hardest", rank_window=(1, 30), negatives_per_example=5, index=IndexConfig(kind="flat"),
+              exact_check_queries=0)
+    loose = mine_hard_negatives(base.model, examples, documents, MiningConfig(**kw, false_negative_margin=None))
+    strict = mine_hard_negatives(base.model, examples, documents, MiningConfig(**kw, false_negative_margin=0.0))
+    assert loose.report.removed_by_margin == 0 and strict.report.removed_by_margin > 0
+    train = examples[examples["split"] == "train"].reset_index(drop=True)
+    q = base.model.embed_queries(train)
+    d = base.model.embed_documents(documents)
+    row_of = pd.Series(np.arange(len(documents)), index=documents["doc_id"])
+    negs = strict.examples.loc[strict.examples["split"] == "train", HARD_NEGATIVES].reset_index(drop=True)
+    for i, lst in negs.items():
+        pos = float(q[i] @ d[row_of[train.at[i, "doc_id"]]])
+        assert all(float(q[i] @ d[row_of[x]]) <= pos + 1e-5 for x in lst)
+
+
+def test_ann_mining_on_ivf_pq_matches_exact_mostly_and_reports_its_cost(task, base):
+    examples, documents = task
+    cfg = MiningConfig(rank_window=(11, 100), negatives_per_example=4, exact_check_queries=100,
+                       index=IndexConfig(kind="ivfpq", nlist=16, nprobe=8, pq_m=8))
+    report = mine_hard_negatives(base.model, examples, documents, cfg).report
+    assert report.index_kind == "ivfpq"
+    assert report.pool_overlap_with_exact > 0.6
+    assert report.ann_seconds_per_query > 0 and report.exact_seconds_per_query > 0
+    assert "rank of mined negative" in report.to_markdown()
+
+
+def test_corpus_shard_searches_a_share_of_the_documents(task, base):
+    examples, documents = task
+    cfg = MiningConfig(rank_window=(5, 40), corpus_share=0.5, index=IndexConfig(kind="flat"), exact_check_queries=0)
+    report = mine_hard_negatives(base.model, examples, documents, cfg).report
+    assert report.searched_documents == len(documents) // 2
+
+
+def test_easy_hard_ratio_sets_the_mean_number_of_hard_negatives(task, base):
+    examples, documents = task
+    mined = mine_hard_negatives(base.model, examples, documents,
+                                MiningConfig(rank_window=(5, 60), negatives_per_example=20,
+                                             index=IndexConfig(kind="flat"), exact_check_queries=0)).examples
+    train = mined[mined["split"] == "train"].reset_index(drop=True)
+    for ratio in (30.0, 100.0):
+        loss = LossConfig(n_corpus_negatives=64, extra_negatives=(HARD_NEGATIVES,), easy_hard_ratio=ratio)
+        data = TrainingData(base.model, train, documents, loss)
+        rng = np.random.default_rng(0)
+        counts = []
+        for _ in range(30):
+            rows = rng.choice(len(train), size=128, replace=False)
+            b = data.batch(rows, rng)
+            counts.append((b.extra_ids >= 0).sum(1).numpy())
+        easy = 128 - 1 + 64
+        assert np.mean(np.concatenate(counts)) == pytest.approx(easy / ratio, rel=0.1)
+
+
+def test_training_with_mined_negatives_runs_and_warm_starts(task, base, tmp_path):
+    examples, documents = task
+    mined = mine_hard_negatives(base.model, examples, documents,
+                                MiningConfig(rank_window=(5, 60), index=IndexConfig(kind="flat"),
+                                             exact_check_queries=0)).examples
+    split = {s: mined[mined["split"] == s].reset_index(drop=True) for s in ("train", "valid")}
+    cfg = config(loss=LossConfig(n_corpus_negatives=64, extra_negatives=(HARD_NEGATIVES,), easy_hard_ratio=50))
+    run = train(split["train"], split["valid"], documents, cfg, tmp_path, init_from=base.model_path,
+                feature_service="toy_v1")
+    assert run.best_metric is not None and run.best_metric > 0.3
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def test_weighted_concat_cosine_is_the_weighted_sum_of_member_cosines(task, base, text_only):
+    examples, documents = task
+    q_frame, d_frame = examples.head(30), documents.head(50)
+    weights = [1.0, 0.4]
+    ens = WeightedConcat([base.model, text_only.model], weights)
+    q, d = ens.embed_queries(q_frame), ens.embed_documents(d_frame)
+    assert q.shape[1] == ens.output_dim == 64
+    assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
+    cos = [m.embed_queries(q_frame) @ m.embed_documents(d_frame).T for m in (base.model, text_only.model)]
+    expected = (weights[0] * cos[0] + weights[1] * cos[1]) / concat_constant(weights)
+    assert np.allclose(q @ d.T, expected, atol=1e-5)
+
+
+def test_a_cascade_of_a_model_with_itself_is_the_model(task, base):
+    examples, documents = task
+    test = examples[examples["split"] == "test"]
+    alone = evaluate(base.model, test, documents)
+    twice = evaluate(Cascade(base.model, base.model, rerank_n=50), test, documents)
+    for k in ("recall@1", "recall@10", "recall@100"):
+        assert twice[k] == pytest.approx(alone[k], abs=1e-9)
+
+
+def test_cascade_reranks_only_the_first_n():
+    cand = np.array([[3, 1, 2, 0]])
+    d2 = np.eye(4, dtype=np.float32)
+    q2 = np.array([[0.0, 0.1, 0.9, 0.5]], np.float32)  # 2 > 3 > 1 among the first 3; doc 0 (rank 4) stays last
+    rows, scores = rerank(cand, q2, d2, rerank_n=3)
+    assert rows.tolist() == [[2, 3, 1, 0]]
+    assert np.isnan(scores[0, 3]) and scores[0, 0] == pytest.approx(0.9)
+
+
+def test_text_first_unified_second_cascade_beats_text_only(task, base, text_only):
+    examples, documents = task
+    test = examples[examples["split"] == "test"]
+    text = evaluate(text_only.model, test, documents)
+    cascade = evaluate(Cascade(text_only.model, base.model, rerank_n=100), test, documents)
+    assert cascade["recall@10"] > text["recall@10"] + 0.2
+    q = test.head(5)
+    top = cascade_top_k(Cascade(text_only.model, base.model, 100), q, documents, 10)
+    assert top.shape == (5, 10) and (top >= 0).all()
+
+
+def test_concat_weights_are_fit_on_validation_and_the_ensemble_saves_and_loads(task, base, text_only, tmp_path):
+    examples, documents = task
+    valid = examples[examples["split"] == "valid"]
+    members = [base.model, text_only.model]
+    weights, trials = fit_concat_weights(members, lambda m: evaluate(m, valid, documents)["recall@10"])
+    assert len(trials) >= 5 and max(t["score"] for t in trials) == pytest.approx(
+        evaluate(WeightedConcat(members, weights), valid, documents)["recall@10"])
+    ens = WeightedConcat(members, weights)
+    save_ensemble(ens, [base.out_dir / MODEL, text_only.out_dir / MODEL], ["model/a@1", "model/b@1"], tmp_path)
+    loaded = load_ensemble(tmp_path)
+    assert isinstance(loaded, WeightedConcat) and loaded.weights == weights and loaded.feature_service == "toy_v1"
+    assert np.allclose(loaded.embed_queries(valid.head(10)), ens.embed_queries(valid.head(10)), atol=1e-6)
+    with pytest.raises(ValueError, match="one weight per member"):
+        WeightedConcat(members, [1.0])
