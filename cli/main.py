@@ -24,6 +24,19 @@ def _settings():
     return get_settings()
 
 
+def _invalid(exc: Exception) -> typer.BadParameter:
+    """One readable line from a pydantic ValidationError (or any ValueError)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return typer.BadParameter(str(exc))
+    parts = []
+    for e in errors():
+        where = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return typer.BadParameter("; ".join(parts))
+
+
 def _human_size(path: Path) -> str:
     total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -147,6 +160,68 @@ def train(dataset: str = typer.Option("synthetic-default", help="dataset whose p
     from flows.train import train as flow
 
     typer.echo(f"registered {flow(dataset)}")
+
+
+@app.command()
+def mine(
+    dataset: str = typer.Option("synthetic-default", help="dataset whose current model starts the rounds"),
+    rounds: int = typer.Option(2, min=1, max=20, help="mining rounds at most (stops earlier without a gain)"),
+    strategy: str = typer.Option("window", help="window (sample ranks in --window) or hardest"),
+    window: str = typer.Option("101-500", help="ranks to sample hard negatives from, FIRST-LAST"),
+    ratio: float = typer.Option(100.0, min=0.01, help="easy:hard negatives per example in training"),
+    transfer: str = typer.Option("easy_to_hard", help="easy_to_hard, or hard_to_easy (then an easy phase)"),
+    no_promote: bool = typer.Option(False, "--no-promote", help="do not make the best round the current model"),
+) -> None:
+    """Offline hard-negative mining rounds: mine, gate, retrain, evaluate; register the best round."""
+    from pydantic import ValidationError
+
+    lo, _, hi = window.partition("-")
+    if not (lo.strip().isdigit() and hi.strip().isdigit()):
+        raise typer.BadParameter(f"--window must be FIRST-LAST ranks, e.g. 101-500; got {window!r}")
+    try:
+        from flows.mine import MineParams
+        from models.mining import MiningConfig
+
+        params = MineParams(rounds=rounds, mining=MiningConfig(strategy=strategy, rank_window=(int(lo), int(hi))),
+                            easy_hard_ratio=ratio, transfer=transfer, promote=not no_promote)
+    except (ValueError, ValidationError) as exc:
+        raise _invalid(exc) from None
+    from flows.mine import mine as flow
+    from validation.gate import GateFailed
+
+    try:
+        ref = flow(dataset, params)
+    except GateFailed as exc:
+        typer.echo(f"the mined examples did not pass the gate; nothing was trained on them:\n{exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"best model: {ref}")
+
+
+@app.command()
+def ensemble(
+    dataset: str = typer.Option("synthetic-default"),
+    kind: str = typer.Option("weighted_concat", help="weighted_concat or cascade"),
+    members: Optional[str] = typer.Option(
+        None, help="comma-separated registered model names or the aliases unified, text, hnm (default: "
+        "unified,hnm for weighted_concat; text,unified for cascade)"),
+    promote: bool = typer.Option(False, help="also make the ensemble the dataset's current two-tower model"),
+) -> None:
+    """Fit a weighted-concat or cascade ensemble on validation data, evaluate it and register it."""
+    from pydantic import ValidationError
+
+    try:
+        from flows.ensemble import EnsembleParams
+
+        names = tuple(m.strip() for m in members.split(",") if m.strip()) if members else ()
+        params = EnsembleParams(kind=kind, members=names, promote=promote)
+        params.member_list()
+    except (ValueError, ValidationError) as exc:
+        raise _invalid(exc) from None
+    from flows.ensemble import ensemble as flow
+
+    ref = flow(dataset, params)
+    typer.echo(f"registered {ref}; serve it with: ebr rebuild-index --dataset {dataset} "
+               f"--model-name {params.model_name or dataset + '-ensemble'}")
 
 
 @app.command()

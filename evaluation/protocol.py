@@ -316,3 +316,41 @@ class EmbeddingRanker:
                                  doc_first=self.doc_emb, doc_second=self._second)
         q = self.model.embed_queries(queries, batch_size=self.batch_size)
         return self._top_k(q, self.doc_emb, min(k, self.n_docs))
+
+
+# --------------------------------------------------------------------------- through an ANN index
+
+
+def quantized_metrics(
+    model, parts: Mapping[str, pd.DataFrame], split: str, index: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
+    max_sessions: int = 10_000, seed: int = 0, consumed: Mapping[str, Sequence[str]] | None = None,
+    config=None,
+) -> dict[str, float] | None:
+    """:func:`evaluate_split`'s metrics when retrieval goes through the IVF-PQ index the nightly rebuild
+    builds (``IndexConfig(kind="ivfpq")`` sized for the corpus, with its refine step) instead of exact KNN;
+    a cascade re-scores the index's top N exactly, as the retriever does. None when the corpus is too small
+    to train IVF-PQ."""
+    from infra.index import EmbeddingIndex, IndexConfig
+    from models.ensemble import rerank
+
+    examples = parts.get(split)
+    if examples is None or examples.empty:
+        raise ValueError(f"the {split!r} split has no examples to evaluate on")
+    if consumed is None:
+        consumed = protocol_exclusions(parts)
+    d = np.ascontiguousarray(model.embed_documents(index), dtype=np.float32)
+    cfg = (config or IndexConfig(kind="ivfpq")).resolve(len(d), d.shape[1])
+    if cfg.kind != "flat" and len(d) < max(cfg.nlist, 2**cfg.nbits):
+        return None
+    ann = EmbeddingIndex.build(d, np.arange(len(d), dtype=np.int64), cfg, progress=False)
+    sessions = session_targets(examples, max_sessions, seed, None, consumed)
+    doc_ids = index["doc_id"].astype(str).to_numpy()
+    rows = exclusion_rows(sessions.exclude, doc_ids)
+    widest = max((len(r) for r in rows), default=0) if rows is not None else 0
+    k = max(max(ks), 100)
+    cascade = hasattr(model, "rescore_documents")
+    depth = min(len(d), k + widest + (model.rerank_n if cascade else 0))
+    _, top = ann.search(model.embed_queries(sessions.queries), depth)
+    if cascade:
+        top, _ = rerank(top, model.rescore_queries(sessions.queries), model.rescore_documents(index), model.rerank_n)
+    return ranking_metrics(drop_excluded(top, rows, k), doc_ids, sessions, ks)

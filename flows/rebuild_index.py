@@ -114,6 +114,18 @@ def embed_corpus(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np
 
 
 @task(cache_policy=NO_CACHE)
+def embed_second_stage(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np.ndarray:
+    """A cascade's second-stage document vectors, which the retriever re-scores the first stage's top N with."""
+    from retrieval.embedding import embed_documents_to_file
+
+    class SecondStage:
+        def embed_documents(self, frame, batch_size):
+            return model.rescore_documents(frame, batch_size=batch_size)
+
+    return embed_documents_to_file(SecondStage(), corpus, path, model.rescore_dim, batch_size)
+
+
+@task(cache_policy=NO_CACHE)
 def build_index(vectors: np.ndarray, config: IndexConfig) -> EmbeddingIndex:
     return EmbeddingIndex.build(vectors, np.arange(len(vectors), dtype=np.int64), config)
 
@@ -134,10 +146,10 @@ def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: Que
 
 
 @task(cache_policy=NO_CACHE)
-def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path) -> Path:
+def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None) -> Path:
     from infra.index_store import doc_map_frame, stage_index
 
-    return stage_index(index, doc_map_frame(corpus), dest)
+    return stage_index(index, doc_map_frame(corpus), dest, rescore)
 
 
 @task(cache_policy=NO_CACHE)
@@ -218,12 +230,14 @@ def rebuild_index(
 
         t0 = time.perf_counter()
         vectors = embed_corpus(model, corpus, run_dir / "vectors.npy", params.embed_batch_size)
+        rescore = (embed_second_stage(model, corpus, run_dir / "rescore.npy", params.embed_batch_size)
+                   if hasattr(model, "rescore_documents") else None)
         t1 = time.perf_counter()
         index = build_index(vectors, params.index)
         t2 = time.perf_counter()
         queries, source = validation_queries(model, model_av.metadata, vectors, params.query_source,
                                              params.validation)
-        staged = stage(index, corpus, run_dir / "artifact")
+        staged = stage(index, corpus, run_dir / "artifact", rescore)
         validation = validate(index, vectors, queries, source, params.validation, len(corpus), staged)
 
         manifest = IndexManifest(

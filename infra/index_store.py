@@ -5,6 +5,7 @@ A version's files::
     index/index.faiss   the FAISS index (ids are int64 positions 0..n-1)
     index/index.json    its IndexConfig and counts (written by EmbeddingIndex.save)
     docs.parquet        position -> doc_id, title, doc_type (for display and for mapping results back)
+    rescore.npy         only for a cascade model: the second stage's document vectors, row i = position i
 
 and its manifest metadata is an :class:`IndexManifest`: which model version embedded the documents, which
 feature service and snapshot fed them, the selection report, the index parameters and stats, the counts and the
@@ -31,6 +32,7 @@ from infra.storage import ArtifactNotFoundError, ArtifactStore, ArtifactVersion
 INDEX_KIND = "index"
 INDEX_DIR = "index"
 DOCS_FILE = "docs.parquet"
+RESCORE_FILE = "rescore.npy"  # a cascade's second-stage document vectors, rows = positions
 POSITION = "position"
 DOC_MAP_COLUMNS = (POSITION, "doc_id", "title", "doc_type")
 MANIFEST_FORMAT = 1
@@ -114,14 +116,32 @@ def _check_doc_map(doc_map: pd.DataFrame, index: EmbeddingIndex, where: str) -> 
 # --------------------------------------------------------------------------------------------- staging
 
 
-def stage_index(index: EmbeddingIndex, doc_map: pd.DataFrame, dest: Path) -> Path:
-    """Write an artifact directory (index + mapping) at ``dest``: built under a temp name, then renamed."""
+def stage_index(index: EmbeddingIndex, doc_map: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None) -> Path:
+    """Write an artifact directory (index + mapping, + a cascade's second-stage vectors) at ``dest``: built
+    under a temp name, then renamed."""
     _check_doc_map(doc_map, index, "staged index")
+    _check_rescore(rescore, len(doc_map), "staged index")
     dest = Path(dest)
     with atomic_directory(dest) as tmp:
         index.save(tmp / INDEX_DIR)
         pq.write_table(pa.Table.from_pandas(doc_map[list(DOC_MAP_COLUMNS)], preserve_index=False), tmp / DOCS_FILE)
+        if rescore is not None:
+            out = np.lib.format.open_memmap(tmp / RESCORE_FILE, mode="w+", dtype=np.float32, shape=rescore.shape)
+            for s in range(0, len(rescore), 100_000):
+                out[s : s + 100_000] = rescore[s : s + 100_000]
+            out.flush()
+            del out
     return dest
+
+
+def _check_rescore(rescore: np.ndarray | None, n: int, where: str) -> None:
+    if rescore is not None and (rescore.ndim != 2 or rescore.shape[0] != n):
+        raise IndexArtifactError(f"{where}: {RESCORE_FILE} has shape {rescore.shape}, expected ({n}, dim)")
+
+
+def _load_rescore(root: Path) -> np.ndarray | None:
+    path = Path(root) / RESCORE_FILE
+    return np.load(path, mmap_mode="r") if path.is_file() else None
 
 
 def check_staged(src: Path) -> None:
@@ -129,7 +149,9 @@ def check_staged(src: Path) -> None:
     src = Path(src)
     if not (src / DOCS_FILE).is_file():
         raise IndexArtifactError(f"{src} holds no {DOCS_FILE}: not a staged index")
-    _check_doc_map(read_doc_map(src / DOCS_FILE), EmbeddingIndex.load(src / INDEX_DIR), str(src))
+    doc_map = read_doc_map(src / DOCS_FILE)
+    _check_doc_map(doc_map, EmbeddingIndex.load(src / INDEX_DIR), str(src))
+    _check_rescore(_load_rescore(src), len(doc_map), str(src))
 
 
 def staged_size(src: Path) -> int:
@@ -157,6 +179,7 @@ class PublishedIndex:
     manifest: IndexManifest
     version: ArtifactVersion
     path: Path
+    rescore: np.ndarray | None = None  # a cascade's second-stage document vectors (memory-mapped)
 
 
 def not_published_message(dataset: str, store: ArtifactStore, version: str | None = None) -> str:
@@ -182,7 +205,9 @@ def load_index(dataset: str, store: ArtifactStore | None = None, version: str | 
     index = EmbeddingIndex.load(local / INDEX_DIR)
     doc_map = read_doc_map(local / DOCS_FILE)
     _check_doc_map(doc_map, index, av.ref)
-    return PublishedIndex(index, doc_map, IndexManifest.model_validate(av.metadata), av, local)
+    rescore = _load_rescore(local)
+    _check_rescore(rescore, len(doc_map), av.ref)
+    return PublishedIndex(index, doc_map, IndexManifest.model_validate(av.metadata), av, local, rescore)
 
 
 def rollback_index(dataset: str, version: str, store: ArtifactStore | None = None) -> ArtifactVersion:
@@ -200,6 +225,7 @@ __all__ = [
     "IndexNotPublishedError",
     "ModelRef",
     "PublishedIndex",
+    "RESCORE_FILE",
     "check_staged",
     "current_index",
     "doc_map_frame",

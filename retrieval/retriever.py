@@ -75,6 +75,13 @@ class Retriever:
             ) from e
         self._names = [f.name for p in self._service.feature_view_projections for f in p.features
                        if f.name != FEATURE_TS]
+        # A cascade model: the index holds its first stage; the second re-scores the first stage's top N.
+        self.rescore = published.rescore if hasattr(model, "rescore_documents") else None
+        if hasattr(model, "rescore_documents") and self.rescore is None:
+            raise IndexModelMismatchError(
+                f"model {self.manifest.model.ref} is a cascade but index {published.version.ref} has no "
+                f"second-stage vectors; run 'ebr rebuild-index --dataset {dataset}'"
+            )
         self._doc_ids = published.doc_map["doc_id"].to_numpy(dtype=object)
         self._titles = published.doc_map["title"].to_numpy(dtype=object)
         self._position = pd.Index(self._doc_ids)
@@ -147,13 +154,31 @@ class Retriever:
         return self.run(NNRequest(query, searcher_id, k, radius, nprobe))
 
     def run(self, request: NNRequest) -> list[Candidate]:
-        """Execute one nn request over the whole index."""
-        q = self.embed(request)
+        """Execute one nn request over the whole index (a cascade: its first stage retrieves the top N, at
+        least k, which its second stage re-scores; the scores are then the second stage's cosines)."""
+        frame = self.query_frame(request)
+        q = self.model.embed_queries(frame)
+        depth = request.k if self.rescore is None else max(request.k, self.model.rerank_n)
         if request.radius is None:
-            scores, ids = self.index.search(q, request.k, nprobe=request.nprobe)
-            return self._candidates(ids[0], scores[0])
-        (ids, scores), = self.index.range_search(q, request.radius, nprobe=request.nprobe, max_results=request.k)
-        return self._candidates(ids, scores)
+            scores, ids = self.index.search(q, depth, nprobe=request.nprobe)
+            ids, scores = ids[0], scores[0]
+        else:
+            (ids, scores), = self.index.range_search(q, request.radius, nprobe=request.nprobe, max_results=depth)
+        if self.rescore is not None:
+            ids, scores = self._rerank(frame, ids)
+        return self._candidates(ids[: request.k], scores[: request.k])
+
+    def _rerank(self, frame: pd.DataFrame, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A cascade's second stage over the first stage's candidates: the top N re-ordered, every
+        candidate scored by the second stage's cosine."""
+        from models.ensemble import rerank
+
+        ids = ids[ids >= 0]
+        if not len(ids):
+            return ids, np.zeros(0, np.float32)
+        q2 = self.model.rescore_queries(frame)
+        rows = rerank(ids[None, :], q2, self.rescore, self.model.rerank_n)[0][0]
+        return rows, (np.asarray(self.rescore[rows]) @ q2[0]).astype(np.float32)
 
     def candidates_within(self, request: NNRequest, allowed_doc_ids: Sequence[str],
                           query_vector: np.ndarray | None = None) -> list[Candidate]:
@@ -172,10 +197,13 @@ class Retriever:
 
     def embed(self, request: NNRequest) -> np.ndarray:
         """The query embedding [1, dim] of a request: online searcher features + query tower."""
+        return self.model.embed_queries(self.query_frame(request))
+
+    def query_frame(self, request: NNRequest) -> pd.DataFrame:
+        """The query tower's input of a request: its text and the searcher's online features."""
         row = self.searcher_features(request.searcher_id)
-        frame = pd.DataFrame({"query": [request.query], SEARCHER_KEY: [request.searcher_id],
-                              **{searcher_column(n): [row[n]] for n in row}})
-        return self.model.embed_queries(frame)
+        return pd.DataFrame({"query": [request.query], SEARCHER_KEY: [request.searcher_id],
+                             **{searcher_column(n): [row[n]] for n in row}})
 
     def searcher_features(self, searcher_id: str) -> dict:
         """The searcher's online features (the model's serving service), as a dict of feature -> value."""

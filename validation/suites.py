@@ -278,3 +278,65 @@ def examples_suite(columns: Iterable[str], config: GateConfig | None = None) -> 
         derive=_derive_examples,
         row_count_tolerance=config.row_count_tolerance,
     )
+
+
+# --------------------------------------------------------------------------- mined hard negatives
+
+MINED_COUNT = "_hard_negative_count"
+MINED_IS_POSITIVE = "_hard_negative_is_positive"
+FALSE_NEGATIVE_SHARE = "_false_negative_share"
+
+
+class MinedGateConfig(BaseModel):
+    """Bounds of the gate on the examples of a hard-negative mining round."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_share_with_negatives: float = Field(
+        0.5, ge=0, le=1, description="least share of training examples that got at least one mined negative"
+    )
+    max_false_negative_share: float = Field(
+        0.9, ge=0, le=1,
+        description="most of the candidates that may be dropped as false negatives (more: the model or the "
+        "window is wrong, e.g. the window lies inside the positives)",
+    )
+
+
+def _derive_mined(column: str, false_negative_share: float):
+    def derive(df: pd.DataFrame) -> pd.DataFrame:
+        session_pos = df.groupby(df["session_id"].astype(str))["doc_id"].agg(lambda s: set(s.astype(str)))
+        own = session_pos.reindex(df["session_id"].astype(str)).to_numpy(object)
+        lists = df[column].to_numpy(object)
+        count = np.fromiter((len(v) if v is not None else 0 for v in lists), np.int64, len(df))
+        hit = np.fromiter((any(str(x) in p for x in (v if v is not None else ())) for v, p in zip(lists, own)),
+                          bool, len(df))
+        return df.assign(**{MINED_COUNT: count, MINED_IS_POSITIVE: hit,
+                            FALSE_NEGATIVE_SHARE: np.full(len(df), float(false_negative_share))})
+    return derive
+
+
+def mined_suite(column: str, max_per_example: int, false_negative_share: float,
+                config: MinedGateConfig | None = None) -> GateSuite:
+    """The gate of one mining round's training examples: no mined negative is a positive of its session,
+    counts per example within bounds, enough examples got negatives, and the share of candidates removed as
+    false negatives (from the round's report) below the bound."""
+    config = config or MinedGateConfig()
+
+    def expectations() -> list:
+        E = _gx()
+        return [
+            E.ExpectColumnToExist(column=column, description=f"the mined column {column} is present"),
+            E.ExpectColumnValuesToBeInSet(column=MINED_IS_POSITIVE, value_set=[False],
+                                          description="no mined negative is a positive of its own session"),
+            E.ExpectColumnValuesToBeBetween(column=MINED_COUNT, min_value=0, max_value=max_per_example,
+                                            description=f"at most {max_per_example} mined negatives per example"),
+            E.ExpectColumnValuesToBeBetween(
+                column=MINED_COUNT, min_value=1, mostly=config.min_share_with_negatives,
+                description=f"at least {config.min_share_with_negatives:.0%} of examples got mined negatives"),
+            E.ExpectColumnMaxToBeBetween(
+                column=FALSE_NEGATIVE_SHARE, max_value=config.max_false_negative_share,
+                description=f"at most {config.max_false_negative_share:.0%} of the candidates were false negatives"),
+        ]
+
+    return GateSuite(name="mined", expectations=expectations, derive=_derive_mined(column, false_negative_share),
+                     row_count_tolerance=None)
