@@ -324,7 +324,7 @@ class EmbeddingRanker:
 def quantized_metrics(
     model, parts: Mapping[str, pd.DataFrame], split: str, index: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
     max_sessions: int = 10_000, seed: int = 0, consumed: Mapping[str, Sequence[str]] | None = None,
-    config=None,
+    config=None, qrels: pd.DataFrame | None = None,
 ) -> dict[str, float] | None:
     """:func:`evaluate_split`'s metrics when retrieval goes through the IVF-PQ index the nightly rebuild
     builds (``IndexConfig(kind="ivfpq")`` sized for the corpus, with its refine step) instead of exact KNN;
@@ -343,7 +343,7 @@ def quantized_metrics(
     if cfg.kind != "flat" and len(d) < max(cfg.nlist, 2**cfg.nbits):
         return None
     ann = EmbeddingIndex.build(d, np.arange(len(d), dtype=np.int64), cfg, progress=False)
-    sessions = session_targets(examples, max_sessions, seed, None, consumed)
+    sessions = session_targets(examples, max_sessions, seed, qrels, consumed)
     doc_ids = index["doc_id"].astype(str).to_numpy()
     rows = exclusion_rows(sessions.exclude, doc_ids)
     widest = max((len(r) for r in rows), default=0) if rows is not None else 0
