@@ -32,7 +32,7 @@ from flows.train import (
 )
 from infra.settings import get_settings
 from models.config import LossConfig, TrainConfig
-from models.mining import HARD_NEGATIVES, MiningConfig
+from models.mining import HARD_NEGATIVES, MiningConfig, MiningReport
 from validation.suites import MinedGateConfig
 
 Transfer = Literal["easy_to_hard", "hard_to_easy"]
@@ -171,6 +171,21 @@ def lookup_round(model_name: str, key: str, round_no: int):
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def lookup_mined(dataset: str, key: str, round_no: int):
+    """(splits, ref, mining report) of the examples a round of run ``key`` already published, if any."""
+    from infra.storage import ArtifactStore
+    from training.rounds import finished_round
+
+    store = ArtifactStore.from_settings()
+    av = finished_round(store, f"{dataset}-examples-hnm", key, round_no, kind="dataset")
+    if av is None:
+        return None
+    local = store.fetch("dataset", av.name, av.version)
+    parts = {s: pd.read_parquet(local / f"{s}.parquet") for s in ("train", "valid", "test")}
+    return parts, av.ref, av.metadata["mining"]
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def make_current(model_name: str, ref: str) -> None:
     from infra.storage import ArtifactStore
 
@@ -210,15 +225,21 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
     test_index = pd.read_parquet(inputs / "test_index.parquet")
 
     t0 = time.perf_counter()
-    model = load_model_file(model_path)
-    mined = mine_negatives(model, parts["train"], corpus, params.mining)
+    published = lookup_mined(dataset, key, round_no)  # a round that crashed after publishing its examples
+    if published is not None:
+        mined_parts, mined_ref, report = published
+        log.info("round %d: reusing the published examples %s", round_no, mined_ref)
+    else:
+        model = load_model_file(model_path)
+        mined = mine_negatives(model, parts["train"], corpus, params.mining)
+        gate_mined(mined.examples, params, mined.report.false_negative_share, run_dir, dataset, round_no)
+        mined_parts = {"train": mined.examples, **{s: parts[s].assign(**{HARD_NEGATIVES: [[]] * len(parts[s])})
+                                                  for s in ("valid", "test")}}
+        report = mined.report.model_dump(mode="json")
+        meta = {"dataset": dataset, "source_examples": examples_ref, "mining_run": {"key": key, "round": round_no},
+                "mining": report, "params": params.model_dump(mode="json")}
+        mined_ref = publish_mined(dataset, mined_parts, run_dir / "examples", meta)
     t_mine = time.perf_counter() - t0
-    gate_mined(mined.examples, params, mined.report.false_negative_share, run_dir, dataset, round_no)
-    mined_parts = {"train": mined.examples, **{s: parts[s].assign(**{HARD_NEGATIVES: [[] for _ in range(len(parts[s]))]})
-                                              for s in ("valid", "test")}}
-    meta = {"dataset": dataset, "source_examples": examples_ref, "mining_run": {"key": key, "round": round_no},
-            "mining": mined.report.model_dump(mode="json"), "params": params.model_dump(mode="json")}
-    mined_ref = publish_mined(dataset, mined_parts, run_dir / "examples", meta)
 
     t1 = time.perf_counter()
     hard_cfg = params.hard_config()
@@ -237,11 +258,11 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
              "history": result.history, "evaluation": {"split": "test", "max_sessions": params.max_eval_sessions,
                                                        "seed": seed, "index_documents": len(test_index)},
              "mining_run": {"key": key, "round": round_no, "valid": valid, "transfer": params.transfer,
-                            "mining": mined.report.model_dump(mode="json"), "seconds": seconds}}
+                            "mining": report, "seconds": seconds}}
     ref = register(result.model_path, round_name, test, trained_cfg, feature_service, mined_ref, extra)
     result.checkpoint_path.unlink(missing_ok=True)
-    record = RoundRecord(round_no, ref, valid, test, mined_ref, mined.report.model_dump(mode="json"), seconds)
-    publish_report(artifact_key("mine-round", dataset), _round_markdown(record, mined.report.to_markdown(),
+    record = RoundRecord(round_no, ref, valid, test, mined_ref, report, seconds)
+    publish_report(artifact_key("mine-round", dataset), _round_markdown(record, MiningReport(**report).to_markdown(),
                                                                         params.metric),
                    f"mining round {round_no} of {dataset}")
     log.info("round %d: %s, valid %s %.4f", round_no, ref, params.metric, valid.get(params.metric, float("nan")))

@@ -110,6 +110,32 @@ def test_a_rerun_resumes_finished_rounds_instead_of_redoing_them(world, mined):
     assert after == before
 
 
+def test_a_round_that_crashed_in_training_resumes_from_its_published_examples(world, mined, monkeypatch):
+    import flows.mine as mine_module
+
+    store = ArtifactStore.from_settings()
+    params = mine_params(rounds=1, easy_hard_ratio=50.0)  # another run: another key
+    examples_before = len(store.list_versions("dataset", f"{DATASET}-examples-hnm"))
+    models_before = len(store.list_versions("model", f"{DATASET}-two-tower-hnm"))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while training")
+
+    monkeypatch.setattr(mine_module.fit, "fn", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        mine_module.mine(dataset=DATASET, params=params)
+    assert len(store.list_versions("dataset", f"{DATASET}-examples-hnm")) == examples_before + 1
+    assert len(store.list_versions("model", f"{DATASET}-two-tower-hnm")) == models_before
+    monkeypatch.undo()
+
+    mine_module.mine(dataset=DATASET, params=params)
+    # the re-run trained on the examples the crashed run published: no second mining of round 1
+    assert len(store.list_versions("dataset", f"{DATASET}-examples-hnm")) == examples_before + 1
+    versions = store.list_versions("model", f"{DATASET}-two-tower-hnm")
+    assert len(versions) == models_before + 1
+    assert versions[-1].metadata["examples"] == store.list_versions("dataset", f"{DATASET}-examples-hnm")[-1].ref
+
+
 def test_mined_round_gate_stops_bad_mining_before_training(world, mined):
     from flows.mine import mine
     from validation.gate import GateFailed

@@ -43,13 +43,11 @@ class RoundRecord:
                 "resumed": self.resumed}
 
 
-def finished_round(store: ArtifactStore, model_name: str, key: str, round_no: int) -> ArtifactVersion | None:
-    """The registered version of round ``round_no`` of run ``key``, if it finished."""
-    try:
-        versions = store.list_versions(MODEL_KIND, model_name)
-    except Exception:  # noqa: BLE001 - no such artifact yet
-        return None
-    for av in reversed(versions):
+def finished_round(store: ArtifactStore, model_name: str, key: str, round_no: int,
+                   kind: str = MODEL_KIND) -> ArtifactVersion | None:
+    """The published version of round ``round_no`` of run ``key``, if there is one: its registered model
+    (``kind="model"``) or its mined examples (``kind="dataset"``)."""
+    for av in reversed(store.list_versions(kind, model_name)):
         m = av.metadata.get("mining_run") or {}
         if m.get("key") == key and m.get("round") == round_no:
             return av
