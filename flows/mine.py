@@ -205,9 +205,10 @@ def promote_round(model_path: Path, base_name: str, metrics: dict, config: Train
 
 @flow(name="mine-round", log_prints=True)
 def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: Path, params: MineParams,
-               feature_service: str):
+               feature_service: str, before: dict | None = None):
     """Mine with the model at ``model_path``, gate, publish the examples, train, evaluate, register.
-    Returns (RoundRecord, the new model's local file)."""
+    ``before``: the previous round's {"valid": ..., "test": ...} metrics, for the report. Returns
+    (RoundRecord, the new model's local file)."""
     from training.registry import registered_model_path
     from training.rounds import RoundRecord
 
@@ -263,21 +264,23 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
     result.checkpoint_path.unlink(missing_ok=True)
     record = RoundRecord(round_no, ref, valid, test, mined_ref, report, seconds)
     publish_report(artifact_key("mine-round", dataset), _round_markdown(record, MiningReport(**report).to_markdown(),
-                                                                        params.metric),
+                                                                        params.metric, before or {}),
                    f"mining round {round_no} of {dataset}")
     log.info("round %d: %s, valid %s %.4f", round_no, ref, params.metric, valid.get(params.metric, float("nan")))
     return record, registered_model_path(round_name, ref.rsplit("@", 1)[1])
 
 
-def _round_markdown(record, mining_md: str, metric: str) -> str:
+def _round_markdown(record, mining_md: str, metric: str, before: dict) -> str:
     from models.evaluate import metrics_table
 
+    rows = {f"before: {s}": before[s] for s in ("valid", "test") if before.get(s)}
+    rows.update({f"after: {s}": getattr(record, s) for s in ("valid", "test")})
+    ks = ["recall@1", "recall@10", "recall@100", "mrr", "ndcg@10"]
     return "\n".join([
         f"# Mining round {record.round}", "", f"- model: `{record.model_ref}`", f"- examples: `{record.examples_ref}`",
         f"- mining {record.seconds['mining']:.1f} s, training {record.seconds['training']:.1f} s", "",
-        "## Mining", "", mining_md, "## Held-out metrics", "",
-        metrics_table({"valid": record.valid, "test": record.test}), "",
-        f"(rounds are compared on valid {metric})"]) + "\n"
+        "## Mining", "", mining_md, "## Held-out metrics (before: the model the round started from)", "",
+        metrics_table(rows, ks), "", f"(rounds are compared on valid {metric})"]) + "\n"
 
 
 # --------------------------------------------------------------------------- flow
@@ -317,7 +320,8 @@ def mine(dataset: str = "synthetic-default", params: MineParams | None = None) -
     records, paths = [best], {0: start_path}
     stopped = f"all {params.rounds} rounds ran"
     for r in range(1, params.rounds + 1):
-        record, path = mine_round(dataset, r, key, paths[r - 1], inputs, params, feature_service)
+        record, path = mine_round(dataset, r, key, paths[r - 1], inputs, params, feature_service,
+                                  {"valid": records[-1].valid, "test": records[-1].test})
         records.append(record)
         paths[r] = path
         if improved(record, best, params.metric, params.min_gain):

@@ -167,6 +167,11 @@ def test_ensemble_flow_registers_a_model_that_rebuild_and_search_serve(world, mi
     assert len(av.metadata["ensemble"]["members"]) == 2 and av.metadata["metrics"]["recall@10"] > 0
     assert set(av.metadata["comparison"]) and all(v["recall@10"] >= 0 for v in av.metadata["comparison"].values())
 
+    from flows.evaluate import evaluate
+
+    again = evaluate(dataset=DATASET, model_name=params.model_name)  # the evaluate flow serves it too
+    assert again["recall@10"] == pytest.approx(av.metadata["metrics"]["recall@10"], abs=1e-9)
+
     index_ref = rebuild_index(dataset=DATASET, model_name=params.model_name)
     retriever = Retriever.load(DATASET, threads=1)
     assert retriever.manifest.model.ref == ref and index_ref.endswith(retriever.version.version)
