@@ -483,6 +483,25 @@ class EmbeddingIndex:
         scores, labels = self._inner.search(q, k, params=params)
         return self._finish(scores, labels, translate=True)
 
+    def cosines(self, query: Any, ids: Any) -> np.ndarray:
+        """Cosine of one query [1, dim] (or [dim]) to each of ``ids`` (float32, in the given order), from
+        the stored vectors (flat, or IVF-PQ with refine); NaN where the index keeps no full vectors."""
+        q = self._queries(np.asarray(query, np.float32).reshape(1, -1))[0]
+        ids = np.asarray(ids, np.int64)
+        if self._refine_store is None or len(ids) == 0:
+            return np.full(len(ids), np.nan, np.float32)
+        if self._id_order is None:
+            self._id_order = np.argsort(self.ids(), kind="stable")
+        id_map = self.ids()
+        at = np.searchsorted(id_map[self._id_order], ids).clip(max=len(id_map) - 1)
+        pos = self._id_order[at]
+        if not np.array_equal(id_map[pos], ids):
+            raise EmbeddingIndexError("cosines(): some ids are not in the index")
+        out = np.empty(len(ids), np.float32)
+        for s in range(0, len(ids), 65_536):  # bounded memory for large matched sets
+            out[s : s + 65_536] = self._refine_store.reconstruct_batch(pos[s : s + 65_536]) @ q
+        return out
+
     def range_search(
         self, queries: Any, radius: float, nprobe: int | None = None, max_results: int | None = None
     ) -> list[tuple[np.ndarray, np.ndarray]]:
