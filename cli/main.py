@@ -327,26 +327,42 @@ def search(
         None, min=-1.0, max=1.0, help="cosine threshold: only documents scoring >= radius"
     ),
     nprobe: Optional[int] = typer.Option(None, min=1, help="IVF lists to scan (default: the index's)"),
+    hybrid: bool = typer.Option(
+        False, "--hybrid", help="hybrid retrieval: the searcher's location and social terms AND (text terms OR nn)"),
+    expr: Optional[str] = typer.Option(
+        None, "--expr", help="a query-language expression, e.g. \"(and (term location:seattle) (nn default :k 50))\"; "
+        "its nn operators embed QUERY"),
 ) -> None:
     """Retrieve candidate documents for a query typed by a searcher, with their cosine scores."""
     from retrieval.errors import RetrievalError
     from retrieval.retriever import Retriever
+    from serving.query import QuerySyntaxError, parse
 
+    if expr is not None:
+        try:
+            parse(expr)  # a typo is reported before the slow load
+        except QuerySyntaxError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     try:
         retriever = Retriever.load(dataset, threads=1)
         start = time.perf_counter()
-        found = retriever.retrieve(query, searcher, k=k, radius=radius, nprobe=nprobe)
+        if hybrid or expr is not None:
+            result = retriever.search(query, searcher, k=k, expression=expr)
+            found, mode = result.candidates, f"hybrid, {result.matched} matched: {result.expression}"
+        else:
+            found = retriever.retrieve(query, searcher, k=k, radius=radius, nprobe=nprobe)
+            mode = f"radius {radius}" if radius is not None else f"top {k}"
         ms = (time.perf_counter() - start) * 1000
-    except RetrievalError as exc:
+    except (RetrievalError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    mode = f"radius {radius}" if radius is not None else f"top {k}"
     typer.echo(f"{len(found)} candidates ({mode}) from {retriever.version.ref} in {ms:.1f} ms")
     if found:
         width = max(len(c.doc_id) for c in found)
-        typer.echo(f"{'rank':>4}  {'score':>7}  {'doc_id':<{width}}  title")
+        typer.echo(f"{'rank':>4}  {'score':>7}  {'via':<4}  {'doc_id':<{width}}  title")
         for c in found:
-            typer.echo(f"{c.rank:>4}  {c.score:>7.4f}  {c.doc_id:<{width}}  {c.title}")
+            typer.echo(f"{c.rank:>4}  {c.score:>7.4f}  {c.source:<4}  {c.doc_id:<{width}}  {c.title}")
 
 
 @app.command("rebuild-index")

@@ -146,10 +146,19 @@ def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: Que
 
 
 @task(cache_policy=NO_CACHE)
-def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None) -> Path:
+def build_terms(corpus: pd.DataFrame):
+    """The term index of the corpus (positions = rows = the FAISS ids), published with the vectors."""
+    from serving.terms import TermIndex
+
+    return TermIndex.build(corpus)
+
+
+@task(cache_policy=NO_CACHE)
+def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None,
+          terms=None) -> Path:
     from infra.index_store import doc_map_frame, stage_index
 
-    return stage_index(index, doc_map_frame(corpus), dest, rescore)
+    return stage_index(index, doc_map_frame(corpus), dest, rescore, terms)
 
 
 @task(cache_policy=NO_CACHE)
@@ -195,6 +204,10 @@ def report_markdown(dataset: str, outcome: str, manifest: IndexManifest, selecti
         f"{'-' if s['imbalance_factor'] is None else format(s['imbalance_factor'], '.2f')} |",
         "",
         validation.to_markdown(),
+        "",
+        f"Term index: {manifest.terms['terms']:,} terms, {manifest.terms['postings']:,} postings, "
+        f"{manifest.terms['bytes'] / 1e6:.2f} MB ({', '.join(f'{k} {v:,}' for k, v in manifest.terms['terms_per_field'].items())})"
+        if manifest.terms else "",
     ]
     return "\n".join(lines) + "\n"
 
@@ -237,7 +250,8 @@ def rebuild_index(
         t2 = time.perf_counter()
         queries, source = validation_queries(model, model_av.metadata, vectors, params.query_source,
                                              params.validation)
-        staged = stage(index, corpus, run_dir / "artifact", rescore)
+        terms = build_terms(corpus)
+        staged = stage(index, corpus, run_dir / "artifact", rescore, terms)
         validation = validate(index, vectors, queries, source, params.validation, len(corpus), staged)
 
         manifest = IndexManifest(
@@ -248,7 +262,7 @@ def rebuild_index(
             stats=index.stats().to_dict(),
             counts={"canonical": len(documents), "selected": selection.selected_count,
                     "without_snapshot": int(corpus["feature_ts"].isna().sum()), "indexed": index.ntotal},
-            validation=validation.model_dump(mode="json"), embed_seconds=round(t1 - t0, 3),
+            validation=validation.model_dump(mode="json"), terms=terms.stats(), embed_seconds=round(t1 - t0, 3),
             build_seconds=round(t2 - t1, 3), flow_run_id=str(flow_run.id) if flow_run.id else None,
         )
         if not validation.passed:

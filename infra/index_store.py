@@ -6,6 +6,7 @@ A version's files::
     index/index.json    its IndexConfig and counts (written by EmbeddingIndex.save)
     docs.parquet        position -> doc_id, title, doc_type (for display and for mapping results back)
     rescore.npy         only for a cascade model: the second stage's document vectors, row i = position i
+    terms.parquet       the term index: posting lists of the documents' terms over the same positions
 
 and its manifest metadata is an :class:`IndexManifest`: which model version embedded the documents, which
 feature service and snapshot fed them, the selection report, the index parameters and stats, the counts and the
@@ -33,6 +34,7 @@ INDEX_KIND = "index"
 INDEX_DIR = "index"
 DOCS_FILE = "docs.parquet"
 RESCORE_FILE = "rescore.npy"  # a cascade's second-stage document vectors, rows = positions
+TERMS_FILE = "terms.parquet"  # the term index (serving.terms.TermIndex) over the same positions
 POSITION = "position"
 DOC_MAP_COLUMNS = (POSITION, "doc_id", "title", "doc_type")
 MANIFEST_FORMAT = 1
@@ -70,6 +72,7 @@ class IndexManifest(BaseModel):
     stats: dict[str, Any] = Field(description="IndexStats: kind, sizes, list imbalance")
     counts: dict[str, int] = Field(description="canonical, selected, without_snapshot, indexed documents")
     validation: dict[str, Any] = Field(description="IndexValidation: ANN recall against exact search, ...")
+    terms: dict[str, Any] | None = Field(None, description="term index stats (terms, postings, per field)")
     embed_seconds: float | None = None
     build_seconds: float | None = None
     flow_run_id: str | None = None
@@ -116,14 +119,19 @@ def _check_doc_map(doc_map: pd.DataFrame, index: EmbeddingIndex, where: str) -> 
 # --------------------------------------------------------------------------------------------- staging
 
 
-def stage_index(index: EmbeddingIndex, doc_map: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None) -> Path:
-    """Write an artifact directory (index + mapping, + a cascade's second-stage vectors) at ``dest``: built
-    under a temp name, then renamed."""
+def stage_index(index: EmbeddingIndex, doc_map: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None,
+                terms=None) -> Path:
+    """Write an artifact directory (index + mapping, + the term index, + a cascade's second-stage vectors)
+    at ``dest``: built under a temp name, then renamed."""
     _check_doc_map(doc_map, index, "staged index")
     _check_rescore(rescore, len(doc_map), "staged index")
+    if terms is not None:
+        _check_terms(terms, len(doc_map), "staged index")
     dest = Path(dest)
     with atomic_directory(dest) as tmp:
         index.save(tmp / INDEX_DIR)
+        if terms is not None:
+            terms.save(tmp / TERMS_FILE)
         pq.write_table(pa.Table.from_pandas(doc_map[list(DOC_MAP_COLUMNS)], preserve_index=False), tmp / DOCS_FILE)
         if rescore is not None:
             out = np.lib.format.open_memmap(tmp / RESCORE_FILE, mode="w+", dtype=np.float32, shape=rescore.shape)
@@ -139,6 +147,27 @@ def _check_rescore(rescore: np.ndarray | None, n: int, where: str) -> None:
         raise IndexArtifactError(f"{where}: {RESCORE_FILE} has shape {rescore.shape}, expected ({n}, dim)")
 
 
+def _check_terms(terms, n: int, where: str) -> None:
+    """The term index covers exactly the indexed documents, and each has terms (at least its type)."""
+    if terms.n_documents != n:
+        raise IndexArtifactError(f"{where}: the term index covers {terms.n_documents} documents, the index {n}")
+    top = max((p.max() for p in terms.postings.values() if len(p)), default=-1)
+    if top >= n:
+        raise IndexArtifactError(f"{where}: a posting list names position {top}, past the {n} documents")
+    covered = terms.covered()
+    if covered != n:
+        raise IndexArtifactError(f"{where}: {n - covered} of {n} documents have no term in the term index")
+
+
+def _load_terms(root: Path):
+    path = Path(root) / TERMS_FILE
+    if not path.is_file():
+        return None
+    from serving.terms import TermIndex
+
+    return TermIndex.load(path)
+
+
 def _load_rescore(root: Path) -> np.ndarray | None:
     path = Path(root) / RESCORE_FILE
     return np.load(path, mmap_mode="r") if path.is_file() else None
@@ -152,6 +181,9 @@ def check_staged(src: Path) -> None:
     doc_map = read_doc_map(src / DOCS_FILE)
     _check_doc_map(doc_map, EmbeddingIndex.load(src / INDEX_DIR), str(src))
     _check_rescore(_load_rescore(src), len(doc_map), str(src))
+    terms = _load_terms(src)
+    if terms is not None:
+        _check_terms(terms, len(doc_map), str(src))
 
 
 def staged_size(src: Path) -> int:
@@ -180,6 +212,7 @@ class PublishedIndex:
     version: ArtifactVersion
     path: Path
     rescore: np.ndarray | None = None  # a cascade's second-stage document vectors (memory-mapped)
+    terms: Any = None  # serving.terms.TermIndex, when the version has one
 
 
 def not_published_message(dataset: str, store: ArtifactStore, version: str | None = None) -> str:
@@ -207,7 +240,10 @@ def load_index(dataset: str, store: ArtifactStore | None = None, version: str | 
     _check_doc_map(doc_map, index, av.ref)
     rescore = _load_rescore(local)
     _check_rescore(rescore, len(doc_map), av.ref)
-    return PublishedIndex(index, doc_map, IndexManifest.model_validate(av.metadata), av, local, rescore)
+    terms = _load_terms(local)
+    if terms is not None:
+        _check_terms(terms, len(doc_map), av.ref)
+    return PublishedIndex(index, doc_map, IndexManifest.model_validate(av.metadata), av, local, rescore, terms)
 
 
 def rollback_index(dataset: str, version: str, store: ArtifactStore | None = None) -> ArtifactVersion:
@@ -226,6 +262,7 @@ __all__ = [
     "ModelRef",
     "PublishedIndex",
     "RESCORE_FILE",
+    "TERMS_FILE",
     "check_staged",
     "current_index",
     "doc_map_frame",

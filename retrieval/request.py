@@ -29,6 +29,7 @@ class Candidate:
     title: str
     score: float
     rank: int  # 1 = best
+    source: str = "nn"  # hybrid retrieval: "nn" (found by the nn operator) or "term" (by terms only)
 
 
 @dataclass(frozen=True)

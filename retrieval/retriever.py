@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,6 +29,7 @@ from retrieval.errors import (
     FeatureStoreNotFoundError,
     IndexModelMismatchError,
     IndexNotFoundError,
+    InvalidRequestError,
     ModelNotFoundError,
     UnknownSearcherError,
 )
@@ -52,6 +54,13 @@ def set_threads(threads: int) -> None:
         raise ValueError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class HybridResult:
+    expression: str  # the expression that ran (canonical text: edit it and send it back)
+    candidates: list[Candidate]
+    matched: int  # documents the expression matched before the limit
 
 
 class Retriever:
@@ -82,6 +91,13 @@ class Retriever:
                 f"model {self.manifest.model.ref} is a cascade but index {published.version.ref} has no "
                 f"second-stage vectors; run 'ebr rebuild-index --dataset {dataset}'"
             )
+        # Hybrid retrieval (serving/): the term index published with the vectors, and the nn keys it accepts.
+        self.model_keys = {self.manifest.model.name, "default"}
+        self.engine = None
+        if published.terms is not None:
+            from serving.engine import Engine
+
+            self.engine = Engine(published.terms, self.index, self.model_keys)
         self._doc_ids = published.doc_map["doc_id"].to_numpy(dtype=object)
         self._titles = published.doc_map["title"].to_numpy(dtype=object)
         self._position = pd.Index(self._doc_ids)
@@ -180,6 +196,34 @@ class Retriever:
         rows = rerank(ids[None, :], q2, self.rescore, self.model.rerank_n)[0][0]
         return rows, (np.asarray(self.rescore[rows]) @ q2[0]).astype(np.float32)
 
+    def search(self, query: str, searcher_id: str, k: int = 10, expression: str | None = None,
+               config=None) -> "HybridResult":
+        """Hybrid retrieval: ``expression`` (the query language of :mod:`serving.query`) or, without one,
+        the paper's expression built from ``query`` and the searcher's location and social terms
+        (:func:`serving.hybrid.default_expression`). Candidates carry their cosine to the query embedding
+        and whether the nn operator or only terms found them; the expression used comes back with them."""
+        from serving.hybrid import default_expression
+        from serving.query import has_nn, parse, unparse
+
+        if self.engine is None:
+            raise IndexNotFoundError(
+                f"index {self.version.ref} has no term index (published before hybrid retrieval); run "
+                f"'ebr rebuild-index --dataset {self.dataset}'"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10_000:
+            raise InvalidRequestError(f"k must be an integer in [1, 10000], got {k!r}")
+        row = self.searcher_features(searcher_id)
+        expr = parse(expression) if expression else default_expression(query, row, self.manifest.model.name, config)
+        q = None
+        if has_nn(expr):
+            frame = pd.DataFrame({"query": [query or ""], SEARCHER_KEY: [searcher_id],
+                                  **{searcher_column(n): [row[n]] for n in row}})
+            q = self.model.embed_queries(frame)
+        hits = self.engine.run(expr, q, k)
+        out = [Candidate(self._doc_ids[p], self._titles[p], float(s), i + 1, "nn" if f else "term")
+               for i, (p, s, f) in enumerate(zip(hits.positions.tolist(), hits.scores.tolist(), hits.from_nn.tolist()))]
+        return HybridResult(unparse(expr), out, hits.matched)
+
     def candidates_within(self, request: NNRequest, allowed_doc_ids: Sequence[str],
                           query_vector: np.ndarray | None = None) -> list[Candidate]:
         """The nn request restricted to ``allowed_doc_ids`` (unknown ids are ignored): a constrained NN search.
@@ -232,4 +276,4 @@ class Retriever:
         return out
 
 
-__all__ = ["Candidate", "NNRequest", "Retriever", "set_threads"]
+__all__ = ["Candidate", "HybridResult", "NNRequest", "Retriever", "set_threads"]

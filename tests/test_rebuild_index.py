@@ -102,7 +102,10 @@ def stage_plain(world: TinyWorld, dest: Path, selection: SelectionConfig | None 
     vectors = embed_documents_to_file(world.model, corpus, dest.parent / f"{dest.name}-vectors.npy",
                                       world.model.config.output_dim, batch_size=128, progress=False)
     index = EmbeddingIndex.build(vectors, np.arange(len(corpus)), config, progress=False)
-    staged = stage_index(index, doc_map_frame(corpus), dest)
+    from serving.terms import TermIndex
+
+    terms = TermIndex.build(corpus)
+    staged = stage_index(index, doc_map_frame(corpus), dest, terms=terms)
     av = world.model_version
     manifest = IndexManifest(
         dataset=world.dataset, as_of=pd.Timestamp(at).isoformat(), snapshot_day=day.isoformat(),
@@ -111,7 +114,7 @@ def stage_plain(world: TinyWorld, dest: Path, selection: SelectionConfig | None 
         stats=index.stats().to_dict(),
         counts={"canonical": len(world.data.documents), "selected": report.selected_count,
                 "without_snapshot": int(corpus[FEATURE_TS].isna().sum()), "indexed": index.ntotal},
-        validation={},
+        validation={}, terms=terms.stats(),
     )
     return staged, manifest, corpus, vectors, index
 

@@ -174,9 +174,9 @@ def test_cli_search_prints_a_ranked_table(world, retriever, searcher_id):
         top = retriever.retrieve(QUERY, searcher_id, k=3)
         lines = result.output.splitlines()
         assert lines[0].startswith("3 candidates (top 3) from index/" + DATASET)
-        assert lines[1].split() == ["rank", "score", "doc_id", "title"]
+        assert lines[1].split() == ["rank", "score", "via", "doc_id", "title"]
         for line, c in zip(lines[2:], top):
-            assert line.split()[:3] == [str(c.rank), f"{c.score:.4f}", c.doc_id] and line.endswith(c.title)
+            assert line.split()[:4] == [str(c.rank), f"{c.score:.4f}", "nn", c.doc_id] and line.endswith(c.title)
 
         radius = top[1].score - 1e-4
         result = CliRunner().invoke(app, ["search", "--dataset", DATASET, "--searcher", searcher_id, QUERY,
@@ -193,3 +193,51 @@ def test_cli_search_prints_a_ranked_table(world, retriever, searcher_id):
     finally:
         torch.set_num_threads(threads[0])
         faiss.omp_set_num_threads(threads[1])
+
+
+# --------------------------------------------------------------------------- hybrid retrieval
+
+
+def test_hybrid_search_builds_the_papers_expression_and_scores_every_candidate(retriever, world, index_parts,
+                                                                              searcher_id):
+    from serving.query import Or, parse
+    from serving.terms import document_terms
+
+    corpus, _ = index_parts
+    result = retriever.search(QUERY, searcher_id, k=20)
+    expr = result.expression
+    assert expr.startswith("(and (or (term location:") and "(or (and (term text:munich) (term text:runners) " \
+        "(term text:club)) (nn " in expr
+    exact = exact_scores(world, index_parts, QUERY, searcher_id)
+    found = result.candidates
+    assert found and [c.rank for c in found] == list(range(1, len(found) + 1))
+    np.testing.assert_allclose([c.score for c in found], exact[[c.doc_id for c in found]].to_numpy(), atol=1e-5)
+    # every candidate is in the searcher's scope (its city or one of its clusters)
+    terms = document_terms(corpus).groupby("position")["term"].agg(set)
+    pos = pd.Series(np.arange(len(corpus)), index=corpus["doc_id"].to_numpy())
+    where = parse(expr).children[0]  # (and <scope> <text or nn>)
+    scope = {t.term for t in where.children} if isinstance(where, Or) else {where.term}
+    for c in found:
+        assert terms[pos[c.doc_id]] & scope, (c.doc_id, scope)
+        if c.source == "term":  # found by the text branch alone: holds every query word
+            assert {"text:munich", "text:runners", "text:club"} <= terms[pos[c.doc_id]]
+
+
+def test_an_expression_constrains_the_nn_operator(retriever, world, index_parts, searcher_id):
+    corpus, _ = index_parts
+    key = retriever.manifest.model.name
+    result = retriever.search(QUERY, searcher_id, k=5, expression=f"(and (term type:group) (nn {key} :k 5))")
+    exact = exact_scores(world, index_parts, QUERY, searcher_id)
+    groups = set(corpus.loc[corpus["doc_type"] == "group", "doc_id"])
+    expected = [d for d in exact.index if d in groups][:5]
+    assert [c.doc_id for c in result.candidates] == expected and all(c.source == "nn" for c in result.candidates)
+
+
+def test_hybrid_errors_are_clear(retriever, searcher_id):
+    from serving.engine import UnknownModelKeyError
+    from serving.query import QuerySyntaxError
+
+    with pytest.raises(QuerySyntaxError, match="position"):
+        retriever.search(QUERY, searcher_id, expression="(and (term type:group)")
+    with pytest.raises(UnknownModelKeyError, match="known keys"):
+        retriever.search(QUERY, searcher_id, expression="(nn nope :k 3)")
