@@ -1,0 +1,173 @@
+"""Hybrid retrieval (section 4 of the paper): term-only, EBR-only and hybrid expressions on held-out queries.
+
+For each test session the same expressions run through ``serving.engine`` over the term index and the
+vector index of the test corpus (the IVF-PQ index the nightly builds where the corpus is large enough,
+else exact), with the unified model trained as in ``retrieval_quality`` (temperature chosen on validation):
+
+- term only:           (and (term text:w1) ... )                         the Boolean engine alone
+- EBR only:            (nn m :k 100)
+- hybrid:              (or (and text...) (nn m :k 100))
+- hybrid + scope:      (and (or location/cluster terms) (or (and text...) (nn m :k 100)))   the default
+Each retrieved set is ranked by cosine to the query embedding (the score handed to later stages) and
+scored with recall@10/100 against the clicked documents: overall, on sessions whose query words all occur
+in the clicked document's text ("text matches") and on the others (typos, dropped or extra words). Latency
+per query through the engine is reported next to a bare FAISS search of the same index.
+
+    python -m bench.hybrid_retrieval                     # the default synthetic world and SciFact
+    python -m bench.hybrid_retrieval --datasets synthetic --quick
+
+Writes ``bench/results/hybrid_retrieval.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.common import prepare
+from bench.retrieval_quality import MODEL_GRID, RESULTS, TIME_SPLIT, base_config, load, machine, write
+from evaluation.comparison import variant_config
+from infra.index import EmbeddingIndex, IndexConfig
+from models.evaluate import ranking_metrics, session_targets
+from serving.engine import Engine
+from serving.hybrid import HybridConfig, default_expression
+from serving.query import NN, And, Or, Term
+from serving.terms import TermIndex, document_terms, tokens
+from training.examples import SplitConfig
+
+KEY = "m"
+
+
+def command() -> str:
+    return "python -m bench.hybrid_retrieval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def expressions(text: str, searcher: dict, k: int) -> dict:
+    words = list(dict.fromkeys(tokens(text)))[:8]
+    nn = NN(KEY, k=k)
+    text_part = (Term(f"text:{words[0]}") if len(words) == 1 else And(tuple(Term(f"text:{w}") for w in words))
+                 ) if words else None
+    return {
+        "term only": text_part,
+        "EBR only": nn,
+        "hybrid": Or((text_part, nn)) if text_part is not None else nn,
+        "hybrid + scope (default)": default_expression(text, searcher, KEY, HybridConfig(nn_k=k)),
+    }
+
+
+def searcher_row(row: pd.Series) -> dict:
+    return {c[len("searcher_"):]: row[c] for c in row.index if c.startswith("searcher_")}
+
+
+def run(name: str, args) -> tuple[str, dict]:
+    from models.train import train
+
+    split = SplitConfig(use_source_split=False) if name in TIME_SPLIT else None
+    prep = prepare(name, load(name, args.quick), max_snapshots=args.max_snapshots, split=split)
+    valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
+    base = base_config(args, len(prep.parts["train"]))
+    best = None
+    with tempfile.TemporaryDirectory(prefix="ebr-hybrid-") as tmp:
+        for i, setting in enumerate(MODEL_GRID if valid is not None else MODEL_GRID[:1]):
+            r = train(prep.parts["train"], valid, prep.corpus, variant_config(base, setting), Path(tmp) / str(i),
+                      resume=False)
+            if best is None or (r.best_metric or 0) > (best.best_metric or 0):
+                best = r
+    model = best.model
+    index_docs = prep.index.reset_index(drop=True)
+    vecs = np.ascontiguousarray(model.embed_documents(index_docs), dtype=np.float32)
+    cfg = IndexConfig(kind="auto")
+    index = EmbeddingIndex.build(vecs, np.arange(len(vecs), dtype=np.int64), cfg, progress=False)
+    t = time.perf_counter()
+    terms = TermIndex.build(index_docs)
+    term_seconds = time.perf_counter() - t
+    engine = Engine(terms, index, {KEY})
+
+    sessions = session_targets(prep.parts["test"], args.max_sessions, 0, prep.qrels)
+    q = model.embed_queries(sessions.queries)
+    doc_ids = index_docs["doc_id"].astype(str).to_numpy()
+    row_of = pd.Series(np.arange(len(doc_ids)), index=doc_ids)
+    doc_terms = document_terms(index_docs).groupby("position")["term"].agg(set)
+    texts = sessions.queries["query"].fillna("").astype(str).to_numpy()
+    matches = np.array([bool(tokens(t)) and any(
+        {f"text:{w}" for w in tokens(t)} <= doc_terms.get(row_of.get(d, -1), set()) for d in targets)
+        for t, targets in zip(texts, sessions.targets)])
+    k = 100
+    tops = {v: np.full((len(texts), k), -1, np.int64) for v in ("term only", "EBR only", "hybrid",
+                                                               "hybrid + scope (default)")}
+    seconds = {v: [] for v in tops}
+    matched = {v: [] for v in tops}
+    for i, text in enumerate(texts):
+        for v, expr in expressions(text, searcher_row(sessions.queries.iloc[i]), k).items():
+            if expr is None:
+                continue
+            t = time.perf_counter()
+            hits = engine.run(expr, q[i:i + 1], k)
+            seconds[v].append(time.perf_counter() - t)
+            tops[v][i, : len(hits.positions)] = hits.positions
+            matched[v].append(hits.matched)
+    t = time.perf_counter()
+    for i in range(len(q)):
+        index.search(q[i:i + 1], k)
+    faiss_ms = (time.perf_counter() - t) / len(q) * 1e3
+
+    def metrics(top, mask):
+        from evaluation.protocol import subset_sessions
+
+        return ranking_metrics(top[mask], doc_ids, subset_sessions(sessions, mask), (10, 100))
+
+    lines = ["| expression | R@10 | R@100 | nDCG@10 | text matches R@10 / R@100 | others R@10 / R@100 | "
+             "median matched | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    figures = {}
+    for v, top in tops.items():
+        a, m, o = metrics(top, np.ones(len(texts), bool)), metrics(top, matches), metrics(top, ~matches) \
+            if (~matches).any() else None
+        s = np.array(seconds[v]) * 1e3
+        figures[v] = a
+        lines.append(f"| {v} | {a['recall@10']:.4f} | {a['recall@100']:.4f} | {a['ndcg@10']:.4f} | "
+                     f"{m['recall@10']:.4f} / {m['recall@100']:.4f} | "
+                     + ("-" if o is None else f"{o['recall@10']:.4f} / {o['recall@100']:.4f}")
+                     + f" | {np.median(matched[v]) if matched[v] else 0:,.0f} | {np.percentile(s, 50):.2f} | "
+                     f"{np.percentile(s, 99):.2f} |")
+    st = terms.stats()
+    text = "\n".join([
+        f"## {name}", "",
+        f"{len(texts):,} test sessions ({matches.mean():.0%} text matches), {len(doc_ids):,} documents, index "
+        f"{index.kind}; term index {st['terms']:,} terms, {st['postings']:,} postings, {st['bytes'] / 1e6:.2f} MB, "
+        f"built in {term_seconds:.1f} s. Bare FAISS top-{k} search of the same index: {faiss_ms:.2f} ms per query.",
+        "", *lines, ""])
+    print(text, flush=True)
+    return text, figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", default="synthetic,scifact")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-sessions", type=int, default=5000)
+    p.add_argument("--max-snapshots", type=int, default=24)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    sections = [run(n.strip(), args)[0] for n in args.datasets.split(",") if n.strip()]
+    text = "\n".join([
+        "# Hybrid retrieval: term, EBR and hybrid expressions" + (" (quick mode)" if args.quick else ""), "",
+        f"Command: `{command()}` ({(time.perf_counter() - t0) / 60:.1f} min, {args.threads} thread(s)); "
+        f"{machine()}.", "", __doc__.split("\n\n")[1], "", *sections])
+    write(RESULTS / ("hybrid_retrieval_quick.md" if args.quick else "hybrid_retrieval.md"), text)
+
+
+if __name__ == "__main__":
+    main()
