@@ -365,6 +365,34 @@ def search(
             typer.echo(f"{c.rank:>4}  {c.score:>7.4f}  {c.source:<4}  {c.doc_id:<{width}}  {c.title}")
 
 
+@app.command()
+def serve(
+    dataset: str = typer.Option("synthetic-default", help="dataset whose current published index to serve"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    port: int = typer.Option(8000, min=1, max=65535),
+    poll_seconds: float = typer.Option(5.0, min=0.5, max=3600, help="how often to look for a new index version"),
+    timeout: float = typer.Option(2.0, min=0.01, max=60, help="per-request deadline in seconds"),
+) -> None:
+    """Serve hybrid retrieval over HTTP: POST /search, GET /healthz, GET /version; new index versions are
+    swapped in as they are published."""
+    import uvicorn
+
+    from retrieval.errors import RetrievalError
+    from serving.service import create_app, state_for
+
+    state = state_for(dataset, poll_seconds)
+    try:
+        state.start()
+    except RetrievalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"serving {state.served.retriever.version.ref} on http://{host}:{port}")
+    try:
+        uvicorn.run(create_app(state, timeout), host=host, port=port, log_level="info")
+    finally:
+        state.stop()
+
+
 @app.command("rebuild-index")
 def rebuild_index_command(
     dataset: str = typer.Option("synthetic-default", help="dataset to index"),
