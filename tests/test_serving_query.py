@@ -245,3 +245,32 @@ def test_unknown_model_key_and_missing_vector_are_errors(served):
     with pytest.raises(ValueError, match="same published version"):
         Engine(TermIndex({}, 3), index, {"unified"})
     assert isinstance(terms.get("x:y"), BitMap)
+
+
+# --------------------------------------------------------------------------- query selection
+
+
+def test_query_selection_skips_navigational_repeats_and_well_answered_text():
+    from serving.selection import QuerySelection, SelectionConfig
+
+    clicks = pd.DataFrame({
+        "searcher_id": ["a", "a", "a", "b", "b", "c"],
+        "query": ["John Smith", "john  smith", "jazz", "jazz", "jazz", "yoga"],
+        "doc_id": ["d1", "d1", "d2", "d3", "d4", "d5"],
+    })
+    sel = QuerySelection.fit(clicks, SelectionConfig(min_repeats=2, enough_term_matches=50))
+    assert sel.memory == {("a", "john smith"): "d1"}  # b's jazz went to two documents; a's jazz only once
+    d = sel.decide("a", "JOHN SMITH")
+    assert not d.use_nn and d.reason == "navigational" and d.known_doc == "d1"
+    assert sel.decide("b", "jazz", term_matches=3).use_nn
+    assert sel.decide("b", "jazz", term_matches=80).reason == "enough term matches"
+    assert QuerySelection.fit(clicks, SelectionConfig(navigational=False)).decide("a", "john smith").use_nn
+
+
+def test_without_nn_keeps_the_term_branches():
+    from serving.selection import without_nn
+
+    e = parse("(and (or (term location:x) (term cluster:k1)) (or (and (term text:a) (term text:b)) (nn m :k 5)))")
+    assert unparse(without_nn(e)) == "(and (or (term location:x) (term cluster:k1)) (and (term text:a) (term text:b)))"
+    assert without_nn(parse("(nn m :k 5)")) is None
+    assert unparse(without_nn(parse("(or (term a:b) (nn m :k 5))"))) == "(term a:b)"
