@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.query import NN, And, Expr, Or, Term
-from serving.terms import tokens, value_term
+from serving.terms import as_list, tokens, value_term
 
 ScopeField = Literal["location", "region", "country", "cluster"]
 _SCOPE_COLUMN = {"location": "city", "region": "region", "country": "country"}
@@ -44,8 +44,8 @@ def scope_terms(searcher: dict, config: HybridConfig) -> list[str]:
     out: list[str] = []
     for field in config.scope:
         if field == "cluster":
-            clusters = list(searcher.get("clusters") or [])
-            weights = list(searcher.get("clusters_weights") or [1.0] * len(clusters))
+            clusters = as_list(searcher.get("clusters"))
+            weights = as_list(searcher.get("clusters_weights")) or [1.0] * len(clusters)
             order = np.argsort(-np.asarray(weights, float), kind="stable")[: config.max_clusters] if clusters else []
             out += [t for i in order if (t := value_term("cluster", clusters[i]))]
         else:

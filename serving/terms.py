@@ -44,7 +44,8 @@ def value_term(field: str, value: str | None) -> str | None:
     return f"{field}:{v}" if v else None
 
 
-def _list_values(cell) -> list:
+def as_list(cell) -> list:
+    """A list-valued feature cell as a list (missing: [])."""
     if cell is None or (isinstance(cell, float) and np.isnan(cell)):
         return []
     return list(cell)
@@ -69,7 +70,7 @@ def document_terms(corpus: pd.DataFrame) -> pd.DataFrame:
             add(keep, [terms[i] for i in keep])
     for field, col in (("cluster", "member_clusters"), ("tag", "tags")):
         if col in corpus.columns:
-            vals = [[value_term(field, v) for v in _list_values(c)] for c in corpus[col].to_numpy(object)]
+            vals = [[value_term(field, v) for v in as_list(c)] for c in corpus[col].to_numpy(object)]
             add((i for i, vs in enumerate(vals) for v in vs if v), [v for vs in vals for v in vs if v])
     if not parts:
         return pd.DataFrame({"position": np.zeros(0, np.int64), "term": pd.Series([], dtype=object)})
@@ -153,4 +154,4 @@ class TermIndex:
         return cls({t: BitMap.deserialize(b) for t, b in zip(terms, blobs)}, int(meta[b"n_documents"]))
 
 
-__all__ = ["FIELDS", "TERMS_FILE", "TermIndex", "document_terms", "tokens", "value_term"]
+__all__ = ["FIELDS", "TERMS_FILE", "TermIndex", "as_list", "document_terms", "tokens", "value_term"]

@@ -274,3 +274,30 @@ def test_without_nn_keeps_the_term_branches():
     assert unparse(without_nn(e)) == "(and (or (term location:x) (term cluster:k1)) (and (term text:a) (term text:b)))"
     assert without_nn(parse("(nn m :k 5)")) is None
     assert unparse(without_nn(parse("(or (term a:b) (nn m :k 5))"))) == "(term a:b)"
+
+
+# --------------------------------------------------------------------------- second stage
+
+
+def test_candidate_features_and_a_second_stage_that_learns_them():
+    from serving.ranking import SecondStage, candidate_features
+
+    c = corpus(60, seed=5)
+    searcher = {"city": "Seattle", "region": "WA", "country": "US", "clusters": ["k1"], "clusters_weights": [1.0]}
+    f = candidate_features("john smith", searcher, c, np.linspace(1, 0, len(c)), embedding="cosine")
+    assert {"text_share", "location_match", "social_match", "cosine", "type_group"} <= set(f.columns)
+    seattle = (c["city"] == "Seattle").to_numpy()
+    assert (f["location_match"].to_numpy() == seattle).all()
+    words = [set(tokens(t)) for t in c["title"]]
+    assert np.allclose(f["text_share"], [len({"john", "smith"} & w) / 2 for w in words])
+    assert np.allclose(f["social_match"], [1.0 if "k1" in (m or []) else 0.0 for m in c["member_clusters"]])
+    # clicks go to the searcher's city: the ranker learns to put those first
+    rng = np.random.default_rng(0)
+    groups = [rng.permutation(len(c))[:20] for _ in range(200)]
+    X = [f.iloc[g].reset_index(drop=True) for g in groups]
+    y = [seattle[g].astype(int) for g in groups]
+    stage = SecondStage("cosine", n_estimators=30).fit(X, y)
+    order = stage.order(f)
+    assert seattle[order[: seattle.sum()]].all()
+    with pytest.raises(ValueError, match="query and document vectors"):
+        candidate_features("x", searcher, c, np.zeros(len(c)), embedding="raw")
