@@ -35,7 +35,7 @@ from bench.retrieval_quality import RESULTS, TIME_SPLIT, base_config, load, mach
 from evaluation.baselines import holdout_sessions
 from evaluation.comparison import variant_config
 from evaluation.protocol import consumed_documents, evaluate_split, quantized_metrics
-from infra.index import IndexConfig
+from serving.index import IndexConfig
 from models.ensemble import Cascade, WeightedConcat, fit_concat_weights
 from models.mining import HARD_NEGATIVES, MiningConfig, mine_hard_negatives
 from training.examples import SplitConfig
@@ -278,7 +278,7 @@ def main_mining_cost(args) -> str:
              "build (s) |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     docs = generate_world(WorldConfig.preset(args.cost_world)).documents
     d_all = np.ascontiguousarray(model.embed_documents(docs), dtype=np.float32)
-    from infra.index import EmbeddingIndex
+    from serving.index import EmbeddingIndex
     from models.evaluate import top_k
 
     for n in [int(x) for x in args.cost_sizes.split(",")]:

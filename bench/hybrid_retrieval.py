@@ -34,7 +34,7 @@ import pandas as pd
 from bench.common import prepare
 from bench.retrieval_quality import MODEL_GRID, RESULTS, TIME_SPLIT, base_config, load, machine, write
 from evaluation.comparison import variant_config
-from infra.index import EmbeddingIndex, IndexConfig
+from serving.index import EmbeddingIndex, IndexConfig
 from models.evaluate import ranking_metrics, session_targets
 from serving.engine import Engine
 from serving.hybrid import HybridConfig, default_expression

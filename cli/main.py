@@ -265,7 +265,7 @@ def demo(
 
     from flows.nightly import nightly as nightly_flow
     from flows.rebuild_index import RebuildParams
-    from infra.index_selection import SelectionConfig
+    from serving.index_selection import SelectionConfig
     from infra.storage import ArtifactStore
     from ingest.synthetic import WorldConfig
 
@@ -290,7 +290,7 @@ def demo(
 
 def _describe_index(retriever) -> None:
     """What index selection kept, and what was built: from the manifest published with the index."""
-    from infra.index_selection import SelectionReport
+    from serving.index_selection import SelectionReport
 
     m = retriever.manifest
     typer.echo(SelectionReport.model_validate(m.selection).to_markdown())
@@ -302,7 +302,7 @@ def _describe_index(retriever) -> None:
 def _example_searches(dataset: str, n: int) -> None:
     """Replay a few of the newest sessions whose clicked document is in the index (marked with *)."""
     from ingest.contract import read_table
-    from retrieval.retriever import Retriever
+    from serving.retriever import Retriever
 
     retriever = Retriever.load(dataset)
     _describe_index(retriever)
@@ -334,8 +334,8 @@ def search(
         "its nn operators embed QUERY"),
 ) -> None:
     """Retrieve candidate documents for a query typed by a searcher, with their cosine scores."""
-    from retrieval.errors import RetrievalError
-    from retrieval.retriever import Retriever
+    from serving.errors import RetrievalError
+    from serving.retriever import Retriever
     from serving.query import QuerySyntaxError, parse
 
     if expr is not None:
@@ -377,7 +377,7 @@ def serve(
     swapped in as they are published."""
     import uvicorn
 
-    from retrieval.errors import RetrievalError
+    from serving.errors import RetrievalError
     from serving.service import create_app, state_for
 
     state = state_for(dataset, poll_seconds)
@@ -408,10 +408,10 @@ def rebuild_index_command(
     from pydantic import ValidationError
 
     from flows.rebuild_index import RebuildParams, rebuild_index
-    from infra.index import IndexConfig
+    from serving.index import IndexConfig
     from infra.storage import ArtifactNotFoundError
-    from retrieval.corpus import CorpusError
-    from retrieval.validation import IndexValidationError, ValidationConfig
+    from serving.corpus import CorpusError
+    from serving.index_validation import IndexValidationError, ValidationConfig
 
     try:
         day = date.fromisoformat(as_of) if as_of else None

@@ -95,7 +95,7 @@ def servable(
     :data:`MAX_CLICKS_ON_STARTED_EVENTS` of the training clicks on events came after the event started
     (Meetup RSVPs: none; the synthetic world: people look past events up, and they stay served).
     """
-    from infra.index_selection import UpcomingEvents
+    from serving.index_selection import UpcomingEvents
 
     if "starts_at" not in documents.columns:
         return index
@@ -330,7 +330,7 @@ def quantized_metrics(
     builds (``IndexConfig(kind="ivfpq")`` sized for the corpus, with its refine step) instead of exact KNN;
     a cascade re-scores the index's top N exactly, as the retriever does. None when the corpus is too small
     to train IVF-PQ."""
-    from infra.index import EmbeddingIndex, IndexConfig
+    from serving.index import EmbeddingIndex, IndexConfig
     from models.ensemble import rerank
 
     examples = parts.get(split)

@@ -8,7 +8,7 @@ search on held-out queries, counts, size) -> publish ``index/<dataset>`` with it
 mapping -> the index stats and validation as a Prefect markdown artifact.
 
 A failed validation publishes nothing: the previous version stays current (and every earlier version stays
-available for rollback). The work is done by plain functions in ``retrieval/`` and ``infra/index_store.py``;
+available for rollback). The work is done by plain functions in ``serving/``;
 only I/O steps retry.
 """
 
@@ -30,11 +30,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.index import EmbeddingIndex, IndexConfig
-from infra.index_selection import SelectionConfig, SelectionReport
-from infra.index_store import IndexManifest, ModelRef
+from serving.index import EmbeddingIndex, IndexConfig
+from serving.index_selection import SelectionConfig, SelectionReport
+from serving.index_store import IndexManifest, ModelRef
 from infra.settings import get_settings
-from retrieval.validation import IndexValidation, IndexValidationError, ValidationConfig
+from serving.index_validation import IndexValidation, IndexValidationError, ValidationConfig
 
 QuerySource = Literal["auto", "held_out", "documents"]
 STALE_SNAPSHOT_DAYS = 7  # the feature views' TTL: older snapshots count as missing features in Feast too
@@ -81,7 +81,7 @@ def read_inputs(dataset: str, as_of: date | None) -> tuple[pd.DataFrame, pd.Data
     """(canonical documents, the document snapshot, its day)."""
     from features.store import FeatureRepo
     from ingest.contract import read_dataset
-    from retrieval.corpus import snapshot_day_for
+    from serving.corpus import snapshot_day_for
 
     path = get_settings().data_dir / dataset
     if not path.is_dir():
@@ -94,7 +94,7 @@ def read_inputs(dataset: str, as_of: date | None) -> tuple[pd.DataFrame, pd.Data
 
 @task(cache_policy=NO_CACHE)
 def select_corpus(documents: pd.DataFrame, snapshot: pd.DataFrame, at: datetime, selection: SelectionConfig):
-    from retrieval.corpus import index_corpus
+    from serving.corpus import index_corpus
 
     return index_corpus(documents, snapshot, at, selection)
 
@@ -108,7 +108,7 @@ def load_model(model_name: str):
 
 @task(cache_policy=NO_CACHE)
 def embed_corpus(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np.ndarray:
-    from retrieval.embedding import embed_documents_to_file
+    from serving.embedding import embed_documents_to_file
 
     return embed_documents_to_file(model, corpus, path, model.output_dim, batch_size)
 
@@ -116,7 +116,7 @@ def embed_corpus(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np
 @task(cache_policy=NO_CACHE)
 def embed_second_stage(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np.ndarray:
     """A cascade's second-stage document vectors, which the retriever re-scores the first stage's top N with."""
-    from retrieval.embedding import embed_documents_to_file
+    from serving.embedding import embed_documents_to_file
 
     class SecondStage:
         def embed_documents(self, frame, batch_size):
@@ -133,7 +133,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> EmbeddingIndex:
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: QuerySource,
                        config: ValidationConfig) -> tuple[np.ndarray, str]:
-    from retrieval.validation import held_out_queries, sample_rows
+    from serving.index_validation import held_out_queries, sample_rows
 
     if source != "documents":
         queries = held_out_queries(model, model_meta, config.n_queries, config.seed)
@@ -156,7 +156,7 @@ def build_terms(corpus: pd.DataFrame):
 @task(cache_policy=NO_CACHE)
 def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None,
           terms=None) -> Path:
-    from infra.index_store import doc_map_frame, stage_index
+    from serving.index_store import doc_map_frame, stage_index
 
     return stage_index(index, doc_map_frame(corpus), dest, rescore, terms)
 
@@ -164,15 +164,15 @@ def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path, rescore: np.n
 @task(cache_policy=NO_CACHE)
 def validate(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, source: str,
              config: ValidationConfig, expected: int, staged: Path) -> IndexValidation:
-    from infra.index_store import staged_size
-    from retrieval.validation import validate_index
+    from serving.index_store import staged_size
+    from serving.index_validation import validate_index
 
     return validate_index(index, vectors, queries, config, source, expected, staged_size(staged))
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish(dataset: str, staged: Path, manifest: IndexManifest) -> str:
-    from infra.index_store import publish_index
+    from serving.index_store import publish_index
     from infra.storage import ArtifactStore
 
     return publish_index(ArtifactStore.from_settings(), dataset, staged, manifest).ref
@@ -224,7 +224,7 @@ def rebuild_index(
 ) -> str:
     """Rebuild, validate and publish the document index of ``dataset`` with the current registered model
     (None: ``<dataset>-two-tower``) as of the end of ``as_of`` (None: the newest feature snapshot)."""
-    from retrieval.corpus import rebuild_time
+    from serving.corpus import rebuild_time
 
     params = params or RebuildParams()
     model_name = model_name or f"{dataset}-two-tower"

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from infra.index import EmbeddingIndex, IndexConfig
+from serving.index import EmbeddingIndex, IndexConfig
 from models.columns import DOC_ID
 
 HARD_NEGATIVES = "hard_negatives"

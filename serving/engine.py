@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pyroaring import BitMap
 
-from infra.index import EmbeddingIndex
+from serving.index import EmbeddingIndex
 from serving.query import NN, And, Expr, Not, Or, Term, has_nn
 from serving.terms import TermIndex
 

@@ -116,7 +116,7 @@ def create_app(state: ServingState, request_timeout: float = 2.0):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
-    from retrieval.errors import EmptyQueryError, InvalidRequestError, RetrievalError, UnknownSearcherError
+    from serving.errors import EmptyQueryError, InvalidRequestError, RetrievalError, UnknownSearcherError
     from serving.engine import UnknownModelKeyError
     from serving.query import QuerySyntaxError
 
@@ -188,9 +188,9 @@ def create_app(state: ServingState, request_timeout: float = 2.0):
 def state_for(dataset: str, poll_seconds: float = 5.0, threads: int = 1) -> ServingState:
     """A serving state over the configured artifact store and the dataset's Feast repository."""
     from features.store import FeatureRepo
-    from infra.index_store import current_index
+    from serving.index_store import current_index
     from infra.storage import ArtifactStore
-    from retrieval.retriever import Retriever
+    from serving.retriever import Retriever
 
     store = ArtifactStore.from_settings()
     repo = FeatureRepo.for_dataset(dataset)

@@ -27,11 +27,11 @@ def test_generate_to_retrieve(home, prefect_harness):
     from cli.main import app
     from flows.train import TrainParams, train
     from flows.training_data import training_data
-    from infra.index_store import load_index
+    from serving.index_store import load_index
     from ingest.contract import write_dataset
     from ingest.synthetic import WorldConfig, generate_world
     from models.config import LossConfig, ModelConfig, TrainConfig
-    from retrieval.retriever import Retriever
+    from serving.retriever import Retriever
 
     world = generate_world(WorldConfig.preset("tiny"))
     write_dataset(world, get_settings().data_dir / DATASET, source="synthetic")

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from infra.index import (
+from serving.index import (
     EmbeddingIndex,
     EmbeddingIndexError,
     IndexConfig,

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from features.schema import DOC_NUMERIC
-from infra.index_selection import (
+from serving.index_selection import (
     ACTIVE_MEMBERS,
     MEMBER_COUNT,
     ActiveWithinDays,

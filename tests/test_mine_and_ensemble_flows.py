@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infra.index import IndexConfig
+from serving.index import IndexConfig
 from infra.settings import get_settings
 from infra.storage import ArtifactStore
 from models.config import LossConfig, ModelConfig, TrainConfig
@@ -156,7 +156,7 @@ def test_mined_round_gate_stops_bad_mining_before_training(world, mined):
 def test_ensemble_flow_registers_a_model_that_rebuild_and_search_serve(world, mined, kind, members):
     from flows.ensemble import EnsembleParams, ensemble
     from flows.rebuild_index import rebuild_index
-    from retrieval.retriever import Retriever
+    from serving.retriever import Retriever
 
     params = EnsembleParams(kind=kind, members=members, member_config=tiny_config(), max_eval_sessions=300,
                             rerank_grid=(10, 50), model_name=f"{DATASET}-{kind.replace('_', '-')}")
@@ -192,6 +192,6 @@ def test_ensemble_flow_registers_a_model_that_rebuild_and_search_serve(world, mi
 
 
 def retriever_request(session):
-    from retrieval.request import NNRequest
+    from serving.request import NNRequest
 
     return NNRequest(session["query"], session["searcher_id"], 10)

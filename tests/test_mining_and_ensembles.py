@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infra.index import IndexConfig
+from serving.index import IndexConfig
 from models.batches import TrainingData
 from models.checkpoint import MODEL
 from models.config import LossConfig, ModelConfig, TrainConfig

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infra.index import EmbeddingIndex, IndexConfig, ann_recall_at_k
-from infra.index_selection import SelectionConfig
+from serving.index import EmbeddingIndex, IndexConfig, ann_recall_at_k
+from serving.index_selection import SelectionConfig
 from infra.settings import get_settings
 from infra.storage import ArtifactStore, ArtifactVersion, S3Backend
 
@@ -92,9 +92,9 @@ def stage_plain(world: TinyWorld, dest: Path, selection: SelectionConfig | None 
                 config: IndexConfig | None = None, as_of: date | None = None):
     """The flow's steps as plain calls (no Prefect): (staged dir, manifest, corpus, vectors, index)."""
     from features.compute import FEATURE_TS
-    from infra.index_store import IndexManifest, ModelRef, doc_map_frame, stage_index
-    from retrieval.corpus import index_corpus, rebuild_time, snapshot_day_for
-    from retrieval.embedding import embed_documents_to_file
+    from serving.index_store import IndexManifest, ModelRef, doc_map_frame, stage_index
+    from serving.corpus import index_corpus, rebuild_time, snapshot_day_for
+    from serving.embedding import embed_documents_to_file
 
     day = snapshot_day_for(world.snapshot_days, as_of)
     at = rebuild_time(as_of, day)
@@ -141,7 +141,7 @@ def _markdown_artifact(key: str) -> str:
 
 def test_corpus_as_of_a_past_day_uses_that_days_snapshot(world):
     from features.compute import as_of_for_day
-    from retrieval.corpus import CorpusError, index_corpus, rebuild_time, snapshot_day_for
+    from serving.corpus import CorpusError, index_corpus, rebuild_time, snapshot_day_for
 
     days = world.snapshot_days
     past = days[2] + timedelta(days=2)  # between two snapshots
@@ -170,9 +170,9 @@ def test_corpus_as_of_a_past_day_uses_that_days_snapshot(world):
 
 
 def test_embedding_file_and_exact_oracle(world, tmp_path):
-    from retrieval.corpus import index_corpus
-    from retrieval.embedding import embed_documents_to_file
-    from retrieval.validation import exact_top_k, recall_at_k
+    from serving.corpus import index_corpus
+    from serving.embedding import embed_documents_to_file
+    from serving.index_validation import exact_top_k, recall_at_k
 
     corpus, _ = index_corpus(world.data.documents, world.repo.read_source("document", world.snapshot_days[-1]),
                              pd.Timestamp(world.snapshot_days[-1], tz="UTC") + pd.Timedelta(days=1))
@@ -211,7 +211,7 @@ def published(prefect_harness, world) -> str:
 
 def test_flow_publishes_the_selected_documents_with_a_manifest(published, world):
     from flows.rebuild_index import RebuildParams, artifact_key, rebuild_index, runs_root
-    from infra.index_store import load_index
+    from serving.index_store import load_index
 
     selection = SelectionConfig(doc_types=["group", "event"], min_members=3, member_doc_types=["group"])
     ref = rebuild_index(dataset=DATASET, params=RebuildParams(selection=selection))
@@ -260,7 +260,7 @@ def test_flow_publishes_the_selected_documents_with_a_manifest(published, world)
 
 def test_failed_validation_publishes_nothing(published):
     from flows.rebuild_index import RebuildParams, artifact_key, rebuild_index
-    from retrieval.validation import IndexValidationError, ValidationConfig
+    from serving.index_validation import IndexValidationError, ValidationConfig
 
     store = ArtifactStore.from_settings()
     before = store.get("index", DATASET)
@@ -281,7 +281,7 @@ def test_params_are_checked_where_they_enter():
     from pydantic import ValidationError
 
     from flows.rebuild_index import RebuildParams
-    from retrieval.validation import ValidationConfig
+    from serving.index_validation import ValidationConfig
 
     with pytest.raises(ValidationError, match="less than or equal to 1"):
         ValidationConfig(min_recall=1.5)
@@ -309,7 +309,7 @@ class FailingS3Backend(S3Backend):
 
 
 def test_upload_failure_mid_publish_leaves_the_previous_index_current(world, s3_bucket, tmp_path):
-    from infra.index_store import IndexNotPublishedError, current_index, load_index, publish_index, rollback_index
+    from serving.index_store import IndexNotPublishedError, current_index, load_index, publish_index, rollback_index
 
     def store(backend_cls=S3Backend, **kw) -> ArtifactStore:
         backend = backend_cls(s3_bucket.name, s3_bucket.prefix, endpoint_url=s3_bucket.endpoint_url,
@@ -346,7 +346,7 @@ def test_upload_failure_mid_publish_leaves_the_previous_index_current(world, s3_
 
 
 def test_publish_gate_rejects_files_that_do_not_belong_together(world, tmp_path):
-    from infra.index_store import DOCS_FILE, IndexArtifactError, publish_index, read_doc_map
+    from serving.index_store import DOCS_FILE, IndexArtifactError, publish_index, read_doc_map
 
     store = ArtifactStore.from_url(str(tmp_path / "store"))
     staged, manifest, *_ = stage_plain(world, tmp_path / "bad")

@@ -28,7 +28,7 @@ def world(home) -> TinyWorld:
 
 @pytest.fixture(scope="module")
 def index_parts(world, home):
-    from infra.index_store import publish_index
+    from serving.index_store import publish_index
 
     staged, manifest, corpus, vectors, _ = stage_plain(world, home / "staging" / "index")
     publish_index(ArtifactStore.from_settings(), DATASET, staged, manifest)
@@ -37,7 +37,7 @@ def index_parts(world, home):
 
 @pytest.fixture(scope="module")
 def retriever(index_parts):
-    from retrieval.retriever import Retriever
+    from serving.retriever import Retriever
 
     return Retriever.load(DATASET)
 
@@ -85,7 +85,7 @@ def test_radius_mode_returns_exactly_the_documents_above_the_radius(world, index
 
 
 def test_candidates_within_an_allowed_set(world, index_parts, retriever, searcher_id):
-    from retrieval.request import NNRequest
+    from serving.request import NNRequest
 
     exact = exact_scores(world, index_parts, QUERY, searcher_id)
     allowed = list(exact.index[::7][:30]) + ["no-such-doc"]
@@ -102,9 +102,9 @@ def test_candidates_within_an_allowed_set(world, index_parts, retriever, searche
 
 
 def test_ivfpq_version_pinned_while_rolled_back(world, index_parts, retriever, searcher_id, home):
-    from infra.index import IndexConfig
-    from infra.index_store import publish_index, rollback_index
-    from retrieval.retriever import Retriever
+    from serving.index import IndexConfig
+    from serving.index_store import publish_index, rollback_index
+    from serving.retriever import Retriever
 
     store = ArtifactStore.from_settings()
     flat_version = retriever.version.version
@@ -125,7 +125,7 @@ def test_ivfpq_version_pinned_while_rolled_back(world, index_parts, retriever, s
 
 
 def test_request_errors_say_what_is_allowed(retriever, searcher_id):
-    from retrieval.errors import EmptyQueryError, InvalidRequestError, UnknownSearcherError
+    from serving.errors import EmptyQueryError, InvalidRequestError, UnknownSearcherError
 
     with pytest.raises(UnknownSearcherError, match="'nobody' has no features.*materialize"):
         retriever.retrieve(QUERY, "nobody")
@@ -142,9 +142,9 @@ def test_request_errors_say_what_is_allowed(retriever, searcher_id):
 
 def test_load_errors_say_what_to_run(world, index_parts, home, tmp_path):
     from features.store import FeatureRepo
-    from infra.index_store import publish_index
-    from retrieval.errors import FeatureStoreNotFoundError, IndexNotFoundError, ModelNotFoundError
-    from retrieval.retriever import Retriever
+    from serving.index_store import publish_index
+    from serving.errors import FeatureStoreNotFoundError, IndexNotFoundError, ModelNotFoundError
+    from serving.retriever import Retriever
 
     with pytest.raises(IndexNotFoundError, match="run 'ebr rebuild-index --dataset no-such-dataset' first"):
         Retriever.load("no-such-dataset")

@@ -24,7 +24,7 @@ def world(home):
 
 
 def publish(world, home, name: str, manifest_update: dict | None = None) -> str:
-    from infra.index_store import publish_index
+    from serving.index_store import publish_index
 
     staged, manifest, *_ = stage_plain(world, home / "staging" / name)
     if manifest_update:
@@ -103,7 +103,7 @@ def test_oversized_and_malformed_bodies_are_refused(service):
 
 
 def test_a_new_version_is_swapped_in_during_requests_and_a_broken_one_is_refused(service, world, home):
-    from infra.index_store import ModelRef
+    from serving.index_store import ModelRef
 
     client, state, first = service
     errors, served_versions, stop = [], set(), threading.Event()

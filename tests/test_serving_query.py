@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pyroaring import BitMap
 
-from infra.index import EmbeddingIndex, IndexConfig
+from serving.index import EmbeddingIndex, IndexConfig
 from serving.engine import Engine, EngineConfig, UnknownModelKeyError
 from serving.query import (
     MAX_DEPTH, NN, And, Not, Or, QuerySyntaxError, Term, parse, unparse,

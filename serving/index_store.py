@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.atomic import atomic_directory
-from infra.index import EmbeddingIndex
+from serving.index import EmbeddingIndex
 from infra.storage import ArtifactNotFoundError, ArtifactStore, ArtifactVersion
 
 INDEX_KIND = "index"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from retrieval.errors import EmptyQueryError, InvalidRequestError
+from serving.errors import EmptyQueryError, InvalidRequestError
 
 MAX_K = 10_000
 

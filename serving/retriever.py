@@ -24,8 +24,8 @@ import pandas as pd
 
 from features.compute import SEARCHER_KEY
 from features.schema import searcher_column
-from infra.index_store import IndexManifest, IndexNotPublishedError, PublishedIndex, load_index
-from retrieval.errors import (
+from serving.index_store import IndexManifest, IndexNotPublishedError, PublishedIndex, load_index
+from serving.errors import (
     FeatureStoreNotFoundError,
     IndexModelMismatchError,
     IndexNotFoundError,
@@ -33,7 +33,7 @@ from retrieval.errors import (
     ModelNotFoundError,
     UnknownSearcherError,
 )
-from retrieval.request import Candidate, NNRequest
+from serving.request import Candidate, NNRequest
 
 if TYPE_CHECKING:
     from features.store import FeatureRepo

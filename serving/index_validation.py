@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.index import EmbeddingIndex
+from serving.index import EmbeddingIndex
 from infra.storage import ArtifactNotFoundError, ArtifactStore
 
 HELD_OUT_SPLITS = ("test", "valid")

@@ -1,7 +1,7 @@
 """The index corpus: which documents go into the index, with the features the document tower reads.
 
 A rebuild as of time ``t`` takes the canonical ``documents`` table, applies the index selection filters
-(:mod:`infra.index_selection`, with the member aggregates of the feature snapshot) and joins each selected
+(:mod:`serving.index_selection`, with the member aggregates of the feature snapshot) and joins each selected
 document to the newest daily document snapshot not after ``t``. A document's own fields (title, body, type,
 admin location) come from the canonical table, which has them from the document's creation on; the member
 aggregates come from the snapshot, so a document created after the snapshot is indexed with its own fields
@@ -16,7 +16,7 @@ import pandas as pd
 
 from features.compute import FEATURE_TS, as_of_for_day
 from features.schema import DOC_CATEGORICAL, DOC_MULTI, DOC_NUMERIC, DOC_TEXT, DOC_TIMES, weights_of
-from infra.index_selection import SelectionConfig, SelectionReport, select_documents
+from serving.index_selection import SelectionConfig, SelectionReport, select_documents
 
 STATIC_FIELDS = (*DOC_TEXT, *DOC_CATEGORICAL)
 AGGREGATE_FIELDS = (*[c for m in DOC_MULTI for c in (m, weights_of(m))], *DOC_NUMERIC)
