@@ -248,7 +248,9 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
     trained_cfg = hard_cfg
     if params.transfer == "hard_to_easy":
         trained_cfg = params.easy_config()
-        result = fit(parts, corpus, trained_cfg, run_dir / "easy", result.model_path, feature_service)
+        hard = result
+        result = fit(parts, corpus, trained_cfg, run_dir / "easy", hard.model_path, feature_service)
+        hard.checkpoint_path.unlink(missing_ok=True)
     t_train = time.perf_counter() - t1
 
     seed = trained_cfg.seed
@@ -298,7 +300,9 @@ def mine(dataset: str = "synthetic-default", params: MineParams | None = None) -
     start_path, start_av = starting_model(base_name)
     parts, examples_ref, examples_meta = fetch_examples(examples_name, params.examples_version)
     feature_service = str(examples_meta.get("feature_service") or "")
-    key = run_key(dataset=dataset, start=start_av.ref, examples=examples_ref, params=params.model_dump(mode="json"))
+    # What the rounds compute from (not how many run or which is promoted): more rounds continue a run.
+    key = run_key(dataset=dataset, start=start_av.ref, examples=examples_ref,
+                  params=params.model_dump(mode="json", exclude={"rounds", "stop_early", "min_gain", "promote"}))
     run_dir = runs_root(dataset) / key
 
     train_end, test_as_of = split_cutoff(parts, "valid"), split_cutoff(parts, "test")

@@ -230,3 +230,20 @@ def test_concat_weights_are_fit_on_validation_and_the_ensemble_saves_and_loads(t
     assert np.allclose(loaded.embed_queries(valid.head(10)), ens.embed_queries(valid.head(10)), atol=1e-6)
     with pytest.raises(ValueError, match="one weight per member"):
         WeightedConcat(members, [1.0])
+
+
+def test_quantized_metrics_go_through_an_ivf_pq_index(task, base):
+    from evaluation.protocol import evaluate_split, quantized_metrics
+    from serving.index import IndexConfig as IC
+
+    examples, documents = task
+    parts = {s: examples[examples["split"] == s] for s in ("train", "valid", "test")}
+    exact = evaluate_split(base.model, parts, "test", documents)
+    # 100 documents: too few to train 256 PQ centroids -> None; with 4-bit codes it builds
+    assert quantized_metrics(base.model, parts, "test", documents.head(100)) is None
+    q = quantized_metrics(base.model, parts, "test", documents, config=IC(kind="ivfpq", nbits=4, nlist=8, nprobe=8))
+    assert q is not None and q["n_sessions"] == exact["n_sessions"]
+    assert abs(q["recall@10"] - exact["recall@10"]) < 0.1  # refine re-ranks exactly: close to exact
+    casc = quantized_metrics(Cascade(base.model, base.model, 50), parts, "test", documents,
+                             config=IC(kind="ivfpq", nbits=4, nlist=8, nprobe=8))
+    assert casc["recall@10"] == pytest.approx(q["recall@10"], abs=1e-9)
