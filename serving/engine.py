@@ -13,6 +13,7 @@ that only a term matched: the score later ranking stages take as a feature. Resu
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,7 @@ class Hits:
 
 def _bitmap(ids: np.ndarray) -> BitMap:
     ids = np.asarray(ids)
-    return BitMap(ids[ids >= 0].astype(np.uint32))
+    return BitMap(array("I", ids[ids >= 0].astype(np.uint32).tobytes()))
 
 
 class Engine:
@@ -80,7 +81,7 @@ class Engine:
             raise ValueError("the expression has an nn operator: a query vector is needed")
         nn_hits: dict[int, float] = {}
         matched = self._eval(expr, None, query_vector, nn_hits)
-        positions = np.fromiter(iter(matched), np.int64, len(matched))[: self.config.max_scored]
+        positions = np.asarray(matched.to_array(), dtype=np.int64)[: self.config.max_scored]
         if query_vector is None:
             top = positions[:limit]
             return Hits(top, np.full(len(top), np.nan, np.float32), np.zeros(len(top), bool), len(matched))
@@ -151,7 +152,7 @@ class Engine:
         else:
             scores, ids = self.index.search(q, depth, nprobe=e.nprobe)
             scores, ids = scores[0], ids[0]
-        ok = np.fromiter((int(i) in allowed for i in ids), bool, len(ids)) & (ids >= 0)
+        ok = np.isin(ids, np.asarray((_bitmap(ids) & allowed).to_array(), dtype=np.int64)) & (ids >= 0)
         scores, ids = scores[ok][:k], ids[ok][:k]
         if len(ids) < k and depth < self.n and e.radius is None:  # too few found: search the set itself
             scores, ids = self.index.search_subset(q, min(k, len(allowed)), np.asarray(allowed.to_array(), dtype=np.int64),

@@ -14,6 +14,7 @@ published version, so terms and embeddings always describe the same documents.
 from __future__ import annotations
 
 import re
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -99,7 +100,7 @@ class TermIndex:
             starts = np.flatnonzero(np.r_[True, terms[1:] != terms[:-1]])
             ends = np.r_[starts[1:], len(terms)]
             for s, e in zip(starts, ends):
-                b = BitMap(pos[s:e])
+                b = BitMap(array("I", pos[s:e].tobytes()))
                 b.run_optimize()  # run containers for dense lists (type:, country:)
                 postings[terms[s]] = b
         return cls(postings, len(corpus))
