@@ -65,8 +65,7 @@ def candidate_features(query: str, searcher: dict, docs: pd.DataFrame, cosines: 
             raise ValueError(f"embedding={embedding!r} needs the query and document vectors")
         prod = d_vecs * q_vec[None, :] if embedding == "hadamard" else np.concatenate(
             [np.repeat(q_vec[None, :], n, 0), d_vecs], axis=1)
-        for j in range(prod.shape[1]):
-            out[f"emb_{j}"] = prod[:, j]
+        out = pd.concat([out, pd.DataFrame(prod, columns=[f"emb_{j}" for j in range(prod.shape[1])])], axis=1)
     elif embedding != "none":
         raise ValueError(f"embedding must be none, cosine, hadamard or raw; got {embedding!r}")
     return out
