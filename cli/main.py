@@ -332,12 +332,22 @@ def search(
     expr: Optional[str] = typer.Option(
         None, "--expr", help="a query-language expression, e.g. \"(and (term location:seattle) (nn default :k 50))\"; "
         "its nn operators embed QUERY"),
+    scope: str = typer.Option(
+        "location,cluster", help="--hybrid: the searcher's terms that constrain both branches, comma-separated "
+        "(location, region, country, cluster; \"\" for none)"),
 ) -> None:
     """Retrieve candidate documents for a query typed by a searcher, with their cosine scores."""
     from serving.errors import RetrievalError
     from serving.retriever import Retriever
+    from pydantic import ValidationError
+
+    from serving.hybrid import HybridConfig
     from serving.query import QuerySyntaxError, parse
 
+    try:
+        hybrid_config = HybridConfig(scope=tuple(f.strip() for f in scope.split(",") if f.strip()))
+    except ValidationError as exc:
+        raise _invalid(exc) from None
     if expr is not None:
         try:
             parse(expr)  # a typo is reported before the slow load
@@ -348,7 +358,7 @@ def search(
         retriever = Retriever.load(dataset, threads=1)
         start = time.perf_counter()
         if hybrid or expr is not None:
-            result = retriever.search(query, searcher, k=k, expression=expr)
+            result = retriever.search(query, searcher, k=k, expression=expr, config=hybrid_config)
             found, mode = result.candidates, f"hybrid, {result.matched} matched: {result.expression}"
         else:
             found = retriever.retrieve(query, searcher, k=k, radius=radius, nprobe=nprobe)
