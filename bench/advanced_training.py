@@ -83,6 +83,8 @@ class Bench:
         self.valid_consumed = consumed_documents(self.train) if self.recommendation else None
         self.test_consumed = consumed_documents(self.prep.parts["train"]) if self.recommendation else None
         self.base = base_config(self.args, len(self.train))
+        if not len(parts["valid"]):  # a few hundred held-out sessions are too noisy to stop on: run every epoch
+            self.base = self.base.model_copy(update={"early_stopping_patience": self.base.epochs})
         self.n = 0
 
     # -- training and scoring
@@ -251,7 +253,7 @@ def main_bench(args) -> str:
         "Time: training (and mining) of that row.", "",
         *sections,
     ])
-    write(RESULTS / ("advanced_training_quick.md" if args.quick else "advanced_training.md"), text)
+    write(RESULTS / (args.out or ("advanced_training_quick.md" if args.quick else "advanced_training.md")), text)
     return text
 
 
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-sessions", type=int, default=10_000)
     p.add_argument("--max-snapshots", type=int, default=24)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default=None, help="results file name under bench/results/")
     p.add_argument("--mining-cost", action="store_true", help="ANN vs exact mining at larger corpus sizes")
     p.add_argument("--cost-world", default="large", help="synthetic preset whose documents are mined against")
     p.add_argument("--cost-sizes", default="20000,100000")
