@@ -247,3 +247,16 @@ def test_quantized_metrics_go_through_an_ivf_pq_index(task, base):
     casc = quantized_metrics(Cascade(base.model, base.model, 50), parts, "test", documents,
                              config=IC(kind="ivfpq", nbits=4, nlist=8, nprobe=8))
     assert casc["recall@10"] == pytest.approx(q["recall@10"], abs=1e-9)
+
+
+def test_a_pseudo_searcher_does_not_turn_every_positive_into_a_false_negative():
+    from models.mining import known_positive_keys
+
+    train = pd.DataFrame({"searcher_id": ["all"] * 5 + ["u1", "u1"], "query": list("abcde") + ["f", "g"],
+                          "doc_id": ["d0", "d1", "d2", "d3", "d4", "d5", "d6"]})
+    doc_row = pd.Series(np.arange(7), index=[f"d{i}" for i in range(7)])
+    s_keys, q_keys, s_code, _ = known_positive_keys(train, doc_row, searcher_limit=3)
+    assert set(s_code) == {"u1"} and len(s_keys) == 2  # "all" has 5 distinct positives: left out
+    s_keys, _, s_code, _ = known_positive_keys(train, doc_row)
+    assert set(s_code) == {"all", "u1"} and len(s_keys) == 7
+    assert len(q_keys) == 7
