@@ -215,7 +215,7 @@ class Retriever:
         row = self.searcher_features(searcher_id)
         expr = parse(expression) if expression else default_expression(query, row, self.manifest.model.name, config)
         q = None
-        if has_nn(expr):
+        if has_nn(expr) or (query or "").strip():  # term-only matches are ranked by their cosine too
             frame = pd.DataFrame({"query": [query or ""], SEARCHER_KEY: [searcher_id],
                                   **{searcher_column(n): [row[n]] for n in row}})
             q = self.model.embed_queries(frame)
