@@ -318,8 +318,8 @@ def main_mining_cost(args) -> str:
         f"{len(q):,} training queries of the default synthetic world, embedded by the unified model trained on it; "
         f"documents of the `{args.cost_world}` world embedded by the same model from their own fields (title, "
         "body, type, location; no member aggregates, which that world was not materialized for). Exact: one "
-        "batched matrix product and top-k (torch); ANN: the project's IVF-PQ index with refine (what "
-        "`models.mining` searches). Overlap: share of the exact ranks 101-500 that the ANN's ranks 101-500 "
+        "batched matrix product and top-k (torch); ANN: the project's IVF-PQ index (what `models.mining` "
+        "searches), with its exact refine step (the default) and without. Overlap: share of the exact ranks 101-500 that the ANN's ranks 101-500 "
         "also hold (the pool the window strategy samples from).", "", *lines, ""])
     write(RESULTS / "mining_cost.md", text)
     return text
