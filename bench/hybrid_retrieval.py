@@ -72,11 +72,16 @@ def run(name: str, args) -> tuple[str, dict]:
     split = SplitConfig(use_source_split=False) if name in TIME_SPLIT else None
     prep = prepare(name, load(name, args.quick), max_snapshots=args.max_snapshots, split=split)
     valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
-    base = base_config(args, len(prep.parts["train"]))
+    tower_train, rank_examples = prep.parts["train"], valid
+    if valid is None:  # the second stage needs sessions the towers did not train on: 20% of the training ones
+        from evaluation.baselines import holdout_sessions
+
+        tower_train, rank_examples = holdout_sessions(prep.parts["train"], 0.2, seed=0)
+    base = base_config(args, len(tower_train))
     best = None
     with tempfile.TemporaryDirectory(prefix="ebr-hybrid-") as tmp:
         for i, setting in enumerate(MODEL_GRID if valid is not None else MODEL_GRID[:1]):
-            r = train(prep.parts["train"], valid, prep.corpus, variant_config(base, setting), Path(tmp) / str(i),
+            r = train(tower_train, valid, prep.corpus, variant_config(base, setting), Path(tmp) / str(i),
                       resume=False)
             if best is None or (r.best_metric or 0) > (best.best_metric or 0):
                 best = r
@@ -148,9 +153,8 @@ def run(name: str, args) -> tuple[str, dict]:
 
     # The ranker learns from sessions the towers did not train on (validation; else training sessions): on
     # training sessions the cosine is optimistic, the towers having fit those very clicks.
-    rank_source = "validation" if len(prep.parts["valid"]) else "training"
-    train_sessions = session_targets(prep.parts["valid" if len(prep.parts["valid"]) else "train"],
-                                     args.rank_sessions, 1)
+    rank_source = "validation" if valid is not None else "held-out training"
+    train_sessions = session_targets(rank_examples, args.rank_sessions, 1)
     q_train = model.embed_queries(train_sessions.queries)
     train_cands = candidates(train_sessions, q_train, k)
     test_cands = [(tops["hybrid"][i][tops["hybrid"][i] >= 0], None) for i in range(len(texts))]
@@ -181,6 +185,59 @@ def run(name: str, args) -> tuple[str, dict]:
         rank_lines.append(f"| LightGBM lambdarank, embedding feature: {emb} | {m['recall@10']:.4f} | "
                           f"{m['ndcg@10']:.4f} | {m['mrr']:.4f} |")
         print(rank_lines[-1], f"({time.perf_counter() - t:.0f} s)", flush=True)
+
+    # BM25 and EBR side by side: the union of BM25's top k and the nn top k, ordered by a learned second stage
+    # with BM25's score and rank among its features (the term engine's own scoring, which AND-ed terms lack).
+    from evaluation.baselines import BM25
+
+    bm25 = BM25(index_docs)
+
+    def union(sess, vecs_q):
+        b_rows, b_scores = bm25.rank_scores(sess.queries, k)
+        out = []
+        for i in range(len(sess.targets)):
+            nn_pos = engine.run(NN(KEY, k=k), vecs_q[i:i + 1], k).positions
+            b_ok = b_rows[i] >= 0
+            pos = np.unique(np.r_[b_rows[i][b_ok], nn_pos])
+            b_rank = pd.Series(np.arange(1, b_ok.sum() + 1), index=b_rows[i][b_ok])
+            b_score = pd.Series(b_scores[i][b_ok], index=b_rows[i][b_ok])
+            n_rank = pd.Series(np.arange(1, len(nn_pos) + 1), index=nn_pos)
+            extra = {"bm25": b_score.reindex(pos).fillna(0).to_numpy(), "bm25_rank": b_rank.reindex(pos).fillna(k + 1)
+                     .to_numpy(), "nn_rank": n_rank.reindex(pos).fillna(k + 1).to_numpy()}
+            out.append((pos, extra, b_rows[i]))
+        return out
+
+    u_train, u_test = union(train_sessions, q_train), union(sessions, q)
+    fusion_lines = ["| retrieval + ranking | R@10 | R@100 | nDCG@10 | MRR |", "|---|---:|---:|---:|---:|"]
+
+    def add_row(label, top):
+        m = metrics(top, np.ones(len(texts), bool))
+        fusion_lines.append(f"| {label} | {m['recall@10']:.4f} | {m['recall@100']:.4f} | {m['ndcg@10']:.4f} | "
+                            f"{m['mrr']:.4f} |")
+
+    bm_top = np.full((len(texts), k), -1, np.int64)
+    for i, (_, _, b_rows) in enumerate(u_test):
+        bm_top[i, : len(b_rows)] = b_rows
+    add_row("BM25 alone", bm_top)
+    add_row("EBR alone (nn top-k by cosine)", tops["EBR only"])
+    for emb, label in (("cosine", "BM25 ∪ nn, LightGBM with BM25 and the cosine"),
+                       ("none", "BM25 ∪ nn, LightGBM with BM25, without the cosine")):
+        X, y = [], []
+        for i, (pos, extra, _) in enumerate(u_train):
+            if len(pos) >= 2:
+                X.append(candidate_features(str(train_sessions.queries["query"].iloc[i] or ""),
+                                            searcher_row(train_sessions.queries.iloc[i]), index_docs.iloc[pos],
+                                            vecs[pos] @ q_train[i], embedding=emb, extra=extra))
+                y.append(np.isin(doc_ids[pos], train_sessions.targets[i]).astype(int))
+        stage = SecondStage(emb).fit(X, y)
+        top = np.full((len(texts), 2 * k), -1, np.int64)
+        for i, (pos, extra, _) in enumerate(u_test):
+            if len(pos):
+                f = candidate_features(texts[i], searcher_row(sessions.queries.iloc[i]), index_docs.iloc[pos],
+                                       vecs[pos] @ q[i], embedding=emb, extra=extra)
+                top[i, : len(pos)] = pos[stage.order(f)]
+        add_row(label, top[:, :k])
+        print(fusion_lines[-1], flush=True)
 
     # Query selection against always-on EBR, on the hybrid expression (no scope).
     from serving.selection import QuerySelection, SelectionConfig, without_nn
@@ -226,7 +283,9 @@ def run(name: str, args) -> tuple[str, dict]:
         f"built in {term_seconds:.1f} s. Bare FAISS top-{k} search of the same index: {faiss_ms:.2f} ms per query.",
         "", *lines, "", f"Second stage over the hybrid expression's top {k} (trained on the candidates of "
         f"{len(train_sessions.targets):,} {rank_source} sessions, labelled by their clicks; R@100 is that of the "
-        "candidate set):", "", *rank_lines, "", "Query selection (the hybrid expression; a navigational repeat puts the remembered document "
+        "candidate set):", "", *rank_lines, "", f"BM25 next to EBR: the union of both top {k}, ordered by a "
+        f"LightGBM second stage trained on the same {rank_source} sessions (features as above plus BM25's score and "
+        "rank and the nn rank):", "", *fusion_lines, "", "Query selection (the hybrid expression; a navigational repeat puts the remembered document "
         "first; the memory is fitted on the training clicks):", "", *sel_lines, ""])
     print(text, flush=True)
     return text, figures

@@ -31,8 +31,10 @@ def _set(cell) -> set:
 
 def candidate_features(query: str, searcher: dict, docs: pd.DataFrame, cosines: np.ndarray,
                        q_vec: np.ndarray | None = None, d_vecs: np.ndarray | None = None,
-                       embedding: EmbeddingFeature = "cosine") -> pd.DataFrame:
-    """One row of features per candidate document (``docs``: document-table rows of the candidates)."""
+                       embedding: EmbeddingFeature = "cosine", extra: dict[str, np.ndarray] | None = None
+                       ) -> pd.DataFrame:
+    """One row of features per candidate document (``docs``: document-table rows of the candidates);
+    ``extra``: more per-candidate columns (e.g. a term engine's BM25 score and rank)."""
     words = set(tokens(query))
     n = len(docs)
     doc_words = [set(tokens(t)) | set(tokens(b)) for t, b in zip(docs.get("title", [""] * n), docs.get("body", [""] * n))]
@@ -68,6 +70,8 @@ def candidate_features(query: str, searcher: dict, docs: pd.DataFrame, cosines: 
         out = pd.concat([out, pd.DataFrame(prod, columns=[f"emb_{j}" for j in range(prod.shape[1])])], axis=1)
     elif embedding != "none":
         raise ValueError(f"embedding must be none, cosine, hadamard or raw; got {embedding!r}")
+    for name, values in (extra or {}).items():
+        out[name] = np.asarray(values, float)
     return out
 
 
