@@ -65,7 +65,10 @@ def generate(
         config = WorldConfig.preset(preset).model_copy(update={"seed": seed})
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--preset") from None
-    target = _settings().data_dir / (name or f"synthetic-{preset}")
+    try:
+        target = _settings().dataset_path(name or f"synthetic-{preset}")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--name") from None
     start = time.perf_counter()
     world = generate_world(config)
     manifest = write_dataset(world, target, source="synthetic", params=config.model_dump(mode="json"))
@@ -91,7 +94,7 @@ def ingest(
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    target = _settings().data_dir / source
+    target = _settings().dataset_path(source)
     manifest = write_dataset(dataset, target, source=source)
     _print_counts(manifest, target, time.perf_counter() - start)
 
@@ -306,7 +309,7 @@ def _example_searches(dataset: str, n: int) -> None:
 
     retriever = Retriever.load(dataset)
     _describe_index(retriever)
-    sessions = read_table(_settings().data_dir / dataset, "sessions").tail(2000)
+    sessions = read_table(_settings().dataset_path(dataset), "sessions").tail(2000)
     sessions = sessions[(sessions["query"].fillna("") != "") & (sessions["clicked"].map(len) > 0)]
     sessions = sessions[sessions["clicked"].map(lambda c: len(retriever.positions_of(c)) > 0)]
     for row in sessions.sample(n=min(n, len(sessions)), random_state=0).itertuples():

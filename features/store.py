@@ -119,9 +119,10 @@ class FeatureRepo:
     @classmethod
     def for_dataset(cls, dataset: str, home: Path | None = None) -> FeatureRepo:
         """The default location: ``<settings.home>/features/<dataset>``."""
+        from infra.names import check_name
         from infra.settings import get_settings
 
-        return cls((home or get_settings().home) / "features" / dataset)
+        return cls((home or get_settings().home) / "features" / check_name(dataset, "dataset name"))
 
     # ----------------------------------------------------------------------------------------- paths
 

@@ -28,6 +28,7 @@ from flows.train import (
     read_document_snapshots, servable_index,
 )
 from flows.mine import MineParams
+from infra.names import check_name
 from infra.settings import get_settings
 from models.config import TrainConfig
 
@@ -206,7 +207,8 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
 
     model_name = params.model_name or f"{dataset}-ensemble"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    out_dir = get_settings().home / "runs" / "ensemble" / dataset / f"{stamp}-{uuid.uuid4().hex[:8]}"
+    out_dir = (get_settings().home / "runs" / "ensemble" / check_name(dataset, "dataset name")
+               / f"{stamp}-{uuid.uuid4().hex[:8]}")
     config = {"kind": params.kind, "members": refs, "params": params.model_dump(mode="json"), "trials": trials}
     extra = {"dataset": dataset, "evaluation": {"split": "test", "max_sessions": params.max_eval_sessions,
                                                 "seed": seed, "index_documents": len(test_index)},

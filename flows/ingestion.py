@@ -37,7 +37,7 @@ def read_source(source: str):
 def write(dataset, name: str, source: str, params: dict | None = None):
     from ingest.contract import write_dataset
 
-    target = get_settings().data_dir / name
+    target = get_settings().dataset_path(name)
     manifest = write_dataset(dataset, target, source=source, params=params)
     return target, manifest.row_counts
 

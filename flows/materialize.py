@@ -100,7 +100,7 @@ class MaterializeReport(BaseModel):
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_canonical(dataset: str) -> CanonicalDataset:
-    path = get_settings().data_dir / dataset
+    path = get_settings().dataset_path(dataset)
     return read_dataset(path, tables=("searchers", "documents", "friendships", "memberships", "sessions"))
 
 

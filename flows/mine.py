@@ -30,6 +30,7 @@ from flows.train import (
     NAME_PATTERN, artifact_key, documents_as_of, evaluate_model, fetch_examples, fit, laptop_config,
     publish_report, read_document_snapshots, register, servable_index,
 )
+from infra.names import check_name
 from infra.settings import get_settings
 from models.config import LossConfig, TrainConfig
 from models.mining import HARD_NEGATIVES, MiningConfig, MiningReport
@@ -89,7 +90,7 @@ class MineParams(BaseModel):
 
 
 def runs_root(dataset: str) -> Path:
-    return get_settings().home / "runs" / "mine" / dataset
+    return get_settings().home / "runs" / "mine" / check_name(dataset, "dataset name")
 
 
 # --------------------------------------------------------------------------- tasks

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.index import EmbeddingIndex, IndexConfig
 from serving.index_selection import SelectionConfig, SelectionReport
 from serving.index_store import IndexManifest, ModelRef
+from infra.names import check_name
 from infra.settings import get_settings
 from serving.index_validation import IndexValidation, IndexValidationError, ValidationConfig
 
@@ -60,7 +61,7 @@ class RebuildParams(BaseModel):
 
 
 def runs_root(dataset: str) -> Path:
-    return get_settings().home / "runs" / "rebuild-index" / dataset
+    return get_settings().home / "runs" / "rebuild-index" / check_name(dataset, "dataset name")
 
 
 def _run_dir(dataset: str) -> Path:
@@ -83,7 +84,7 @@ def read_inputs(dataset: str, as_of: date | None) -> tuple[pd.DataFrame, pd.Data
     from ingest.contract import read_dataset
     from serving.corpus import snapshot_day_for
 
-    path = get_settings().data_dir / dataset
+    path = get_settings().dataset_path(dataset)
     if not path.is_dir():
         raise FileNotFoundError(f"no canonical dataset {dataset!r} at {path}; run 'ebr generate' or 'ebr ingest'")
     documents = read_dataset(path, tables=("documents",)).documents

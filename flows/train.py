@@ -28,10 +28,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.names import NAME_PATTERN, check_name
 from infra.settings import get_settings
 from models.config import LossConfig, ModelConfig, TrainConfig
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ExtraNegatives = Literal["random_negatives", "impressed_negatives", "hard_negatives"]
 
 
@@ -86,7 +86,7 @@ class TrainParams(BaseModel):
 
 
 def runs_root(dataset: str) -> Path:
-    return get_settings().home / "runs" / "train" / dataset
+    return get_settings().home / "runs" / "train" / check_name(dataset, "dataset name")
 
 
 def _run_dir(dataset: str) -> Path:
@@ -137,7 +137,7 @@ def servable_index(dataset: str, index: pd.DataFrame, as_of: pd.Timestamp, train
     from infra.settings import get_settings
     from ingest.contract import read_dataset
 
-    documents = read_dataset(get_settings().data_dir / dataset, tables=("documents",)).documents
+    documents = read_dataset(get_settings().dataset_path(dataset), tables=("documents",)).documents
     return servable(index, documents, as_of, train)
 
 

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.names import check_name
 from infra.settings import get_settings
 from training.examples import ExampleConfig, SplitConfig
 from validation.gate import GateReport
@@ -42,7 +43,7 @@ class TrainingDataParams(BaseModel):
 
 
 def runs_root(dataset: str) -> Path:
-    return get_settings().home / "runs" / "training-data" / dataset
+    return get_settings().home / "runs" / "training-data" / check_name(dataset, "dataset name")
 
 
 def _run_dir(dataset: str) -> Path:
@@ -58,7 +59,7 @@ def _run_dir(dataset: str) -> Path:
 def read_canonical(dataset: str):
     from ingest.contract import read_dataset
 
-    return read_dataset(get_settings().data_dir / dataset, tables=(*INPUT_TABLES, "memberships"))
+    return read_dataset(get_settings().dataset_path(dataset), tables=(*INPUT_TABLES, "memberships"))
 
 
 @task(cache_policy=NO_CACHE)

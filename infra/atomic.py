@@ -11,15 +11,27 @@ from pathlib import Path
 from typing import Iterator
 
 
+class NotOursError(FileExistsError):
+    """An atomic replace would delete a directory this project did not write."""
+
+
 @contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of ``target`` to fill; on success it replaces ``target``.
 
     The old directory is renamed away before the new one is renamed in, so ``target`` is never missing for
     longer than between two renames. On any error the temporary directory is removed and ``target`` is
-    left as it was.
+    left as it was. With ``marker`` (a file name every directory written this way holds, e.g. a manifest),
+    an existing non-empty ``target`` without it is refused before anything is written: a replace never
+    deletes a directory that is not one of ours.
     """
     target = Path(target)
+    if (marker is not None and target.exists()
+            and (not target.is_dir() or (any(target.iterdir()) and not (target / marker).is_file()))):
+        raise NotOursError(
+            f"refusing to replace {target}: it exists and holds no {marker}, so this project did not write it; "
+            "choose another name or move it away"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         """Canonical datasets, one directory per source (``<home>/data/<name>``)."""
         return self.home / "data"
 
+    def dataset_path(self, name: str) -> Path:
+        """``<home>/data/<name>`` for a checked dataset name (:func:`infra.names.check_name`)."""
+        from infra.names import check_name
+
+        return self.data_dir / check_name(name, "dataset name")
+
     @property
     def artifacts_url(self) -> str:
         return self.storage_url or str(self.home / "artifacts")

@@ -450,7 +450,7 @@ def write_dataset(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
     )
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, marker=MANIFEST) as tmp:
         for name, df in valid.items():
             pq.write_table(_arrow_table(df, SCHEMAS[name]), tmp / f"{name}.parquet")
         (tmp / MANIFEST).write_text(manifest.to_json())

@@ -405,7 +405,7 @@ def write_splits(examples: pd.DataFrame, out_dir: Path, config: dict) -> dict[st
     """
     out_dir = Path(out_dir)
     counts = {}
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, marker="config.json") as tmp:
         for name, frame in partition(examples).items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
             counts[name] = len(frame)

@@ -1,0 +1,29 @@
+"""Names that become paths (datasets, artifacts, models, runs): one rule, checked where a name enters.
+
+A name is 1-128 letters, digits, '.', '_' and '-', starting with a letter or digit: it can never climb out of
+its parent directory (no '/', no '..'), be absolute, or hide as a dot-file.
+"""
+
+from __future__ import annotations
+
+import re
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+class InvalidNameError(ValueError):
+    """A name that would become an unsafe or ambiguous path."""
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` when it is safe to use as one path component; :class:`InvalidNameError` otherwise."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidNameError(
+            f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_' and '-', starting with a letter or "
+            "digit (e.g. 'synthetic-default'); it becomes a directory name, so no '/', '..' or absolute paths"
+        )
+    return name
+
+
+__all__ = ["InvalidNameError", "NAME_PATTERN", "check_name"]

@@ -1,0 +1,58 @@
+"""Names that become paths are checked where they enter, and an atomic replace never deletes a directory
+that is not one of ours (a name such as ../../somewhere used to write outside EBR_HOME and delete it)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from infra.atomic import NotOursError, atomic_directory
+from infra.names import InvalidNameError, check_name
+from infra.settings import get_settings
+
+BAD = ["../../somewhere", "/tmp/x", "..", ".hidden", "a/b", "", "x" * 200, "a b"]
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_unsafe_names_are_refused_everywhere_they_become_paths(name, home):
+    from features.store import FeatureRepo
+    from flows.train import runs_root
+
+    with pytest.raises(InvalidNameError, match="invalid dataset name"):
+        get_settings().dataset_path(name)
+    with pytest.raises(InvalidNameError):
+        FeatureRepo.for_dataset(name)
+    with pytest.raises(InvalidNameError):
+        runs_root(name)
+    assert check_name("synthetic-default") == "synthetic-default"
+
+
+def test_ebr_generate_refuses_a_name_outside_its_home_and_writes_nothing(home, tmp_path):
+    from cli.main import app
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    rel = "../" * 8 + str(victim).lstrip("/")
+    result = CliRunner().invoke(app, ["generate", "--preset", "tiny", "--name", rel])
+    assert result.exit_code == 2 and "invalid dataset name" in result.output
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+def test_an_atomic_replace_never_deletes_a_directory_that_is_not_ours(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("someone else's")
+    with pytest.raises(NotOursError, match="holds no manifest.json"):
+        with atomic_directory(foreign, marker="manifest.json") as tmp:
+            (tmp / "manifest.json").write_text("{}")
+    assert (foreign / "notes.txt").read_text() == "someone else's"
+    assert [p.name for p in tmp_path.iterdir()] == ["foreign"]  # no temporary directory left behind
+    # ours (holds the marker) or empty: replaced
+    for target in (tmp_path / "ours", tmp_path / "empty"):
+        target.mkdir()
+    (tmp_path / "ours" / "manifest.json").write_text("{}")
+    for target in (tmp_path / "ours", tmp_path / "empty"):
+        with atomic_directory(target, marker="manifest.json") as tmp:
+            (tmp / "manifest.json").write_text('{"new": 1}')
+        assert (target / "manifest.json").read_text() == '{"new": 1}'
