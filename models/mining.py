@@ -55,9 +55,10 @@ class MiningConfig(BaseModel):
         description="the ANN index searched (auto: exact flat below flat_below documents, IVF-PQ above)",
     )
     nprobe: int | None = Field(None, ge=1, description="IVF lists scanned per query (None: the index default)")
-    searcher_positive_limit: int = Field(
-        1000, ge=1, description="a searcher with more distinct positives than this is a pseudo-searcher (one "
-        "for every query, as in SciFact): its positives are not treated as false negatives of each other",
+    pseudo_searcher_share: float = Field(
+        0.05, gt=0.0, le=1.0, description="a searcher holding more than this share of the training's distinct "
+        "(searcher, positive) pairs is a pseudo-searcher (one for every query, as in SciFact): its positives "
+        "are not treated as false negatives of each other",
     )
     exact_check_queries: int = Field(
         256, ge=0, description="queries also mined with exact KNN to measure the ANN's cost and pool overlap"
@@ -159,19 +160,20 @@ def sessions_of(train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), first
 
 
-def known_positive_keys(train: pd.DataFrame, doc_row: pd.Series, searcher_limit: int | None = None
+def known_positive_keys(train: pd.DataFrame, doc_row: pd.Series, pseudo_share: float | None = None
                         ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """int64 keys (owner code * n_docs + corpus row) of every (searcher, positive) and (query, positive) pair
-    of the training examples, sorted; plus the searcher and query code maps. Searchers with more than
-    ``searcher_limit`` distinct positives are left out of the searcher keys (pseudo-searchers)."""
+    of the training examples, sorted; plus the searcher and query code maps. Searchers holding more than
+    ``pseudo_share`` of the distinct (searcher, positive) pairs are left out of the searcher keys."""
     n = len(doc_row)
     rows = doc_row.reindex(train[DOC_ID].astype(str).to_numpy()).to_numpy()
     ok = ~pd.isna(rows)
     rows = rows[ok].astype(np.int64)
     searchers = train["searcher_id"].astype(str).to_numpy()[ok]
-    if searcher_limit is not None:
+    if pseudo_share is not None:
         distinct = pd.Series(rows).groupby(searchers).nunique()
-        searchers = np.where(pd.Series(searchers).map(distinct).to_numpy() > searcher_limit, "", searchers)
+        pseudo = distinct > pseudo_share * distinct.sum()
+        searchers = np.where(pd.Series(searchers).map(pseudo).to_numpy(bool), "", searchers)
     s_codes, s_uniq = pd.factorize(searchers)
     q_text = normalized_queries(train["query"])[ok]
     q_codes, q_uniq = pd.factorize(q_text)
@@ -267,7 +269,7 @@ def mine_hard_negatives(model, examples: pd.DataFrame, documents: pd.DataFrame,
     index = EmbeddingIndex.build(shard_emb, np.arange(len(shard), dtype=np.int64), index_cfg, progress=False)
 
     # Positives: known pairs (false negatives) and each session's best positive cosine (the margin rule).
-    searcher_keys, query_keys, s_code, q_code = known_positive_keys(train, doc_row, config.searcher_positive_limit)
+    searcher_keys, query_keys, s_code, q_code = known_positive_keys(train, doc_row, config.pseudo_searcher_share)
     pos_rows = doc_row.reindex(train[DOC_ID].astype(str).to_numpy()).to_numpy(dtype=np.float64)
     pos_score = np.full(len(train), np.nan)
     inside = ~np.isnan(pos_rows)

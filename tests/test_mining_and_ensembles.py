@@ -255,8 +255,8 @@ def test_a_pseudo_searcher_does_not_turn_every_positive_into_a_false_negative():
     train = pd.DataFrame({"searcher_id": ["all"] * 5 + ["u1", "u1"], "query": list("abcde") + ["f", "g"],
                           "doc_id": ["d0", "d1", "d2", "d3", "d4", "d5", "d6"]})
     doc_row = pd.Series(np.arange(7), index=[f"d{i}" for i in range(7)])
-    s_keys, q_keys, s_code, _ = known_positive_keys(train, doc_row, searcher_limit=3)
-    assert set(s_code) == {"u1"} and len(s_keys) == 2  # "all" has 5 distinct positives: left out
+    s_keys, q_keys, s_code, _ = known_positive_keys(train, doc_row, pseudo_share=0.5)
+    assert set(s_code) == {"u1"} and len(s_keys) == 2  # "all" holds 5 of the 7 pairs: left out
     s_keys, _, s_code, _ = known_positive_keys(train, doc_row)
     assert set(s_code) == {"all", "u1"} and len(s_keys) == 7
     assert len(q_keys) == 7
