@@ -30,15 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import Prepared, prepare
-from bench.retrieval_quality import RESULTS, TIME_SPLIT, base_config, load, machine, write
+from bench.common import Prepared, prepare, prepare_source
+from bench.retrieval_quality import RESULTS, base_config, load, machine, write
 from evaluation.baselines import holdout_sessions
 from evaluation.comparison import variant_config
 from evaluation.protocol import consumed_documents, evaluate_split, quantized_metrics
 from serving.index import IndexConfig
 from models.ensemble import Cascade, WeightedConcat, fit_concat_weights
 from models.mining import HARD_NEGATIVES, MiningConfig, mine_hard_negatives
-from training.examples import SplitConfig
 
 DATASETS = ("synthetic", "lastfm", "scifact", "meetup_chicago", "movielens", "meetup_montana")
 DEFAULT = "synthetic,lastfm,scifact"
@@ -231,8 +230,7 @@ def main_bench(args) -> str:
     sections = []
     for name in names:
         print(f"== {name}", flush=True)
-        split = SplitConfig(use_source_split=False) if name in TIME_SPLIT else None
-        prep = prepare(name, load(name, args.quick), max_snapshots=args.max_snapshots, split=split)
+        prep = prepare_source(name, load(name, args.quick), args.max_snapshots)
         b = run_dataset(prep, args)
         n_test = int(b.rows[0].exact["n_sessions"])
         sections += [f"## {name}", "", f"{len(b.train):,} training examples, {len(b.valid):,} validation, "

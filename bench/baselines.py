@@ -35,7 +35,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from evaluation.baselines import (  # noqa: E402
@@ -48,7 +47,6 @@ from evaluation.protocol import (  # noqa: E402
 from models.evaluate import session_targets  # noqa: E402
 
 DATASETS = ("movielens", "meetup_chicago", "lastfm", "scifact")
-TIME_SPLIT = ("movielens", "meetup_chicago")  # the sources' own splits are random: split by time
 KS = (10, 100)
 
 
@@ -195,9 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("EBR_HOME", tempfile.mkdtemp(prefix="ebr-bench-"))  # nothing lands in the project
 
-    from bench.common import prepare
+    from bench.common import prepare_source
     from ingest.datasets import load_source
-    from training.examples import SplitConfig
 
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     dense = {n.strip() for n in args.dense.split(",") if n.strip()}
@@ -213,8 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  prepared {name} read from the cache", flush=True)
         else:
             data = load_source(name)
-            split = SplitConfig(use_source_split=False) if name in TIME_SPLIT else None
-            prep = prepare(name, data, max_snapshots=args.max_snapshots, split=split)
+            prep = prepare_source(name, data, args.max_snapshots)
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 with cached.open("wb") as f:

@@ -31,16 +31,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import prepare
-from bench.retrieval_quality import MODEL_GRID, RESULTS, TIME_SPLIT, base_config, load, machine, write
+from bench.common import prepare_source
+from bench.retrieval_quality import MODEL_GRID, RESULTS, base_config, load, machine, write
 from evaluation.comparison import variant_config
 from serving.index import EmbeddingIndex, IndexConfig
 from models.evaluate import ranking_metrics, session_targets
 from serving.engine import Engine
 from serving.hybrid import HybridConfig, default_expression
-from serving.query import NN, And, Or, Term
+from serving.query import NN
+from serving.selection import without_nn
 from serving.terms import TermIndex, document_terms, tokens
-from training.examples import SplitConfig
 
 KEY = "m"
 
@@ -50,14 +50,13 @@ def command() -> str:
 
 
 def expressions(text: str, searcher: dict, k: int) -> dict:
-    words = list(dict.fromkeys(tokens(text)))[:8]
-    nn = NN(KEY, k=k)
-    text_part = (Term(f"text:{words[0]}") if len(words) == 1 else And(tuple(Term(f"text:{w}") for w in words))
-                 ) if words else None
+    """The compared expressions of one query: the default builder with and without its scope, its text
+    branch alone (None for a query without words) and its nn branch alone."""
+    hybrid = default_expression(text, searcher, KEY, HybridConfig(scope=(), nn_k=k))
     return {
-        "term only": text_part,
-        "EBR only": nn,
-        "hybrid": Or((text_part, nn)) if text_part is not None else nn,
+        "term only": without_nn(hybrid),
+        "EBR only": NN(KEY, k=k),
+        "hybrid": hybrid,
         "hybrid + scope (default)": default_expression(text, searcher, KEY, HybridConfig(nn_k=k)),
     }
 
@@ -69,8 +68,7 @@ def searcher_row(row: pd.Series) -> dict:
 def run(name: str, args) -> tuple[str, dict]:
     from models.train import train
 
-    split = SplitConfig(use_source_split=False) if name in TIME_SPLIT else None
-    prep = prepare(name, load(name, args.quick), max_snapshots=args.max_snapshots, split=split)
+    prep = prepare_source(name, load(name, args.quick), args.max_snapshots)
     valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
     tower_train, rank_examples = prep.parts["train"], valid
     if valid is None:  # the second stage needs sessions the towers did not train on: 20% of the training ones
@@ -240,7 +238,7 @@ def run(name: str, args) -> tuple[str, dict]:
         print(fusion_lines[-1], flush=True)
 
     # Query selection against always-on EBR, on the hybrid expression (no scope).
-    from serving.selection import QuerySelection, SelectionConfig, without_nn
+    from serving.selection import QuerySelection, SelectionConfig
 
     clicks = prep.parts["train"]
     policies = {"always-on EBR": None,

@@ -34,12 +34,11 @@ from pathlib import Path
 import pandas as pd
 
 from bench.baselines import Baselines, table
-from bench.common import Prepared, prepare
+from bench.common import Prepared, prepare, prepare_source
 from evaluation.baselines import BM25, Popularity
 from evaluation.comparison import FEATURE_ABLATION, REPORT_VARIANTS, compare_models, comparison_markdown, variant_config
 from evaluation.protocol import EmbeddingRanker, consumed_documents, evaluate_ranker
 from models.config import TrainConfig
-from training.examples import SplitConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("synthetic", "lastfm", "meetup_montana", "meetup_chicago", "movielens", "scifact")
@@ -49,9 +48,6 @@ LABELS = {
     "meetup_montana": "Meetup Montana", "meetup_chicago": "Meetup Chicago", "movielens": "MovieLens 100k",
     "scifact": "BEIR SciFact",
 }
-# Sources whose own split is random (MovieLens ua: 10 ratings per user; Meetup Chicago's files): split by
-# time instead, the newest 10% of sessions held out, so that no test-period interaction is trained on.
-TIME_SPLIT = ("movielens", "meetup_chicago")
 MODEL_GRID = ({"loss": {"temperature": 0.05}}, {"loss": {"temperature": 0.1}})
 MODELS = {"text-only": {"model": {"use_context": False}}, "unified": {}}
 
@@ -194,8 +190,7 @@ def main_quality(args) -> str:
     t0 = time.perf_counter()
     for name in names:
         print(f"== {name}", flush=True)
-        split = SplitConfig(use_source_split=False) if name in TIME_SPLIT else None
-        preps[name] = prepare(name, load(name, args.quick), max_snapshots=args.max_snapshots, split=split)
+        preps[name] = prepare_source(name, load(name, args.quick), args.max_snapshots)
         results[name] = run_dataset(preps[name], args, MODELS)
     total = time.perf_counter() - t0
     world = "tiny" if args.quick else "default"
@@ -289,8 +284,7 @@ def main_ablation(args) -> str:
     sections = []
     for name in names:
         print(f"== {name}", flush=True)
-        split = SplitConfig(use_source_split=False) if name in TIME_SPLIT else None
-        prep = prepare(name, load(name, args.quick), max_snapshots=args.max_snapshots, split=split)
+        prep = prepare_source(name, load(name, args.quick), args.max_snapshots)
         valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
         consumed = None if prep.has_query_text else consumed_documents(prep.parts["train"])
         table = compare_models(prep.parts["train"], valid, prep.parts["test"], prep.corpus, FEATURE_ABLATION,

@@ -299,23 +299,17 @@ class EmbeddingRanker:
     (embedded once), so a model is scored by exactly the code that scores the baselines."""
 
     def __init__(self, model, documents: pd.DataFrame, batch_size: int = 4096):
-        from models.evaluate import top_k
+        from models.ensemble import is_cascade
 
-        self._top_k = top_k
-        self.model, self.batch_size = model, batch_size
+        self.model, self.batch_size, self.documents = model, batch_size, documents
         self.doc_emb = model.embed_documents(documents, batch_size=batch_size)
-        self.documents, self.n_docs, self._second = documents, len(documents), None
+        self.second = model.rescore_documents(documents, batch_size=batch_size) if is_cascade(model) else None
 
     def rank(self, queries: pd.DataFrame, k: int) -> np.ndarray:
-        if hasattr(self.model, "rescore_documents"):  # a cascade re-ranks its first stage's top N
-            from models.ensemble import cascade_top_k
+        from models.ensemble import exact_top_k
 
-            if self._second is None:
-                self._second = self.model.rescore_documents(self.documents, batch_size=self.batch_size)
-            return cascade_top_k(self.model, queries, self.documents, min(k, self.n_docs),
-                                 doc_first=self.doc_emb, doc_second=self._second)
-        q = self.model.embed_queries(queries, batch_size=self.batch_size)
-        return self._top_k(q, self.doc_emb, min(k, self.n_docs))
+        return exact_top_k(self.model, queries, self.documents, min(k, len(self.documents)), doc_first=self.doc_emb,
+                           doc_second=self.second, batch_size=self.batch_size)
 
 
 # --------------------------------------------------------------------------- through an ANN index
@@ -330,8 +324,8 @@ def quantized_metrics(
     builds (``IndexConfig(kind="ivfpq")`` sized for the corpus, with its refine step) instead of exact KNN;
     a cascade re-scores the index's top N exactly, as the retriever does. None when the corpus is too small
     to train IVF-PQ."""
+    from models.ensemble import is_cascade, rerank
     from serving.index import EmbeddingIndex, IndexConfig
-    from models.ensemble import rerank
 
     examples = parts.get(split)
     if examples is None or examples.empty:
@@ -348,7 +342,7 @@ def quantized_metrics(
     rows = exclusion_rows(sessions.exclude, doc_ids)
     widest = max((len(r) for r in rows), default=0) if rows is not None else 0
     k = max(max(ks), 100)
-    cascade = hasattr(model, "rescore_documents")
+    cascade = is_cascade(model)
     depth = min(len(d), k + widest + (model.rerank_n if cascade else 0))
     _, top = ann.search(model.embed_queries(sessions.queries), depth)
     if cascade:

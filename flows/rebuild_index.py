@@ -243,9 +243,11 @@ def rebuild_index(
         model, model_av = load_model(model_name)
 
         t0 = time.perf_counter()
+        from models.ensemble import is_cascade
+
         vectors = embed_corpus(model, corpus, run_dir / "vectors.npy", params.embed_batch_size)
         rescore = (embed_second_stage(model, corpus, run_dir / "rescore.npy", params.embed_batch_size)
-                   if hasattr(model, "rescore_documents") else None)
+                   if is_cascade(model) else None)
         t1 = time.perf_counter()
         index = build_index(vectors, params.index)
         t2 = time.perf_counter()

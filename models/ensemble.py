@@ -126,16 +126,26 @@ def rerank(candidates: np.ndarray, q2: np.ndarray, d2: np.ndarray, rerank_n: int
     return out, out_scores
 
 
-def cascade_top_k(model: Cascade, q_frame: pd.DataFrame, doc_frame: pd.DataFrame, k: int,
-                  exclude_rows: Sequence[np.ndarray] | None = None, doc_first: np.ndarray | None = None,
-                  doc_second: np.ndarray | None = None) -> np.ndarray:
-    """Exact cascade ranking of documents for queries: (n_queries, k) document rows, best first."""
+def is_cascade(model: Any) -> bool:
+    """Whether ``model`` re-ranks with a second stage (a :class:`Cascade`): the one test every consumer uses."""
+    return hasattr(model, "rescore_documents")
+
+
+def exact_top_k(model: Any, q_frame: pd.DataFrame, doc_frame: pd.DataFrame, k: int,
+                exclude_rows: Sequence[np.ndarray] | None = None, doc_first: np.ndarray | None = None,
+                doc_second: np.ndarray | None = None, batch_size: int = 4096) -> np.ndarray:
+    """Exact ranking of documents for queries by any retrieval model, (n_queries, k) document rows, best
+    first: KNN of its embeddings, and for a cascade the second stage re-ranking the first stage's top N.
+    ``doc_first`` / ``doc_second`` are the documents' embeddings when already computed."""
     from models.evaluate import top_k
 
-    d1 = doc_first if doc_first is not None else model.embed_documents(doc_frame)
-    d2 = doc_second if doc_second is not None else model.rescore_documents(doc_frame)
-    first = top_k(model.embed_queries(q_frame), d1, max(k, model.rerank_n), exclude_rows=exclude_rows)
-    rows, _ = rerank(first, model.rescore_queries(q_frame), d2, model.rerank_n)
+    d1 = doc_first if doc_first is not None else model.embed_documents(doc_frame, batch_size=batch_size)
+    q1 = model.embed_queries(q_frame, batch_size=batch_size)
+    if not is_cascade(model):
+        return top_k(q1, d1, k, exclude_rows=exclude_rows)
+    d2 = doc_second if doc_second is not None else model.rescore_documents(doc_frame, batch_size=batch_size)
+    first = top_k(q1, d1, max(k, model.rerank_n), exclude_rows=exclude_rows)
+    rows, _ = rerank(first, model.rescore_queries(q_frame, batch_size=batch_size), d2, model.rerank_n)
     return rows[:, :k]
 
 
@@ -175,10 +185,6 @@ def load_ensemble(path: str | Path, device: str = "cpu") -> WeightedConcat | Cas
     raise ValueError(f"unknown ensemble kind {spec['kind']!r} in {root / ENSEMBLE_FILE}")
 
 
-def is_cascade(model: Any) -> bool:
-    return hasattr(model, "rescore_documents")
-
-
 @torch.no_grad()
 def fit_concat_weights(members: Sequence[Any], score: Any, grid: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
                        ) -> tuple[list[float], list[dict]]:
@@ -202,5 +208,5 @@ def fit_concat_weights(members: Sequence[Any], score: Any, grid: Sequence[float]
     return weights, trials
 
 
-__all__ = ["Cascade", "ENSEMBLE_FILE", "WeightedConcat", "cascade_top_k", "concat_constant",
+__all__ = ["Cascade", "ENSEMBLE_FILE", "WeightedConcat", "concat_constant", "exact_top_k",
            "fit_concat_weights", "is_cascade", "load_ensemble", "rerank", "save_ensemble"]

@@ -200,20 +200,17 @@ def evaluate(
     """
     if len(documents) == 0:
         raise ValueError("empty document table: nothing to retrieve from")
-    sessions = session_targets(examples_test, max_sessions, seed, qrels, consumed)
-    if hasattr(model, "rescore_documents"):  # a cascade: the second stage re-ranks the first stage's top N
-        from models.ensemble import cascade_top_k
+    from models.ensemble import exact_top_k
 
-        doc_ids = documents[DOC_ID].astype(str).to_numpy()
-        top = cascade_top_k(model, sessions.queries, documents, max(max(ks), 100), doc_first=doc_embeddings,
-                            exclude_rows=exclusion_rows(sessions.exclude, doc_ids))
-        return ranking_metrics(top, doc_ids, sessions, ks)
-    q = model.embed_queries(sessions.queries, batch_size=batch_size)
+    sessions = session_targets(examples_test, max_sessions, seed, qrels, consumed)
     d = doc_embeddings
     if d is None:
         extra = {"progress": True} if progress else {}  # other embedders need not take the flag
         d = model.embed_documents(documents, batch_size=batch_size, **extra)
-    return retrieval_metrics(q, d, documents[DOC_ID].astype(str).to_numpy(), sessions, ks)
+    doc_ids = documents[DOC_ID].astype(str).to_numpy()
+    top = exact_top_k(model, sessions.queries, documents, max(max(ks), 100), doc_first=d, batch_size=batch_size,
+                      exclude_rows=exclusion_rows(sessions.exclude, doc_ids))
+    return ranking_metrics(top, doc_ids, sessions, ks)
 
 
 def metrics_table(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str] | None = None) -> str:

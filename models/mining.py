@@ -15,7 +15,6 @@ with the overlap of the two mined pools.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -24,11 +23,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.index import EmbeddingIndex, IndexConfig
+from evaluation.baselines import normalize_query
 from models.columns import DOC_ID
+from serving.index import EmbeddingIndex, IndexConfig
 
 HARD_NEGATIVES = "hard_negatives"
-_SPACE = re.compile(r"\s+")
 RANK_BINS = (1, 11, 51, 101, 201, 501, 1001)  # edges of the rank histogram in the report
 
 
@@ -147,10 +146,6 @@ class MiningResult:
     report: MiningReport
 
 
-def normalized_queries(text: pd.Series) -> np.ndarray:
-    return text.fillna("").astype(str).str.replace(_SPACE, " ", regex=True).str.strip().str.lower().to_numpy(object)
-
-
 def sessions_of(train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(session code of each example, first example row of each session)."""
     key = train["session_id"].astype(str) if "session_id" in train.columns else pd.Series(
@@ -175,7 +170,7 @@ def known_positive_keys(train: pd.DataFrame, doc_row: pd.Series, pseudo_share: f
         pseudo = distinct > pseudo_share * distinct.sum()
         searchers = np.where(pd.Series(searchers).map(pseudo).to_numpy(bool), "", searchers)
     s_codes, s_uniq = pd.factorize(searchers)
-    q_text = normalized_queries(train["query"])[ok]
+    q_text = normalize_query(train["query"]).to_numpy(object)[ok]
     q_codes, q_uniq = pd.factorize(q_text)
     has_q = q_text != ""
     real = searchers != ""
@@ -276,7 +271,7 @@ def mine_hard_negatives(model, examples: pd.DataFrame, documents: pd.DataFrame,
     pos_score[inside] = np.einsum("ij,ij->i", q_emb[codes[inside]], doc_emb[pos_rows[inside].astype(np.int64)])
     best_positive = pd.Series(pos_score).groupby(codes).max().reindex(range(len(first))).to_numpy()
     q_searcher = np.array([s_code.get(s, -1) for s in q_frame["searcher_id"].astype(str)], np.int64)
-    q_query = np.array([q_code.get(q, -1) for q in normalized_queries(q_frame["query"])], np.int64)
+    q_query = np.array([q_code.get(q, -1) for q in normalize_query(q_frame["query"]).to_numpy(object)], np.int64)
 
     selected, totals, ann_seconds = [], {"candidates": 0, "removed_known_positives": 0, "removed_by_margin": 0}, 0.0
     n_q = len(q_emb)

@@ -28,13 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from infra.atomic import atomic_directory
 from serving.index import EmbeddingIndex
+from serving.terms import TERMS_FILE, TermIndex  # the term index over the same positions
 from infra.storage import ArtifactNotFoundError, ArtifactStore, ArtifactVersion
 
 INDEX_KIND = "index"
 INDEX_DIR = "index"
 DOCS_FILE = "docs.parquet"
 RESCORE_FILE = "rescore.npy"  # a cascade's second-stage document vectors, rows = positions
-TERMS_FILE = "terms.parquet"  # the term index (serving.terms.TermIndex) over the same positions
 POSITION = "position"
 DOC_MAP_COLUMNS = (POSITION, "doc_id", "title", "doc_type")
 MANIFEST_FORMAT = 1
@@ -120,7 +120,7 @@ def _check_doc_map(doc_map: pd.DataFrame, index: EmbeddingIndex, where: str) -> 
 
 
 def stage_index(index: EmbeddingIndex, doc_map: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None,
-                terms=None) -> Path:
+                terms: TermIndex | None = None) -> Path:
     """Write an artifact directory (index + mapping, + the term index, + a cascade's second-stage vectors)
     at ``dest``: built under a temp name, then renamed."""
     _check_doc_map(doc_map, index, "staged index")
@@ -147,7 +147,7 @@ def _check_rescore(rescore: np.ndarray | None, n: int, where: str) -> None:
         raise IndexArtifactError(f"{where}: {RESCORE_FILE} has shape {rescore.shape}, expected ({n}, dim)")
 
 
-def _check_terms(terms, n: int, where: str) -> None:
+def _check_terms(terms: TermIndex, n: int, where: str) -> None:
     """The term index covers exactly the indexed documents, and each has terms (at least its type)."""
     if terms.n_documents != n:
         raise IndexArtifactError(f"{where}: the term index covers {terms.n_documents} documents, the index {n}")
@@ -159,13 +159,9 @@ def _check_terms(terms, n: int, where: str) -> None:
         raise IndexArtifactError(f"{where}: {n - covered} of {n} documents have no term in the term index")
 
 
-def _load_terms(root: Path):
+def _load_terms(root: Path) -> TermIndex | None:
     path = Path(root) / TERMS_FILE
-    if not path.is_file():
-        return None
-    from serving.terms import TermIndex
-
-    return TermIndex.load(path)
+    return TermIndex.load(path) if path.is_file() else None
 
 
 def _load_rescore(root: Path) -> np.ndarray | None:
@@ -212,7 +208,7 @@ class PublishedIndex:
     version: ArtifactVersion
     path: Path
     rescore: np.ndarray | None = None  # a cascade's second-stage document vectors (memory-mapped)
-    terms: Any = None  # serving.terms.TermIndex, when the version has one
+    terms: TermIndex | None = None  # when the version has one
 
 
 def not_published_message(dataset: str, store: ArtifactStore, version: str | None = None) -> str:

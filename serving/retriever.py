@@ -85,8 +85,10 @@ class Retriever:
         self._names = [f.name for p in self._service.feature_view_projections for f in p.features
                        if f.name != FEATURE_TS]
         # A cascade model: the index holds its first stage; the second re-scores the first stage's top N.
-        self.rescore = published.rescore if hasattr(model, "rescore_documents") else None
-        if hasattr(model, "rescore_documents") and self.rescore is None:
+        from models.ensemble import is_cascade
+
+        self.rescore = published.rescore if is_cascade(model) else None
+        if is_cascade(model) and self.rescore is None:
             raise IndexModelMismatchError(
                 f"model {self.manifest.model.ref} is a cascade but index {published.version.ref} has no "
                 f"second-stage vectors; run 'ebr rebuild-index --dataset {dataset}'"

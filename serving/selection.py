@@ -12,7 +12,6 @@ engine serves both. The policy is measured against always-on EBR in ``bench/hybr
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.query import NN, And, Expr, Not, Or, Term
 
-_SPACE = re.compile(r"\s+")
+def normalize(text: str | None) -> str:
+    """The query text as the rest of the project compares queries (:func:`evaluation.baselines.normalize_query`)."""
+    from evaluation.baselines import normalize_query
 
-
-def normalize(text: str) -> str:
-    return _SPACE.sub(" ", str(text or "")).strip().lower()
+    return normalize_query(str(text or ""))
 
 
 class SelectionConfig(BaseModel):
@@ -57,9 +56,11 @@ class QuerySelection:
     def fit(cls, clicks: pd.DataFrame, config: SelectionConfig | None = None) -> "QuerySelection":
         """Learn the navigational repeats from past clicks (searcher_id, query, doc_id; one row per click):
         a (searcher, normalized text) whose every click went to one document, at least ``min_repeats`` times."""
+        from evaluation.baselines import normalize_query
+
         config = config or SelectionConfig()
         c = clicks[["searcher_id", "query", "doc_id"]].astype(str)
-        c = c.assign(query=c["query"].map(normalize))
+        c = c.assign(query=normalize_query(c["query"]))
         c = c[c["query"] != ""]
         g = c.groupby(["searcher_id", "query"])["doc_id"].agg(["nunique", "first", "size"])
         nav = g[(g["nunique"] == 1) & (g["size"] >= config.min_repeats)]

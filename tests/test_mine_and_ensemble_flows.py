@@ -4,17 +4,14 @@ retriever serve them."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from serving.index import IndexConfig
-from infra.settings import get_settings
 from infra.storage import ArtifactStore
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.mining import MiningConfig
+from serving.index import IndexConfig
 
 pytestmark = pytest.mark.slow
 
@@ -40,26 +37,11 @@ def mine_params(**kw):
 
 @pytest.fixture(scope="module")
 def world(home, prefect_harness):
-    from features.compute import as_of_for_day, compute_features
-    from features.store import FeatureRepo
     from flows.train import TrainParams, train
     from flows.training_data import training_data
-    from ingest.contract import write_dataset
-    from ingest.synthetic import WorldConfig, generate_world
+    from tests.worlds import snapshot_tiny_world
 
-    data = generate_world(WorldConfig.preset("tiny"))
-    write_dataset(data, get_settings().data_dir / DATASET, source="synthetic")
-    repo = FeatureRepo.for_dataset(DATASET)
-    first, last = data.sessions["ts"].min().date() - timedelta(days=1), data.sessions["ts"].max().date()
-    communities: dict = {}
-    day = first
-    while True:
-        repo.write_sources(*compute_features(data, as_of_for_day(day), communities=communities), day=day)
-        if day >= last:
-            break
-        day = min(day + timedelta(days=3), last)
-    repo.apply()
-    repo.materialize(as_of_for_day(first) - timedelta(days=1), as_of_for_day(last))  # online, for search
+    data = snapshot_tiny_world(DATASET, online=True)  # online: the retriever serves from it
     training_data(dataset=DATASET)
     base_ref = train(dataset=DATASET, params=TrainParams(config=tiny_config(), max_eval_sessions=300))
     return data, base_ref
@@ -102,8 +84,6 @@ def test_a_rerun_resumes_finished_rounds_instead_of_redoing_them(world, mined):
     store = ArtifactStore.from_settings()
     before = [v.version for v in store.list_versions("model", f"{DATASET}-two-tower-hnm")]
     # The same run (same start model, examples and parameters): nothing is mined or trained again.
-    from training.rounds import run_key  # noqa: F401  (the key is what makes it the same run)
-
     store.set_current("model", f"{DATASET}-two-tower", world[1].rsplit("@", 1)[1])
     mine(dataset=DATASET, params=mine_params())
     after = [v.version for v in store.list_versions("model", f"{DATASET}-two-tower-hnm")]

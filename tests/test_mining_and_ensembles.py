@@ -11,10 +11,10 @@ from models.batches import TrainingData
 from models.checkpoint import MODEL
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.ensemble import (
-    Cascade, WeightedConcat, cascade_top_k, concat_constant, fit_concat_weights, load_ensemble, rerank,
+    Cascade, WeightedConcat, concat_constant, exact_top_k, fit_concat_weights, load_ensemble, rerank,
     save_ensemble,
 )
-from models.evaluate import evaluate, session_targets, top_k
+from models.evaluate import evaluate
 from models.mining import HARD_NEGATIVES, MiningConfig, mine_hard_negatives
 from models.toy import location_task
 from models.train import train
@@ -212,7 +212,7 @@ def test_text_first_unified_second_cascade_beats_text_only(task, base, text_only
     cascade = evaluate(Cascade(text_only.model, base.model, rerank_n=100), test, documents)
     assert cascade["recall@10"] > text["recall@10"] + 0.2
     q = test.head(5)
-    top = cascade_top_k(Cascade(text_only.model, base.model, 100), q, documents, 10)
+    top = exact_top_k(Cascade(text_only.model, base.model, 100), q, documents, 10)
     assert top.shape == (5, 10) and (top >= 0).all()
 
 

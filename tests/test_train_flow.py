@@ -7,7 +7,6 @@ to the real artifact store; the evaluate flow must reproduce the metrics registe
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 
 import pandas as pd
 import pytest
@@ -32,24 +31,9 @@ def tiny_config(**kw) -> TrainConfig:
 @pytest.fixture(scope="module")
 def world(home):
     """The tiny world, snapshots every 3 days (inside Feast's 7-day TTL), examples published by the flow."""
-    from features.compute import as_of_for_day, compute_features
-    from features.store import FeatureRepo
-    from ingest.contract import write_dataset
-    from ingest.synthetic import WorldConfig, generate_world
+    from tests.worlds import snapshot_tiny_world
 
-    data = generate_world(WorldConfig.preset("tiny"))
-    write_dataset(data, get_settings().data_dir / DATASET, source="synthetic")
-    repo = FeatureRepo.for_dataset(DATASET)
-    first, last = data.sessions["ts"].min().date() - timedelta(days=1), data.sessions["ts"].max().date()
-    communities: dict = {}
-    day = first
-    while True:
-        repo.write_sources(*compute_features(data, as_of_for_day(day), communities=communities), day=day)
-        if day >= last:
-            break
-        day = min(day + timedelta(days=3), last)
-    repo.apply()
-    return data
+    return snapshot_tiny_world(DATASET)
 
 
 @pytest.fixture(scope="module")

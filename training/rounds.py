@@ -37,11 +37,6 @@ class RoundRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     resumed: bool = False
 
-    def to_json(self) -> dict:
-        return {"round": self.round, "model_ref": self.model_ref, "valid": self.valid, "test": self.test,
-                "examples_ref": self.examples_ref, "mining": self.mining, "seconds": self.seconds,
-                "resumed": self.resumed}
-
 
 def finished_round(store: ArtifactStore, model_name: str, key: str, round_no: int,
                    kind: str = MODEL_KIND) -> ArtifactVersion | None:
