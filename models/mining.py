@@ -182,7 +182,7 @@ def known_positive_keys(train: pd.DataFrame, doc_row: pd.Series, pseudo_share: f
 
 def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     if len(sorted_keys) == 0:
-        return np.zeros(len(keys), bool)
+        return np.zeros(np.shape(keys), bool)
     pos = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
     return sorted_keys[pos] == keys
 

@@ -260,3 +260,11 @@ def test_a_pseudo_searcher_does_not_turn_every_positive_into_a_false_negative():
     s_keys, _, s_code, _ = known_positive_keys(train, doc_row)
     assert set(s_code) == {"all", "u1"} and len(s_keys) == 7
     assert len(q_keys) == 7
+
+
+def test_mining_runs_when_every_searcher_is_a_pseudo_searcher(task, base):
+    examples, documents = task
+    cfg = MiningConfig(rank_window=(5, 40), index=IndexConfig(kind="flat"), exact_check_queries=0,
+                       pseudo_searcher_share=1e-9)  # no searcher keys at all: only same-query positives count
+    result = mine_hard_negatives(base.model, examples, documents, cfg)
+    assert result.report.examples_with_negatives > 0 and result.report.removed_known_positives > 0
