@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.features import Records
+
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT = 1
 
@@ -61,7 +63,7 @@ class WeightedConcat:
     def output_dim(self) -> int:
         return sum(m.output_dim for m in self.members)
 
-    def embed_queries(self, frame: pd.DataFrame, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
+    def embed_queries(self, frame: pd.DataFrame | Records, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
         parts = [w * m.embed_queries(frame, batch_size=batch_size) for m, w in zip(self.members, self.weights)]
         return (np.concatenate(parts, axis=1) * self._q_scale).astype(np.float32)
 
@@ -93,13 +95,13 @@ class Cascade:
     def rescore_dim(self) -> int:
         return self.second.output_dim
 
-    def embed_queries(self, frame: pd.DataFrame, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
+    def embed_queries(self, frame: pd.DataFrame | Records, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
         return self.first.embed_queries(frame, batch_size=batch_size)
 
     def embed_documents(self, frame: pd.DataFrame, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
         return self.first.embed_documents(frame, batch_size=batch_size)
 
-    def rescore_queries(self, frame: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
+    def rescore_queries(self, frame: pd.DataFrame | Records, batch_size: int = 4096) -> np.ndarray:
         return self.second.embed_queries(frame, batch_size=batch_size)
 
     def rescore_documents(self, frame: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:

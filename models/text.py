@@ -14,6 +14,7 @@ hold the reserved unknown row.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -40,11 +41,23 @@ class Bags:
         return len(self.offsets) - 1
 
 
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def is_missing(v) -> bool:
+    """None, NaN, NaT and pd.NA: what ``pd.isna`` calls missing for one scalar."""
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+
+
+def normalize_one(text, max_chars: int) -> str:
+    """One text as :func:`normalize_text` makes it (the online path: no pandas)."""
+    s = "" if is_missing(text) else str(text)
+    return _NON_WORD.sub(" ", s.lower()).strip()[:max_chars].rstrip()
+
+
 def normalize_text(texts: Sequence[str | None] | pd.Series, max_chars: int) -> pd.Series:
     """Lower-case, non-word runs -> one space, trimmed, cut to ``max_chars``; None/NaN -> ''."""
-    s = pd.Series(texts, dtype=object).where(pd.notna(pd.Series(texts, dtype=object)), "")
-    s = s.astype(str).str.lower().str.replace(r"[\W_]+", " ", regex=True).str.strip()
-    return s.str.slice(0, max_chars).str.rstrip()
+    return pd.Series([normalize_one(t, max_chars) for t in texts], dtype=object)
 
 
 def _word_hashes(codes: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,11 +88,12 @@ def text_bags(
     max_chars: int = 256,
 ) -> Bags:
     """Bags of hashed text-table rows: per text [trigrams, unigrams, bigrams] (or [trigrams])."""
-    marked = "#" + normalize_text(texts, max_chars).str.replace(" ", "#", regex=False) + "#"
+    # A Python pass per text (pandas' string methods loop in Python too), then numpy over all code points.
+    marked = ["#" + normalize_one(t, max_chars).replace(" ", "#") + "#" for t in texts]
     n_texts = len(marked)
     n_kinds = 3 if word_ngrams else 1
-    lens = marked.str.len().to_numpy(dtype=np.int64)
-    codes = np.frombuffer("".join(marked.tolist()).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    lens = np.fromiter(map(len, marked), np.int64, n_texts)
+    codes = np.frombuffer("".join(marked).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     row = np.repeat(np.arange(n_texts, dtype=np.int64), lens)
 
     # character trigrams: three 21-bit code points pack exactly into one uint64 before mixing

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from models.columns import DOC_ID, ID_KINDS, document_columns, query_columns, to_document_columns
 from models.config import ModelConfig
-from models.features import FeatureTable, FittedInputs, Featurizer, TowerInputs, log_counts
+from models.features import FeatureTable, FittedInputs, Featurizer, Records, TowerInputs, log_counts
 
 _INIT_STD = 0.1
 
@@ -130,7 +130,8 @@ class TwoTowerModel(nn.Module):
         self.set_fitted(fitted)
         return fitted
 
-    def featurize_queries(self, frame: pd.DataFrame) -> FeatureTable:
+    def featurize_queries(self, frame: pd.DataFrame | Records) -> FeatureTable:
+        """A frame of queries, or records (dicts with the same keys: the online path, no pandas)."""
         return self.query_featurizer(frame)
 
     def featurize_documents(self, frame: pd.DataFrame) -> FeatureTable:
@@ -158,7 +159,7 @@ class TwoTowerModel(nn.Module):
         finally:
             self.train(was_training)
 
-    def embed_queries(self, frame: pd.DataFrame, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
+    def embed_queries(self, frame: pd.DataFrame | Records, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
         """Query embeddings of a frame with ``query`` and ``searcher_*`` columns."""
         return self.embed_table(self.featurize_queries(frame), "query", batch_size, progress)
 

@@ -174,7 +174,7 @@ class Retriever:
     def run(self, request: NNRequest) -> list[Candidate]:
         """Execute one nn request over the whole index (a cascade: its first stage retrieves the top N, at
         least k, which its second stage re-scores; the scores are then the second stage's cosines)."""
-        frame = self.query_frame(request)
+        frame = self.query_record(request)
         q = self.model.embed_queries(frame)
         depth = request.k if self.rescore is None else max(request.k, self.model.rerank_n)
         if request.radius is None:
@@ -186,7 +186,7 @@ class Retriever:
             ids, scores = self._rerank(frame, ids)
         return self._candidates(ids[: request.k], scores[: request.k])
 
-    def _rerank(self, frame: pd.DataFrame, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _rerank(self, frame: list[dict], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A cascade's second stage over the first stage's candidates: the top N re-ordered, every
         candidate scored by the second stage's cosine."""
         from models.ensemble import rerank
@@ -218,9 +218,7 @@ class Retriever:
         expr = parse(expression) if expression else default_expression(query, row, self.manifest.model.name, config)
         q = None
         if has_nn(expr) or (query or "").strip():  # term-only matches are ranked by their cosine too
-            frame = pd.DataFrame({"query": [query or ""], SEARCHER_KEY: [searcher_id],
-                                  **{searcher_column(n): [row[n]] for n in row}})
-            q = self.model.embed_queries(frame)
+            q = self.model.embed_queries([self._record(query or "", searcher_id, row)])
         hits = self.engine.run(expr, q, k)
         out = [Candidate(self._doc_ids[p], self._titles[p], float(s), i + 1, "nn" if f else "term")
                for i, (p, s, f) in enumerate(zip(hits.positions.tolist(), hits.scores.tolist(), hits.from_nn.tolist()))]
@@ -243,13 +241,16 @@ class Retriever:
 
     def embed(self, request: NNRequest) -> np.ndarray:
         """The query embedding [1, dim] of a request: online searcher features + query tower."""
-        return self.model.embed_queries(self.query_frame(request))
+        return self.model.embed_queries(self.query_record(request))
 
-    def query_frame(self, request: NNRequest) -> pd.DataFrame:
-        """The query tower's input of a request: its text and the searcher's online features."""
-        row = self.searcher_features(request.searcher_id)
-        return pd.DataFrame({"query": [request.query], SEARCHER_KEY: [request.searcher_id],
-                             **{searcher_column(n): [row[n]] for n in row}})
+    def query_record(self, request: NNRequest) -> list[dict]:
+        """The query tower's input of a request (one record: the featurizer's path without pandas): its text
+        and the searcher's online features."""
+        return [self._record(request.query, request.searcher_id, self.searcher_features(request.searcher_id))]
+
+    @staticmethod
+    def _record(query: str, searcher_id: str, features: dict) -> dict:
+        return {"query": query, SEARCHER_KEY: searcher_id, **{searcher_column(n): v for n, v in features.items()}}
 
     def searcher_features(self, searcher_id: str) -> dict:
         """The searcher's online features (the model's serving service), as a dict of feature -> value."""

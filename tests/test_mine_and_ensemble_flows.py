@@ -163,7 +163,7 @@ def test_ensemble_flow_registers_a_model_that_rebuild_and_search_serve(world, mi
     if kind == "cascade":  # re-ranked by the second stage: its cosines, best first
         assert scores == sorted(scores, reverse=True) and retriever.rescore is not None
         model = retriever.model
-        frame = retriever.query_frame(retriever_request(s))
+        frame = retriever.query_record(retriever_request(s))
         q2 = model.rescore_queries(frame)[0]
         d2 = np.asarray(retriever.rescore[retriever.positions_of([h.doc_id for h in hits])])
         assert np.allclose(d2 @ q2, scores, atol=1e-5)

@@ -175,3 +175,41 @@ def test_each_text_field_is_cut_to_its_own_limit(toy):
     short = TINY.model_copy(update={"max_text_chars": 256, "max_body_chars": 256})
     assert word("bodyword", long) in words(long) and word("bodyword", short) not in words(short)
     assert word("titleword", long) not in words(long)  # 400 characters of title: past 256
+
+
+def test_records_and_frames_featurize_alike(toy, monkeypatch):
+    """The online path (records, plain Python) and the batch path (a frame, pandas) must give the same
+    tower inputs, or serving would read what training never saw."""
+    import models.features as features
+
+    examples, documents = toy
+    m = TwoTowerModel(TINY.model_copy(update={"ids": True, "history": True}))
+    m.fit_inputs(examples, documents)
+    df = examples.copy()
+    df.loc[0, "query"] = None
+    df.loc[1, "query"] = "  Héllo,  WORLD_x!! knitting   "
+    df.loc[2, "searcher_city"] = np.nan
+    df.loc[3, "searcher_city"] = ""
+    df.loc[4, "searcher_id"] = "never-seen"  # outside the fitted vocabulary -> unknown
+    df.loc[5, "searcher_friend_count"] = None
+    df.at[6, "searcher_clusters"] = None
+    df.at[6, "searcher_clusters_weights"] = None
+    df.at[7, "searcher_clusters_weights"] = None
+    df.at[8, "searcher_clusters"] = np.array(["k1", "k2"], dtype=object)
+    df.at[8, "searcher_clusters_weights"] = [0.25, None]
+    records = df.to_dict("records")
+    monkeypatch.setattr(features, "SMALL", 0)  # the frame through pandas
+    table = m.featurize_queries(df)
+    batch = table.take()
+    monkeypatch.setattr(features, "SMALL", 10**9)  # each record alone through plain Python
+    for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 20):
+        one, ref = m.featurize_queries([records[i]]).take(), table.take(np.array([i]))
+        for name in ("text_ids", "text_weights", "ctx_ids", "ctx_weights", "numeric"):
+            a, b = getattr(one, name), getattr(ref, name)
+            assert a is None and b is None or torch.equal(a, b), (i, name)
+    online = m.featurize_queries(records).take()  # all records through plain Python at once
+    for name in ("text_ids", "text_offsets", "text_weights", "ctx_ids", "ctx_offsets", "ctx_weights", "numeric"):
+        a, b = getattr(online, name), getattr(batch, name)
+        assert a is None and b is None or torch.equal(a, b), name
+    with pytest.raises(ValueError, match="searcher_city"):
+        m.featurize_queries([{k: v for k, v in records[0].items() if k != "searcher_city"}])
