@@ -412,8 +412,12 @@ def rebuild_index_command(
     model_name: Optional[str] = typer.Option(None, help="registered model (default: <dataset>-two-tower)"),
     as_of: Optional[str] = typer.Option(None, help="YYYY-MM-DD: index as of the end of this day (default: newest)"),
     kind: str = typer.Option("auto", help="index kind: auto, flat or ivfpq"),
-    nprobe: Optional[int] = typer.Option(None, min=1, help="default IVF lists scanned per query"),
+    nprobe: Optional[int] = typer.Option(
+        None, min=1, help="default IVF lists scanned per query (default: tuned, the least meeting --target-recall)"),
     min_recall: float = typer.Option(0.9, min=0.0, max=1.0, help="least ANN recall@10 vs exact search to publish"),
+    target_recall: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="ANN tuning target (default: min-recall + 0.01)"),
+    tune: bool = typer.Option(True, "--tune/--no-tune", help="choose nprobe from a measured recall/cost curve"),
 ) -> None:
     """Rebuild, validate and publish the document index (the nightly flow, run now)."""
     from datetime import date
@@ -424,12 +428,14 @@ def rebuild_index_command(
     from serving.index import IndexConfig
     from infra.storage import ArtifactNotFoundError
     from serving.corpus import CorpusError
+    from serving.ann_tuning import TuningConfig
     from serving.index_validation import IndexValidationError, ValidationConfig
 
     try:
         day = date.fromisoformat(as_of) if as_of else None
         params = RebuildParams(
-            index=IndexConfig(kind=kind, nprobe=nprobe), validation=ValidationConfig(min_recall=min_recall)
+            index=IndexConfig(kind=kind, nprobe=nprobe), validation=ValidationConfig(min_recall=min_recall),
+            tuning=TuningConfig(enabled=tune, target_recall=target_recall),
         )
     except (ValueError, ValidationError) as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.ann_tuning import TuningConfig, TuningResult
 from serving.index import EmbeddingIndex, IndexConfig
 from serving.index_selection import SelectionConfig, SelectionReport
 from serving.index_store import IndexManifest, ModelRef
@@ -52,6 +53,8 @@ class RebuildParams(BaseModel):
         description="index parameters; fields left None are sized from the corpus (IndexConfig.for_corpus)",
     )
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="the publish gate")
+    tuning: TuningConfig = Field(default_factory=TuningConfig,
+                                 description="automatic ANN tuning: the least nprobe meeting a recall target")
     query_source: QuerySource = Field(
         "auto",
         description="validation queries: held_out (the model's test examples through the query tower), "
@@ -133,17 +136,32 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> EmbeddingIndex:
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: QuerySource,
-                       config: ValidationConfig) -> tuple[np.ndarray, str]:
+                       config: ValidationConfig, n: int | None = None, seed: int | None = None) -> tuple[np.ndarray, str]:
+    """Up to ``n`` (default: the gate's) queries: held-out ones through the query tower, or document vectors."""
     from serving.index_validation import held_out_queries, sample_rows
 
+    n = config.n_queries if n is None else n
+    seed = config.seed if seed is None else seed
     if source != "documents":
-        queries = held_out_queries(model, model_meta, config.n_queries, config.seed)
+        queries = held_out_queries(model, model_meta, n, seed)
         if queries is not None:
             return queries, "held-out"
         if source == "held_out":
             raise ValueError(f"the model's manifest names no examples with held-out queries: {model_meta.get('examples')!r}")
-    rows = sample_rows(len(vectors), config.n_queries, config.seed)
+    rows = sample_rows(len(vectors), n, seed)
     return np.ascontiguousarray(vectors[rows], dtype=np.float32), "document"
+
+
+@task(cache_policy=NO_CACHE)
+def tune(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, params: "RebuildParams") -> TuningResult:
+    """The recall/cost curve on the tuning queries and the least nprobe meeting the target (serving.ann_tuning)."""
+    from serving.ann_tuning import tune_nprobe
+
+    v, t = params.validation, params.tuning
+    target = t.target_recall if t.target_recall is not None else min(1.0, v.min_recall + t.margin)
+    result = tune_nprobe(index, vectors, queries, min(v.k, index.ntotal), target, t.max_nprobe)
+    get_run_logger().info("%s", result.to_markdown())
+    return result
 
 
 @task(cache_policy=NO_CACHE)
@@ -185,7 +203,7 @@ def publish_report(dataset: str, markdown: str, description: str) -> None:
 
 
 def report_markdown(dataset: str, outcome: str, manifest: IndexManifest, selection: SelectionReport,
-                    validation: IndexValidation) -> str:
+                    validation: IndexValidation, tuning: TuningResult | None = None) -> str:
     s = manifest.stats
     lines = [
         f"# Index rebuild: {dataset}",
@@ -203,6 +221,8 @@ def report_markdown(dataset: str, outcome: str, manifest: IndexManifest, selecti
         f"| {s['kind']} | {s['ntotal']} | {s['dim']} | {s['nlist'] or '-'} | {s['pq_m'] or '-'} | "
         f"{s['nprobe'] or '-'} | {s['refine']} | {s['bytes_per_vector']:.0f} | {s['memory_bytes'] / 1e6:.2f} | "
         f"{'-' if s['imbalance_factor'] is None else format(s['imbalance_factor'], '.2f')} |",
+        "",
+        tuning.to_markdown() if tuning else "ANN tuning: off or not applicable (an exact index).",
         "",
         validation.to_markdown(),
         "",
@@ -253,6 +273,14 @@ def rebuild_index(
         t2 = time.perf_counter()
         queries, source = validation_queries(model, model_av.metadata, vectors, params.query_source,
                                              params.validation)
+        tuning = None
+        if params.tuning.enabled and index.kind != "flat" and params.index.nprobe is None:  # an explicit nprobe wins
+            # another sample than the gate's, so that the gate checks the choice on fresh queries
+            tuning_queries, _ = validation_queries(model, model_av.metadata, vectors, params.query_source,
+                                                   params.validation, params.tuning.n_queries,
+                                                   params.validation.seed + 1)
+            tuning = tune(index, vectors, tuning_queries, params)
+            index.set_default_nprobe(tuning.chosen_nprobe)
         terms = build_terms(corpus)
         staged = stage(index, corpus, run_dir / "artifact", rescore, terms)
         validation = validate(index, vectors, queries, source, params.validation, len(corpus), staged)
@@ -265,15 +293,16 @@ def rebuild_index(
             stats=index.stats().to_dict(),
             counts={"canonical": len(documents), "selected": selection.selected_count,
                     "without_snapshot": int(corpus["feature_ts"].isna().sum()), "indexed": index.ntotal},
-            validation=validation.model_dump(mode="json"), terms=terms.stats(), embed_seconds=round(t1 - t0, 3),
+            validation=validation.model_dump(mode="json"), terms=terms.stats(),
+            ann_tuning=tuning.model_dump(mode="json") if tuning else None, embed_seconds=round(t1 - t0, 3),
             build_seconds=round(t2 - t1, 3), flow_run_id=str(flow_run.id) if flow_run.id else None,
         )
         if not validation.passed:
             publish_report(dataset, report_markdown(dataset, "Not published: validation failed", manifest,
-                                                    selection, validation), f"failed rebuild of index/{dataset}")
+                                                    selection, validation, tuning), f"failed rebuild of index/{dataset}")
             raise IndexValidationError(validation)
         ref = publish(dataset, staged, manifest)
-        publish_report(dataset, report_markdown(dataset, f"Published `{ref}`", manifest, selection, validation),
+        publish_report(dataset, report_markdown(dataset, f"Published `{ref}`", manifest, selection, validation, tuning),
                        f"index stats and validation of {ref}")
         log.info("published %s: %d documents, ANN recall@%d %.4f", ref, index.ntotal, validation.k,
                  validation.recall_at_k)

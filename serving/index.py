@@ -571,6 +571,13 @@ class EmbeddingIndex:
 
     # ----------------------------------------------------------------- persistence
 
+    def set_default_nprobe(self, nprobe: int) -> None:
+        """The nprobe used when a search names none (saved with the index): what ANN tuning chose."""
+        _check_nprobe(nprobe)
+        if self.kind == "flat":
+            raise EmbeddingIndexError("a flat index has no nprobe")
+        self.config = self.config.model_copy(update={"nprobe": int(min(nprobe, self.config.nlist or nprobe))})
+
     def _meta(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,

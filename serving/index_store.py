@@ -73,6 +73,8 @@ class IndexManifest(BaseModel):
     counts: dict[str, int] = Field(description="canonical, selected, without_snapshot, indexed documents")
     validation: dict[str, Any] = Field(description="IndexValidation: ANN recall against exact search, ...")
     terms: dict[str, Any] | None = Field(None, description="term index stats (terms, postings, per field)")
+    ann_tuning: dict[str, Any] | None = Field(
+        None, description="TuningResult: the recall/cost curve over nprobe and the chosen default")
     embed_seconds: float | None = None
     build_seconds: float | None = None
     flow_run_id: str | None = None

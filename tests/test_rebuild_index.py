@@ -277,6 +277,29 @@ def test_failed_validation_publishes_nothing(published):
     assert "Not published" in _markdown_artifact(artifact_key(DATASET))
 
 
+def test_rebuild_tunes_nprobe_and_the_gate_checks_it(published):
+    """An IVF index gets the least nprobe that meets the target on tuning queries; the curve and the choice
+    are in the manifest and the report; an explicit nprobe is kept as given."""
+    from flows.rebuild_index import RebuildParams, artifact_key, rebuild_index
+    from serving.index_store import load_index
+
+    params = RebuildParams(index=IndexConfig(kind="ivfpq", nlist=32, pq_m=8), query_source="documents")
+    rebuild_index(dataset=DATASET, params=params)
+    loaded = load_index(DATASET)
+    t, v = loaded.manifest.ann_tuning, loaded.manifest.validation
+    assert t is not None and t["met_target"] and t["target_recall"] == pytest.approx(0.91)
+    curve = {p["nprobe"]: p["recall"] for p in t["curve"]}
+    assert curve[t["chosen_nprobe"]] >= 0.91 and all(r < 0.91 for n, r in curve.items() if n < t["chosen_nprobe"])
+    assert loaded.index.config.nprobe == t["chosen_nprobe"] == v["nprobe"] == loaded.manifest.stats["nprobe"]
+    assert v["recall_at_k"] >= 0.9 and v["failures"] == []  # the gate, on other queries, agrees
+    assert "ANN tuning on" in _markdown_artifact(artifact_key(DATASET))
+
+    explicit = RebuildParams(index=IndexConfig(kind="ivfpq", nlist=32, pq_m=8, nprobe=32), query_source="documents")
+    rebuild_index(dataset=DATASET, params=explicit)
+    loaded = load_index(DATASET)
+    assert loaded.manifest.ann_tuning is None and loaded.index.config.nprobe == 32
+
+
 def test_params_are_checked_where_they_enter():
     from pydantic import ValidationError
 
