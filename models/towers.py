@@ -147,17 +147,22 @@ class TwoTowerModel(nn.Module):
             raise ValueError(f"side must be 'query' or 'document', got {side!r}")
         tower = self.query_tower if side == "query" else self.doc_tower
         was_training = self.training
-        self.eval()
+        if was_training:  # toggling modes walks every submodule: skip it on the serving path
+            self.eval()
         try:
             out = np.empty((table.n_rows, self.config.output_dim), np.float32)
             dev = self.device
+            if table.n_rows <= batch_size:  # one query online: no progress bar, no row gather
+                out[:] = tower(table.take().to(dev)).float().cpu().numpy()
+                return out
             starts = range(0, table.n_rows, batch_size)
             for s in tqdm(starts, desc=f"embed {side}s", unit="batch", disable=not progress, leave=False):
                 rows = np.arange(s, min(s + batch_size, table.n_rows))
                 out[rows] = tower(table.take(rows).to(dev)).float().cpu().numpy()
             return out
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
 
     def embed_queries(self, frame: pd.DataFrame | Records, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
         """Query embeddings of a frame with ``query`` and ``searcher_*`` columns."""

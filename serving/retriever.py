@@ -186,6 +186,39 @@ class Retriever:
             ids, scores = self._rerank(frame, ids)
         return self._candidates(ids[: request.k], scores[: request.k])
 
+    def retrieve_many(self, queries: Sequence[str], searcher_ids: Sequence[str], k: int = 10,
+                      nprobe: int | None = None) -> list[list[Candidate]]:
+        """Top-``k`` candidates of many queries at once (offline scoring, backfills, load replays): one online
+        read of all searchers, one featurization and forward pass, one FAISS search. Same results as
+        :meth:`retrieve` per query; an unknown searcher raises :class:`UnknownSearcherError` naming it."""
+        if len(queries) != len(searcher_ids):
+            raise InvalidRequestError(f"{len(queries)} queries but {len(searcher_ids)} searcher ids")
+        if not len(queries):
+            return []
+        for q, sid in zip(queries, searcher_ids):
+            NNRequest(q, sid, k, None, nprobe)  # the same checks as one request
+        rows = self.features.store.get_online_features(
+            features=self._service, entity_rows=[{SEARCHER_KEY: s} for s in searcher_ids]
+        ).to_dict()
+        missing = [s for s, t in zip(searcher_ids, rows[FEATURE_TS]) if t is None]
+        if missing:
+            raise UnknownSearcherError(
+                f"{len(missing)} searcher(s) have no features in the online store of dataset {self.dataset!r}, "
+                f"e.g. {missing[0]!r}"
+            )
+        records = [self._record(q, s, {n: rows[n][i] for n in self._names})
+                   for i, (q, s) in enumerate(zip(queries, searcher_ids))]
+        q = self.model.embed_queries(records)
+        depth = k if self.rescore is None else max(k, self.model.rerank_n)
+        scores, ids = self.index.search(q, depth, nprobe=nprobe)
+        out = []
+        for i in range(len(records)):
+            row_ids, row_scores = ids[i], scores[i]
+            if self.rescore is not None:
+                row_ids, row_scores = self._rerank([records[i]], row_ids)
+            out.append(self._candidates(row_ids[:k], row_scores[:k]))
+        return out
+
     def _rerank(self, frame: list[dict], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A cascade's second stage over the first stage's candidates: the top N re-ordered, every
         candidate scored by the second stage's cosine."""

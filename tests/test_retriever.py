@@ -74,6 +74,22 @@ def test_top_k_matches_exact_cosine(world, index_parts, retriever, searcher_id):
     assert [c.score for c in retriever.retrieve(QUERY, other, k=10)] != [c.score for c in found]
 
 
+def test_batched_retrieval_equals_one_query_at_a_time(world, retriever):
+    from serving.errors import UnknownSearcherError
+
+    sessions = world.data.sessions.dropna(subset=["query"]).head(80)  # more than the featurizer's small path
+    queries, searchers = sessions["query"].tolist(), sessions["searcher_id"].astype(str).tolist()
+    batch = retriever.retrieve_many(queries, searchers, k=7)
+    assert len(batch) == len(queries)
+    for q, s, got in zip(queries, searchers, batch):
+        one = retriever.retrieve(q, s, k=7)
+        assert [c.doc_id for c in got] == [c.doc_id for c in one]
+        np.testing.assert_allclose([c.score for c in got], [c.score for c in one], atol=1e-5)
+    with pytest.raises(UnknownSearcherError, match="no-such-searcher"):
+        retriever.retrieve_many(queries[:2], [searchers[0], "no-such-searcher"])
+    assert retriever.retrieve_many([], []) == []
+
+
 def test_radius_mode_returns_exactly_the_documents_above_the_radius(world, index_parts, retriever, searcher_id):
     exact = exact_scores(world, index_parts, QUERY, searcher_id).to_numpy()
     radius = float((exact[4] + exact[5]) / 2)  # between the 5th and 6th best
