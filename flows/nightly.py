@@ -33,6 +33,7 @@ class NightlyReport(BaseModel):
     examples: str
     model: str
     retrained: bool
+    retrain_reason: str = ""
     index: str
     metrics: dict[str, float]
 
@@ -46,7 +47,7 @@ class NightlyReport(BaseModel):
                 "",
                 f"- feature snapshots: {self.days[0]} .. {self.days[-1]} ({len(self.days)} days)",
                 f"- training examples: `{self.examples}`",
-                f"- model: `{self.model}` ({'retrained tonight' if self.retrained else 'unchanged'})",
+                f"- model: `{self.model}` ({'retrained tonight' if self.retrained else 'unchanged'}: {self.retrain_reason})",
                 f"- index: `{self.index}`",
                 "",
                 "Held-out evaluation of the serving model (exact KNN):",
@@ -58,11 +59,29 @@ class NightlyReport(BaseModel):
         )
 
 
+class NoModelError(RuntimeError):
+    """retrain="never" and nothing to serve: the chain stops before any work."""
+
+
+def retrain_decision(mode: Retrain, has_model: bool, run_day: date, weekday: int) -> tuple[bool, str]:
+    """(retrain?, why). "always" retrains; "auto" retrains when there is no model yet or on the weekly
+    retraining day (0 = Monday); "never" never does, and without a model there is nothing to serve."""
+    if mode == "never":
+        if not has_model:
+            raise NoModelError("retrain='never' but no model is registered yet: train one first ('ebr train') "
+                               "or run with retrain='auto'")
+        return False, "retrain=never"
+    if mode == "always":
+        return True, "retrain=always"
+    if not has_model:
+        return True, "no registered model yet"
+    if run_day.weekday() == weekday:
+        return True, f"weekly retraining day ({run_day:%A})"
+    return False, f"not the weekly retraining day ({date(2024, 1, 1 + weekday):%A})"
+
+
 def retrain_due(mode: Retrain, has_model: bool, run_day: date, weekday: int) -> bool:
-    """Retrain when asked to, when there is no model yet, or on the weekly retraining day (0 = Monday)."""
-    if mode == "always" or not has_model:
-        return True
-    return mode == "auto" and run_day.weekday() == weekday
+    return retrain_decision(mode, has_model, run_day, weekday)[0]
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -85,24 +104,26 @@ def nightly(
 ) -> NightlyReport:
     """Run the whole chain for ``dataset``; see the module docstring."""
     log = get_run_logger()
-    report = materialize(dataset, start_date, end_date, every_days)
-    days = [d.day for d in report.days]
-    examples = training_data(dataset, end_date=days[-1])
-
     model_name = (train_params.model_name if train_params else None) or f"{dataset}-two-tower"
     scheduled = flow_run.scheduled_start_time or datetime.now(timezone.utc)
     run_day = end_date or (scheduled.date() - timedelta(days=1))
-    due = retrain_due(retrain, has_registered_model(model_name), run_day, retrain_weekday)
+    # decided before any work, so that retrain="never" without a model stops here with nothing changed
+    due, why = retrain_decision(retrain, has_registered_model(model_name), run_day, retrain_weekday)
+    log.info("retrain: %s (%s)", "yes" if due else "no", why)
+
+    report = materialize(dataset, start_date, end_date, every_days)
+    days = [d.day for d in report.days]
+    examples = training_data(dataset, end_date=days[-1])
     if due:
         model = train(dataset, train_params)
     else:
         model = f"model/{model_name} (current)"
-        log.info("retraining not due (mode %s, weekday %d): serving the current %s", retrain, retrain_weekday, model_name)
+        log.info("not retraining (%s): serving the current %s", why, model_name)
 
     index = rebuild_index(dataset, model_name=model_name, as_of=days[-1], params=rebuild_params)
     metrics = evaluate(dataset, model_name=model_name)
     result = NightlyReport(
-        dataset=dataset, days=days, examples=examples, model=model, retrained=due, index=index,
+        dataset=dataset, days=days, examples=examples, model=model, retrained=due, retrain_reason=why, index=index,
         metrics={k: float(v) for k, v in metrics.items()},
     )
     create_markdown_artifact(markdown=result.to_markdown(), key=artifact_key("nightly", dataset),
