@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -86,14 +87,14 @@ def alias_name(alias: str, dataset: str) -> str:
 # --------------------------------------------------------------------------- tasks
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def is_registered(name: str) -> bool:
     from infra.storage import ArtifactStore
 
     return ArtifactStore.from_settings().current("model", name) is not None
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_member(name: str, version: str | None):
     """(model, its manifest, its local model file)."""
     from training.registry import load_registered_model, registered_model_path
@@ -135,7 +136,7 @@ def compare(named: dict, parts: dict, index: pd.DataFrame, max_sessions: int, se
     return out
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_ensemble_version(ensemble, files: list[Path], refs: list[str], out_dir: Path, name: str,
                               metrics: dict, config: dict, examples_ref: str, extra: dict) -> str:
     from models.ensemble import save_ensemble

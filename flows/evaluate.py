@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,7 +27,7 @@ from flows.train import (
 )
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_model_version(name: str, version: str | None):
     from training.registry import load_registered_model
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -33,7 +34,7 @@ def read_source(source: str):
     return load_source(source)
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def write(dataset, name: str, source: str, params: dict | None = None):
     from ingest.contract import write_dataset
 

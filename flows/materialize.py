@@ -16,6 +16,7 @@ import time
 from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -98,7 +99,7 @@ class MaterializeReport(BaseModel):
 # --------------------------------------------------------------------------- tasks
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_canonical(dataset: str) -> CanonicalDataset:
     path = get_settings().dataset_path(dataset)
     return read_dataset(path, tables=("searchers", "documents", "friendships", "memberships", "sessions"))
@@ -109,17 +110,17 @@ def compute_day(data: CanonicalDataset, day: date, communities: dict) -> tuple[p
     return compute_features(data, as_of_for_day(day), FeatureConfig(), communities)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def write_day(root: str, searchers: pd.DataFrame, documents: pd.DataFrame, day: date) -> None:
     FeatureRepo(root).write_sources(searchers, documents, day)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def apply_repo(root: str) -> None:
     FeatureRepo(root).apply()
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def materialize_online(root: str, first_day: date, last_day: date) -> tuple[datetime, datetime]:
     """Load the range into the online store, up to the newest written day: the online store keeps one row
     per key, so a backfill of an old range must not leave older values there."""

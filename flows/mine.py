@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,7 +97,7 @@ def runs_root(dataset: str) -> Path:
 # --------------------------------------------------------------------------- tasks
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def starting_model(name: str):
     """(model file, its manifest) of the current registered version of ``name``."""
     from training.registry import get_registered, registered_model_path
@@ -148,7 +149,7 @@ def gate_mined(train: pd.DataFrame, config: MineParams, false_negative_share: fl
     return enforce(report)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish_mined(dataset: str, parts: dict[str, pd.DataFrame], out_dir: Path, metadata: dict) -> str:
     from infra.storage import ArtifactStore
     from training.examples import write_splits
@@ -158,7 +159,7 @@ def publish_mined(dataset: str, parts: dict[str, pd.DataFrame], out_dir: Path, m
     return ArtifactStore.from_settings().publish("dataset", f"{dataset}-examples-hnm", out_dir, metadata).ref
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def lookup_round(model_name: str, key: str, round_no: int):
     from infra.storage import ArtifactStore
     from training.rounds import finished_round, record_of
@@ -171,7 +172,7 @@ def lookup_round(model_name: str, key: str, round_no: int):
     return record_of(av), registered_model_path(model_name, av.version)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def lookup_mined(dataset: str, key: str, round_no: int):
     """(splits, ref, mining report) of the examples a round of run ``key`` already published, if any."""
     from infra.storage import ArtifactStore
@@ -186,14 +187,14 @@ def lookup_mined(dataset: str, key: str, round_no: int):
     return parts, av.ref, av.metadata["mining"]
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def make_current(model_name: str, ref: str) -> None:
     from infra.storage import ArtifactStore
 
     ArtifactStore.from_settings().set_current("model", model_name, ref.rsplit("@", 1)[1])
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def promote_round(model_path: Path, base_name: str, metrics: dict, config: TrainConfig, feature_service: str,
                   examples_ref: str, extra: dict) -> str:
     from training.registry import register_model

@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from typing import Literal
 
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -84,7 +85,7 @@ def retrain_due(mode: Retrain, has_model: bool, run_day: date, weekday: int) -> 
     return retrain_decision(mode, has_model, run_day, weekday)[0]
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def has_registered_model(name: str) -> bool:
     from infra.storage import ArtifactStore
 

@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -80,7 +81,7 @@ def artifact_key(dataset: str) -> str:
 # --------------------------------------------------------------------------- tasks
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_inputs(dataset: str, as_of: date | None) -> tuple[pd.DataFrame, pd.DataFrame, date]:
     """(canonical documents, the document snapshot, its day)."""
     from features.store import FeatureRepo
@@ -103,7 +104,7 @@ def select_corpus(documents: pd.DataFrame, snapshot: pd.DataFrame, at: datetime,
     return index_corpus(documents, snapshot, at, selection)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_model(model_name: str):
     from training.registry import load_registered_model
 
@@ -134,7 +135,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> EmbeddingIndex:
     return EmbeddingIndex.build(vectors, np.arange(len(vectors), dtype=np.int64), config)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: QuerySource,
                        config: ValidationConfig, n: int | None = None, seed: int | None = None) -> tuple[np.ndarray, str]:
     """Up to ``n`` (default: the gate's) queries: held-out ones through the query tower, or document vectors."""
@@ -189,7 +190,7 @@ def validate(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, so
     return validate_index(index, vectors, queries, config, source, expected, staged_size(staged))
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish(dataset: str, staged: Path, manifest: IndexManifest) -> str:
     from serving.index_store import publish_index
     from infra.storage import ArtifactStore

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -102,7 +103,7 @@ def artifact_key(*parts: str) -> str:
 # --------------------------------------------------------------------------- tasks (shared with evaluate)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def fetch_examples(name: str, version: str | None) -> tuple[dict[str, pd.DataFrame], str, dict]:
     """(train/valid/test frames, the examples ref, its metadata)."""
     from infra.storage import ArtifactStore
@@ -114,7 +115,7 @@ def fetch_examples(name: str, version: str | None) -> tuple[dict[str, pd.DataFra
     return parts, av.ref, av.metadata
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_document_snapshots(dataset: str, as_of: pd.Timestamp) -> pd.DataFrame:
     from features.store import FeatureRepo
     from evaluation.protocol import document_snapshots_from_repo
@@ -129,7 +130,7 @@ def documents_as_of(snapshots: pd.DataFrame, as_of: pd.Timestamp, include_later:
     return index_documents(snapshots, as_of, include_later=include_later)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def servable_index(dataset: str, index: pd.DataFrame, as_of: pd.Timestamp, train: pd.DataFrame) -> pd.DataFrame:
     """The evaluation index as the nightly rebuild at ``as_of`` serves it (no event that already started,
     where the training clicks show that events are not clicked once started)."""
@@ -164,7 +165,7 @@ def metrics_markdown(title: str, label: str, metrics: dict, facts: dict) -> str:
 # --------------------------------------------------------------------------- train-only tasks
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def warm_start_from(model_name: str) -> tuple[Path, str]:
     from training.registry import get_registered, registered_model_path
 
@@ -184,7 +185,7 @@ def fit(parts: dict, corpus: pd.DataFrame, config: TrainConfig, out_dir: Path, i
                  consumed=protocol_exclusions(parts))
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register(model_dir: Path, name: str, metrics: dict, config: TrainConfig, feature_service: str,
              examples_ref: str, extra: dict) -> str:
     from training.registry import register_model

@@ -15,6 +15,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -55,7 +56,7 @@ def _run_dir(dataset: str) -> Path:
 # --------------------------------------------------------------------------- tasks
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_canonical(dataset: str):
     from ingest.contract import read_dataset
 
@@ -86,7 +87,7 @@ def make_examples(sessions: pd.DataFrame, documents: pd.DataFrame, params: Train
     return build_examples(sessions, documents, params.examples, params.split)
 
 
-@task(retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def join_point_in_time(examples: pd.DataFrame, dataset: str, service: str | None):
     from features.compute import FEATURE_TS
     from features.store import FeatureRepo
@@ -110,14 +111,14 @@ def history_at_serving_time(examples: pd.DataFrame, sessions: pd.DataFrame, memb
     return add_history(examples, sessions, memberships, params.split)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def write_examples(examples: pd.DataFrame, out_dir: Path, config: dict) -> dict[str, int]:
     from training.examples import write_splits
 
     return write_splits(examples, out_dir, config)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish(dataset: str, src: Path, metadata: dict) -> str:
     from infra.storage import ArtifactStore
 

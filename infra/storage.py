@@ -270,6 +270,15 @@ class LocalBackend:
         return str(self.root)
 
 
+@dataclass(frozen=True)
+class S3Timeouts:
+    """Per-call bounds of S3 requests (``EBR_S3_CONNECT_TIMEOUT``, ``EBR_S3_READ_TIMEOUT``, ``EBR_S3_ATTEMPTS``)."""
+
+    connect_seconds: float = 5.0
+    read_seconds: float = 30.0
+    attempts: int = 3  # botocore's own retries of throttling, 5xx and connection errors, the first included
+
+
 class S3Backend:
     """An S3 (or S3-compatible) bucket under a prefix, through boto3.
 
@@ -285,6 +294,7 @@ class S3Backend:
         region: str | None = None,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         client: Any | None = None,
+        timeouts: S3Timeouts | None = None,
     ) -> None:
         if not bucket:
             raise InvalidArtifactNameError("S3Backend needs a bucket name")
@@ -293,6 +303,7 @@ class S3Backend:
         self.endpoint_url = endpoint_url
         self.region = region
         self.multipart_threshold = multipart_threshold
+        self.timeouts = timeouts or S3Timeouts()
         self._client = client
 
     @property
@@ -302,8 +313,12 @@ class S3Backend:
             import boto3
             from botocore.config import Config
 
+            # Bounded: an endpoint that accepts connections but never answers fails a call within
+            # attempts x (connect + read timeout), instead of hanging for minutes.
+            t = self.timeouts
             config = Config(
-                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=t.connect_seconds, read_timeout=t.read_seconds,
+                retries={"total_max_attempts": t.attempts, "mode": "standard"},
                 s3={"addressing_style": "path"} if self.endpoint_url else {},
             )
             self._client = boto3.session.Session().client(
@@ -537,11 +552,12 @@ class ArtifactStore:
     # construction ----------------------------------------------------------------------------------------
 
     @classmethod
-    def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None) -> ArtifactStore:
+    def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None,
+                 timeouts: S3Timeouts | None = None) -> ArtifactStore:
         """``s3://bucket/prefix`` -> S3; anything else (a path, optionally ``file://``) -> a local directory."""
         if url.startswith("s3://"):
             bucket, prefix = parse_s3_url(url)
-            return cls(S3Backend(bucket, prefix, endpoint_url=endpoint_url, region=region))
+            return cls(S3Backend(bucket, prefix, endpoint_url=endpoint_url, region=region, timeouts=timeouts))
         if url.startswith("file://"):
             url = url[len("file://") :]
         if not url:
@@ -554,7 +570,8 @@ class ArtifactStore:
         from infra.settings import get_settings
 
         settings = settings or get_settings()
-        backend = cls.from_url(settings.artifacts_url, settings.s3_endpoint_url, settings.s3_region).backend
+        timeouts = S3Timeouts(settings.s3_connect_timeout, settings.s3_read_timeout, settings.s3_attempts)
+        backend = cls.from_url(settings.artifacts_url, settings.s3_endpoint_url, settings.s3_region, timeouts).backend
         return cls(backend, cache_dir=settings.home / "cache" / "artifacts")
 
     @property

@@ -26,3 +26,95 @@ def test_nightly_with_retrain_never_and_no_model_stops_before_any_work(home, pre
     with pytest.raises(NoModelError):
         nightly(dataset="no-model-here", start_date=date(2024, 1, 1), end_date=date(2024, 1, 1), retrain="never")
     assert not (home / "features" / "no-model-here").exists()  # nothing was materialized
+
+
+# --------------------------------------------------------------------------- S3 faults
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP server that accepts connections and never answers (a hung S3 endpoint)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    t.join()
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_a_hung_s3_endpoint_fails_fast_and_is_retryable(silent_endpoint, monkeypatch):
+    import time
+
+    from infra.retries import is_transient
+    from infra.storage import ArtifactStore, S3Backend, S3Timeouts
+    from tests.s3_server import set_dummy_aws_env
+
+    set_dummy_aws_env(monkeypatch)
+    store = ArtifactStore(S3Backend("bucket", endpoint_url=silent_endpoint, region="us-east-1",
+                                    timeouts=S3Timeouts(connect_seconds=1, read_seconds=1, attempts=2)))
+    t = time.perf_counter()
+    with pytest.raises(Exception) as err:
+        store.get("model", "m")
+    assert time.perf_counter() - t < 15  # two attempts of a 1 s read timeout, plus backoff; not minutes
+    assert is_transient(err.value)
+    # the settings reach the backend
+    monkeypatch.setenv("EBR_STORAGE_URL", "s3://bucket/x")
+    monkeypatch.setenv("EBR_S3_READ_TIMEOUT", "2.5")
+    monkeypatch.setenv("EBR_S3_ATTEMPTS", "4")
+    backend = ArtifactStore.from_settings().backend
+    assert backend.timeouts == S3Timeouts(5.0, 2.5, 4)
+
+
+def test_only_transient_errors_are_retried(s3_bucket, prefect_harness):
+    from prefect import flow, task
+
+    from infra.retries import is_transient, retry_transient
+    from infra.storage import ArtifactNotFoundError, ArtifactStore
+
+    missing_bucket = ArtifactStore.from_url(f"s3://{s3_bucket.name}-absent/x", s3_bucket.endpoint_url, s3_bucket.region)
+    with pytest.raises(Exception) as err:
+        missing_bucket.publish("model", "m", __file__, {})
+    assert not is_transient(err.value)  # NoSuchBucket: the same answer every time
+
+    calls = {"missing": 0, "flaky": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def missing_model():
+        calls["missing"] += 1
+        raise ArtifactNotFoundError("no model m")
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def flaky():
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise ConnectionResetError("connection reset by peer")
+        return "ok"
+
+    @flow
+    def run():
+        try:
+            missing_model()
+        except ArtifactNotFoundError:
+            pass
+        return flaky()
+
+    assert run() == "ok"
+    assert calls == {"missing": 1, "flaky": 3}
