@@ -13,17 +13,18 @@ or N, feature service) -> the comparison table as an artifact. ``rebuild-index -
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flows.housekeeping import clean_up_leftovers
+from infra.retries import retry_transient
+from infra.run_dirs import run_dir
 from flows.train import (
     NAME_PATTERN, TrainParams, artifact_key, documents_as_of, fetch_examples, laptop_config, publish_report,
     read_document_snapshots, servable_index,
@@ -207,20 +208,20 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
     metrics = list(results.values())[-1]["exact"]
 
     model_name = params.model_name or f"{dataset}-ensemble"
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    out_dir = (get_settings().home / "runs" / "ensemble" / check_name(dataset, "dataset name")
-               / f"{stamp}-{uuid.uuid4().hex[:8]}")
+    runs = get_settings().home / "runs" / "ensemble" / check_name(dataset, "dataset name")
+    clean_up_leftovers(runs)
     config = {"kind": params.kind, "members": refs, "params": params.model_dump(mode="json"), "trials": trials}
     extra = {"dataset": dataset, "evaluation": {"split": "test", "max_sessions": params.max_eval_sessions,
                                                 "seed": seed, "index_documents": len(test_index)},
              "comparison": {k: v["exact"] for k, v in results.items()},
              "quantized": {k: v["quantized"] for k, v in results.items()}, "fit_seconds": round(fit_seconds, 1)}
     files = [p for _, _, p in loaded]
-    ref = register_ensemble_version(fitted, files, refs, out_dir, model_name, metrics, config, examples_ref, extra)
-    if params.promote:
-        register_ensemble_version(fitted, files, refs, out_dir.with_name(out_dir.name + "-promoted"),
-                                  f"{dataset}-two-tower", metrics, config, examples_ref,
-                                  {**extra, "promoted_from": ref})
+    with run_dir(runs, flow_run.id, remove=True) as out_dir:  # registered: the store has the files
+        ref = register_ensemble_version(fitted, files, refs, out_dir / "ensemble", model_name, metrics, config,
+                                        examples_ref, extra)
+        if params.promote:
+            register_ensemble_version(fitted, files, refs, out_dir / "promoted", f"{dataset}-two-tower", metrics,
+                                      config, examples_ref, {**extra, "promoted_from": ref})
     facts = {"ensemble": f"`{ref}`", "members": ", ".join(f"`{r}`" for r in refs), "examples": f"`{examples_ref}`",
              "test index": f"{len(test_index)} documents", "fitting": f"{fit_seconds:.1f} s",
              "serve it": f"`ebr rebuild-index --dataset {dataset} --model-name {model_name}`"}

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from infra.retries import retry_transient
 from flows.train import (
     artifact_key,
     documents_as_of,

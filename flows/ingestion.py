@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from infra.retries import retry_transient
 from infra.settings import get_settings
 
 

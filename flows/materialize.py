@@ -16,7 +16,6 @@ import time
 from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -24,6 +23,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from infra.retries import retry_transient
 from features.compute import FeatureConfig, as_of_for_day, compute_features, days_between
 from features.store import FeatureRepo
 from infra.settings import get_settings

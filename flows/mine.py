@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.retries import retry_transient
 from flows.train import (
     NAME_PATTERN, artifact_key, documents_as_of, evaluate_model, fetch_examples, fit, laptop_config,
     publish_report, read_document_snapshots, register, servable_index,

@@ -13,12 +13,12 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from typing import Literal
 
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from infra.retries import retry_transient
 from flows.evaluate import evaluate
 from flows.materialize import materialize
 from flows.rebuild_index import RebuildParams, rebuild_index

@@ -17,20 +17,21 @@ from __future__ import annotations
 import re
 import shutil
 import time
-import uuid
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.housekeeping import clean_up_leftovers
+from infra.retries import retry_transient
+from infra.run_dirs import new_run_dir
 from serving.ann_tuning import TuningConfig, TuningResult
 from serving.index import EmbeddingIndex, IndexConfig
 from serving.index_selection import SelectionConfig, SelectionReport
@@ -66,12 +67,6 @@ class RebuildParams(BaseModel):
 
 def runs_root(dataset: str) -> Path:
     return get_settings().home / "runs" / "rebuild-index" / check_name(dataset, "dataset name")
-
-
-def _run_dir(dataset: str) -> Path:
-    run_id = str(flow_run.id or uuid.uuid4().hex)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    return runs_root(dataset) / f"{stamp}-{run_id[:8]}"
 
 
 def artifact_key(dataset: str) -> str:
@@ -251,7 +246,8 @@ def rebuild_index(
     params = params or RebuildParams()
     model_name = model_name or f"{dataset}-two-tower"
     log = get_run_logger()
-    run_dir = _run_dir(dataset)
+    clean_up_leftovers(runs_root(dataset))
+    run_dir = new_run_dir(runs_root(dataset), flow_run.id)
     try:
         documents, snapshot, snapshot_day = read_inputs(dataset, as_of)
         if as_of is not None and (as_of - snapshot_day).days > STALE_SNAPSHOT_DAYS:

@@ -16,19 +16,20 @@ default synthetic world and of the real datasets.
 from __future__ import annotations
 
 import re
-import uuid
-from datetime import datetime, timezone
+import shutil
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.housekeeping import clean_up_leftovers
+from infra.retries import retry_transient
+from infra.run_dirs import finish_run_dir, new_run_dir
 from infra.names import NAME_PATTERN, check_name
 from infra.settings import get_settings
 from models.config import LossConfig, ModelConfig, TrainConfig
@@ -88,12 +89,6 @@ class TrainParams(BaseModel):
 
 def runs_root(dataset: str) -> Path:
     return get_settings().home / "runs" / "train" / check_name(dataset, "dataset name")
-
-
-def _run_dir(dataset: str) -> Path:
-    run_id = str(flow_run.id or uuid.uuid4().hex)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    return runs_root(dataset) / f"{stamp}-{run_id[:8]}"
 
 
 def artifact_key(*parts: str) -> str:
@@ -205,32 +200,35 @@ def train(dataset: str = "synthetic-default", params: TrainParams | None = None)
     config = params.train_config()
     log = get_run_logger()
     model_name, examples_name = params.names(dataset)
-    run_dir = _run_dir(dataset)
+    clean_up_leftovers(runs_root(dataset))
+    run_dir = new_run_dir(runs_root(dataset), flow_run.id)
+    try:
+        parts, examples_ref, examples_meta = fetch_examples(examples_name, params.examples_version)
+        feature_service = str(examples_meta.get("feature_service") or "")
+        train_end = split_cutoff(parts, "valid")
+        index_as_of = split_cutoff(parts, params.eval_split)
+        snapshots = read_document_snapshots(dataset, min(train_end, index_as_of))
+        corpus = documents_as_of(snapshots, train_end, include_later=True)
+        index = servable_index(dataset, documents_as_of(snapshots, index_as_of, include_later=True), index_as_of,
+                               parts["train"])
 
-    parts, examples_ref, examples_meta = fetch_examples(examples_name, params.examples_version)
-    feature_service = str(examples_meta.get("feature_service") or "")
-    train_end = split_cutoff(parts, "valid")
-    index_as_of = split_cutoff(parts, params.eval_split)
-    snapshots = read_document_snapshots(dataset, min(train_end, index_as_of))
-    corpus = documents_as_of(snapshots, train_end, include_later=True)
-    index = servable_index(dataset, documents_as_of(snapshots, index_as_of, include_later=True), index_as_of,
-                           parts["train"])
+        init_from, warm_ref = (warm_start_from(model_name) if params.warm_start else (None, None))
+        result = fit(parts, corpus, config, run_dir / "model", init_from, feature_service)
+        metrics = evaluate_model(result.model, parts, params.eval_split, index, params.max_eval_sessions, config.seed)
 
-    init_from, warm_ref = (warm_start_from(model_name) if params.warm_start else (None, None))
-    result = fit(parts, corpus, config, run_dir / "model", init_from, feature_service)
-    metrics = evaluate_model(result.model, parts, params.eval_split, index, params.max_eval_sessions, config.seed)
-
-    evaluation = {
-        "split": params.eval_split, "max_sessions": params.max_eval_sessions, "seed": config.seed,
-        "index_as_of": index_as_of.isoformat(), "index_documents": len(index), "examples": examples_ref,
-    }
-    extra = {
-        "dataset": dataset, "evaluation": evaluation, "warm_start_from": warm_ref,
-        "best_epoch": result.best_epoch, "history": result.history, "run_dir": run_dir.name,
-    }
-    ref = register(result.model_path, model_name, metrics, config, feature_service, examples_ref, extra)
-    if not params.keep_checkpoint:
-        result.checkpoint_path.unlink(missing_ok=True)
+        evaluation = {
+            "split": params.eval_split, "max_sessions": params.max_eval_sessions, "seed": config.seed,
+            "index_as_of": index_as_of.isoformat(), "index_documents": len(index), "examples": examples_ref,
+        }
+        extra = {
+            "dataset": dataset, "evaluation": evaluation, "warm_start_from": warm_ref,
+            "best_epoch": result.best_epoch, "history": result.history, "run_dir": run_dir.name,
+        }
+        ref = register(result.model_path, model_name, metrics, config, feature_service, examples_ref, extra)
+        if not params.keep_checkpoint:
+            shutil.rmtree(run_dir / "model", ignore_errors=True)  # registered: the store has the model
+    finally:
+        finish_run_dir(run_dir)  # a killed run keeps its marker: the next run removes its files
 
     facts = {"model": f"`{ref}`", "examples": f"`{examples_ref}`", "feature service": feature_service or "-",
              "split": f"{params.eval_split} ({int(metrics['n_sessions'])} sessions, {len(index)} documents, "

@@ -10,18 +10,20 @@ The work is done by plain functions in ``training/`` and ``validation/``.
 from __future__ import annotations
 
 import re
-import uuid
-from datetime import date, datetime, timezone
+import shutil
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
-from infra.retries import retry_transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.housekeeping import clean_up_leftovers
+from infra.retries import retry_transient
+from infra.run_dirs import finish_run_dir, new_run_dir
 from infra.names import check_name
 from infra.settings import get_settings
 from training.examples import ExampleConfig, SplitConfig
@@ -45,12 +47,6 @@ class TrainingDataParams(BaseModel):
 
 def runs_root(dataset: str) -> Path:
     return get_settings().home / "runs" / "training-data" / check_name(dataset, "dataset name")
-
-
-def _run_dir(dataset: str) -> Path:
-    run_id = str(flow_run.id or uuid.uuid4().hex)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    return runs_root(dataset) / f"{stamp}-{run_id[:8]}"
 
 
 # --------------------------------------------------------------------------- tasks
@@ -141,31 +137,35 @@ def training_data(
 
     params = params or TrainingDataParams()
     log = get_run_logger()
-    run_dir = _run_dir(dataset)
+    clean_up_leftovers(runs_root(dataset))
     previous = {name: latest_report(runs_root(dataset), name) for name in GATES}
+    run_dir = new_run_dir(runs_root(dataset), flow_run.id)
+    try:
+        data = read_canonical(dataset)
+        sessions = sessions_until(data.sessions, end_date)
+        inputs = {"searchers": data.searchers, "documents": data.documents, "sessions": sessions}
+        for name in INPUT_TABLES:
+            gate(name, inputs[name], params.gates, previous[name], run_dir, dataset)
 
-    data = read_canonical(dataset)
-    sessions = sessions_until(data.sessions, end_date)
-    inputs = {"searchers": data.searchers, "documents": data.documents, "sessions": sessions}
-    for name in INPUT_TABLES:
-        gate(name, inputs[name], params.gates, previous[name], run_dir, dataset)
+        examples = make_examples(sessions, data.documents, params)
+        joined = join_point_in_time(examples, dataset, params.feature_service)
+        if "searcher_history" in joined.columns:  # services from v2 on serve the history
+            joined = history_at_serving_time(joined, sessions, data.memberships, params)
+        report = gate("examples", joined, params.gates, previous["examples"], run_dir, dataset)
 
-    examples = make_examples(sessions, data.documents, params)
-    joined = join_point_in_time(examples, dataset, params.feature_service)
-    if "searcher_history" in joined.columns:  # services from v2 on serve the history
-        joined = history_at_serving_time(joined, sessions, data.memberships, params)
-    report = gate("examples", joined, params.gates, previous["examples"], run_dir, dataset)
-
-    config = {
-        "dataset": dataset,
-        "end_date": end_date.isoformat() if end_date else None,
-        "params": params.model_dump(mode="json"),
-        "feature_service": params.feature_service or FEATURE_SERVICE_VERSION,
-        "source": data.manifest.__dict__ if data.manifest else None,
-        "run_dir": run_dir.name,
-        "gates_passed": list(GATES),
-    }
-    counts = write_examples(joined, run_dir / "examples", config)
-    ref = publish(dataset, run_dir / "examples", {**config, "rows": counts, "examples_gate_rows": report.row_count})
+        config = {
+            "dataset": dataset,
+            "end_date": end_date.isoformat() if end_date else None,
+            "params": params.model_dump(mode="json"),
+            "feature_service": params.feature_service or FEATURE_SERVICE_VERSION,
+            "source": data.manifest.__dict__ if data.manifest else None,
+            "run_dir": run_dir.name,
+            "gates_passed": list(GATES),
+        }
+        counts = write_examples(joined, run_dir / "examples", config)
+        ref = publish(dataset, run_dir / "examples", {**config, "rows": counts, "examples_gate_rows": report.row_count})
+        shutil.rmtree(run_dir / "examples", ignore_errors=True)  # published: the store has them
+    finally:
+        finish_run_dir(run_dir)  # the gate reports stay for the next run's comparison
     log.info("published %s: %s", ref, counts)
     return ref

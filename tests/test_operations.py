@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,49 @@ def test_only_transient_errors_are_retried(s3_bucket, prefect_harness):
 
     assert run() == "ok"
     assert calls == {"missing": 1, "flaky": 3}
+
+
+# --------------------------------------------------------------------------- crash leftovers
+
+
+def test_a_killed_runs_directory_is_swept_and_retention_keeps_the_newest(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from infra.run_dirs import MARKER, Retention, finish_run_dir, killed, new_run_dir, run_dir, sweep_run_dirs
+
+    root = tmp_path / "runs"
+    # a run killed mid-way: its process made the directory, wrote files, and died without ending it
+    code = ("import sys, time; from pathlib import Path; from infra.run_dirs import new_run_dir; "
+            "p = new_run_dir(Path(sys.argv[1])); (p / 'vectors.npy').write_bytes(b'x' * 1000); "
+            "print(p, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    left = Path(proc.stdout.readline().strip())
+    live = new_run_dir(root, "live")  # this process: running
+    assert not killed(left) and not killed(live)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed(left) and not killed(live)
+
+    finished = []
+    for i in range(4):
+        with run_dir(root, f"done{i}") as p:
+            (p / "report.json").write_text("{}")
+        finished.append(p)
+        time.sleep(0.01)
+    old = finished[0]
+    os.utime(old, (time.time() - 30 * 86_400,) * 2)
+    removed = sweep_run_dirs(root, Retention(keep=2, max_age_days=14))
+    assert set(removed) == {left, old}  # the killed run, and a finished one past retention
+    assert live.exists() and (live / MARKER).exists() and all(p.exists() for p in finished[1:])
+    assert not (finished[1] / MARKER).exists()
+    with pytest.raises(RuntimeError):
+        with run_dir(root, "failing", remove=True) as p:
+            raise RuntimeError("boom")
+    assert not p.exists()  # removed on failure too
+    finish_run_dir(live)
+
