@@ -276,6 +276,7 @@ class EmbeddingIndex:
         self._params: dict[int, Any] = {}
         self._id_map: np.ndarray | None = None
         self._id_order: np.ndarray | None = None
+        self._identity: bool | None = None
 
     # ----------------------------------------------------------------- construction
 
@@ -411,7 +412,12 @@ class EmbeddingIndex:
         allowed = np.asarray(allowed_ids)
         if allowed.dtype.kind not in "iu":
             raise EmbeddingIndexError(f"allowed_ids must be an integer (int64) array, got dtype {allowed.dtype}")
-        allowed = np.unique(allowed.astype(np.int64, copy=False).ravel())
+        allowed = allowed.astype(np.int64, copy=False).ravel()
+        if len(allowed) > 1 and not (allowed[1:] > allowed[:-1]).all():  # a posting list is sorted already
+            allowed = np.unique(allowed)
+        if self._identity_ids():  # a published index: ids are the positions, nothing to translate
+            lo, hi = np.searchsorted(allowed, [0, self.ntotal])
+            return allowed[lo:hi]
         id_map = self.ids()
         if self._id_order is None:
             self._id_order = np.argsort(id_map, kind="stable")
@@ -420,6 +426,24 @@ class EmbeddingIndex:
         at_c = np.minimum(at, len(sorted_ids) - 1)
         hit = (at < len(sorted_ids)) & (sorted_ids[at_c] == allowed)
         return np.sort(self._id_order[at_c[hit]]).astype(np.int64)
+
+    def _identity_ids(self) -> bool:
+        if self._identity is None:
+            self._identity = bool(np.array_equal(self.ids(), np.arange(self.ntotal, dtype=np.int64)))
+        return self._identity
+
+    def _selector(self, pos: np.ndarray) -> tuple[Any, Any]:
+        """A FAISS selector of internal positions, and the buffer it reads (kept alive by the caller).
+
+        A bitmap of ntotal bits is built in well under a millisecond at 1M documents; a hash set of a large
+        subset (``IDSelectorBatch``) costs several milliseconds, so the bitmap serves all but small subsets.
+        """
+        if len(pos) * 64 < self.ntotal:
+            return faiss.IDSelectorBatch(pos), pos
+        member = np.zeros(self.ntotal, bool)
+        member[pos] = True
+        bits = np.packbits(member, bitorder="little")
+        return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
 
     def _finish(self, scores: np.ndarray, labels: np.ndarray, translate: bool) -> tuple[np.ndarray, np.ndarray]:
         if not translate and labels.size and labels[:, -1].min() >= 0:
@@ -478,9 +502,10 @@ class EmbeddingIndex:
             scores[:, :kk] = np.take_along_axis(top_s, order, axis=1)
             labels[:, :kk] = self.ids()[pos[top]]
             return scores, labels
-        sel = faiss.IDSelectorBatch(pos)
+        sel, buffer = self._selector(pos)
         params = self._ivf_params(nprobe_, sel=sel)
         scores, labels = self._inner.search(q, k, params=params)
+        del buffer  # the selector read it during the search
         return self._finish(scores, labels, translate=True)
 
     def cosines(self, query: Any, ids: Any) -> np.ndarray:
@@ -490,13 +515,18 @@ class EmbeddingIndex:
         ids = np.asarray(ids, np.int64)
         if self._refine_store is None or len(ids) == 0:
             return np.full(len(ids), np.nan, np.float32)
-        if self._id_order is None:
-            self._id_order = np.argsort(self.ids(), kind="stable")
-        id_map = self.ids()
-        at = np.searchsorted(id_map[self._id_order], ids).clip(max=len(id_map) - 1)
-        pos = self._id_order[at]
-        if not np.array_equal(id_map[pos], ids):
-            raise EmbeddingIndexError("cosines(): some ids are not in the index")
+        if self._identity_ids():
+            if ids.min() < 0 or ids.max() >= self.ntotal:
+                raise EmbeddingIndexError("cosines(): some ids are not in the index")
+            pos = ids
+        else:
+            if self._id_order is None:
+                self._id_order = np.argsort(self.ids(), kind="stable")
+            id_map = self.ids()
+            at = np.searchsorted(id_map[self._id_order], ids).clip(max=len(id_map) - 1)
+            pos = self._id_order[at]
+            if not np.array_equal(id_map[pos], ids):
+                raise EmbeddingIndexError("cosines(): some ids are not in the index")
         out = np.empty(len(ids), np.float32)
         for s in range(0, len(ids), 65_536):  # bounded memory for large matched sets
             out[s : s + 65_536] = self._refine_store.reconstruct_batch(pos[s : s + 65_536]) @ q
