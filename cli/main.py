@@ -418,6 +418,10 @@ def rebuild_index_command(
     target_recall: Optional[float] = typer.Option(
         None, min=0.0, max=1.0, help="ANN tuning target (default: min-recall + 0.01)"),
     tune: bool = typer.Option(True, "--tune/--no-tune", help="choose nprobe from a measured recall/cost curve"),
+    max_drop: float = typer.Option(
+        0.2, min=0.0, max=1.0, help="largest share of documents (overall, per type) the new version may lose"),
+    accept_drop: bool = typer.Option(
+        False, "--accept-drop", help="publish despite a larger drop (a real change); recorded in the report"),
 ) -> None:
     """Rebuild, validate and publish the document index (the nightly flow, run now)."""
     from datetime import date
@@ -434,7 +438,8 @@ def rebuild_index_command(
     try:
         day = date.fromisoformat(as_of) if as_of else None
         params = RebuildParams(
-            index=IndexConfig(kind=kind, nprobe=nprobe), validation=ValidationConfig(min_recall=min_recall),
+            index=IndexConfig(kind=kind, nprobe=nprobe),
+            validation=ValidationConfig(min_recall=min_recall, max_drop=max_drop, accept_drop=accept_drop),
             tuning=TuningConfig(enabled=tune, target_recall=target_recall),
         )
     except (ValueError, ValidationError) as exc:

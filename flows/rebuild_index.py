@@ -176,13 +176,16 @@ def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path, rescore: np.n
     return stage_index(index, doc_map_frame(corpus), dest, rescore, terms)
 
 
-@task(cache_policy=NO_CACHE)
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def validate(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, source: str,
-             config: ValidationConfig, expected: int, staged: Path) -> IndexValidation:
-    from serving.index_store import staged_size
+             config: ValidationConfig, expected: int, staged: Path, dataset: str,
+             type_counts: dict[str, int]) -> IndexValidation:
+    """The publish gate, including the comparison with the version that is current now."""
+    from serving.index_store import current_type_counts, staged_size
     from serving.index_validation import validate_index
 
-    return validate_index(index, vectors, queries, config, source, expected, staged_size(staged))
+    return validate_index(index, vectors, queries, config, source, expected, staged_size(staged), type_counts,
+                          current_type_counts(dataset))
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -280,7 +283,9 @@ def rebuild_index(
             index.set_default_nprobe(tuning.chosen_nprobe)
         terms = build_terms(corpus)
         staged = stage(index, corpus, run_dir / "artifact", rescore, terms)
-        validation = validate(index, vectors, queries, source, params.validation, len(corpus), staged)
+        type_counts = {str(k): int(v) for k, v in corpus["doc_type"].fillna("").astype(str).value_counts().items()}
+        validation = validate(index, vectors, queries, source, params.validation, len(corpus), staged, dataset,
+                              type_counts)
 
         manifest = IndexManifest(
             dataset=dataset, as_of=pd.Timestamp(at).isoformat(), snapshot_day=snapshot_day.isoformat(),
@@ -290,6 +295,7 @@ def rebuild_index(
             stats=index.stats().to_dict(),
             counts={"canonical": len(documents), "selected": selection.selected_count,
                     "without_snapshot": int(corpus["feature_ts"].isna().sum()), "indexed": index.ntotal},
+            type_counts=type_counts,
             validation=validation.model_dump(mode="json"), terms=terms.stats(),
             ann_tuning=tuning.model_dump(mode="json") if tuning else None, embed_seconds=round(t1 - t0, 3),
             build_seconds=round(t2 - t1, 3), flow_run_id=str(flow_run.id) if flow_run.id else None,

@@ -71,6 +71,7 @@ class IndexManifest(BaseModel):
     index_config: dict[str, Any] = Field(description="the resolved IndexConfig")
     stats: dict[str, Any] = Field(description="IndexStats: kind, sizes, list imbalance")
     counts: dict[str, int] = Field(description="canonical, selected, without_snapshot, indexed documents")
+    type_counts: dict[str, int] | None = Field(None, description="indexed documents per doc_type")
     validation: dict[str, Any] = Field(description="IndexValidation: ANN recall against exact search, ...")
     terms: dict[str, Any] | None = Field(None, description="term index stats (terms, postings, per field)")
     ann_tuning: dict[str, Any] | None = Field(
@@ -226,6 +227,17 @@ def current_index(dataset: str, store: ArtifactStore | None = None, version: str
         return store.get(INDEX_KIND, dataset, version)
     except ArtifactNotFoundError as e:
         raise IndexNotPublishedError(f"{not_published_message(dataset, store, version)} ({e})") from e
+
+
+def current_type_counts(dataset: str, store: ArtifactStore | None = None) -> tuple[str, dict[str, int]] | None:
+    """(ref, indexed documents per type) of the current index version; None before the first publish."""
+    try:
+        av = current_index(dataset, store)
+    except IndexNotPublishedError:
+        return None
+    m = av.metadata or {}
+    counts = m.get("type_counts") or {"all": int((m.get("counts") or {}).get("indexed", 0))}
+    return av.ref, {str(k): int(v) for k, v in counts.items()}
 
 
 def load_index(dataset: str, store: ArtifactStore | None = None, version: str | None = None) -> PublishedIndex:

@@ -29,6 +29,12 @@ class ValidationConfig(BaseModel):
     min_recall: float = Field(0.9, ge=0.0, le=1.0, description="least ANN recall@k to publish")
     n_queries: int = Field(1000, ge=1, le=100_000, description="queries sampled for the recall measurement")
     max_index_bytes: int | None = Field(None, ge=1, description="largest index artifact to publish (None: any)")
+    max_drop: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="largest share of documents, overall and of each document type, that a new version may "
+                    "lose against the current one (a broken input, not a real change, empties a type)")
+    accept_drop: bool = Field(
+        False, description="publish despite a drop beyond max_drop (a legitimate change); recorded in the report")
     seed: int = Field(0, ge=0, description="query sample seed")
 
 
@@ -46,6 +52,9 @@ class IndexValidation(BaseModel):
     index_bytes: int
     max_index_bytes: int | None
     failures: list[str]
+    compared_with: str | None = None  # the version that was current
+    count_changes: list[dict[str, Any]] = []  # per doc type (and "all"): before, after, change
+    accepted: list[str] = []  # drops beyond bounds published anyway (accept_drop)
 
     @property
     def passed(self) -> bool:
@@ -62,7 +71,33 @@ class IndexValidation(BaseModel):
             f"{self.nprobe if self.nprobe is not None else '-'}) | {self.recall_at_k:.4f} | >= {self.min_recall} |",
             f"| documents indexed | {self.indexed_documents} | = {self.expected_documents} |",
             f"| index bytes | {self.index_bytes} | <= {self.max_index_bytes or 'any'} |",
+            *([""] if self.compared_with else []),
+            *([f"Documents against the current version `{self.compared_with}`:", "",
+               "| documents | current | new | change |", "|---|---:|---:|---:|",
+               *(f"| {c['type']} | {c['before']} | {c['after']} | {c['change']:+.1%} |" for c in self.count_changes)]
+              if self.compared_with else []),
+            *(["", "**Accepted by the operator** (accept_drop): " + "; ".join(self.accepted)] if self.accepted else []),
         ])
+
+
+def count_changes(before: dict[str, int], after: dict[str, int]) -> list[dict[str, Any]]:
+    """Per document type and overall ("all"): counts before and after, and the relative change."""
+    rows = []
+    for t in ["all", *sorted((set(before) | set(after)) - {"all"})]:
+        b = before.get(t, 0) if t != "all" else sum(v for k, v in before.items())
+        a = after.get(t, 0) if t != "all" else sum(v for k, v in after.items())
+        rows.append({"type": t, "before": b, "after": a, "change": (a - b) / b if b else 0.0})
+    return rows
+
+
+def drop_failures(changes: list[dict[str, Any]], max_drop: float) -> list[str]:
+    """One failure naming every count (overall or of a type) that lost more than ``max_drop``; [] if none."""
+    drops = [f"{c['type'] if c['type'] != 'all' else 'all documents'} {c['before']} -> {c['after']} "
+             f"({c['change']:+.1%})" for c in changes if c["before"] and c["change"] < -max_drop]
+    if not drops:
+        return []
+    return [f"documents would drop against the current version beyond -{max_drop:.0%}: {', '.join(drops)}; "
+            "if this is a real change, rebuild with accept_drop (ebr rebuild-index --accept-drop)"]
 
 
 class IndexValidationError(RuntimeError):
@@ -163,7 +198,10 @@ def validate_index(
     query_source: str,
     expected_documents: int,
     index_bytes: int,
+    type_counts: dict[str, int] | None = None,
+    current: tuple[str, dict[str, int]] | None = None,
 ) -> IndexValidation:
+    """``current``: (ref, type counts) of the version being replaced, to bound the drop of documents."""
     """Measure the gate's figures and list every failed check (an empty list means publishable)."""
     if len(queries) == 0:
         raise ValueError("no validation queries")
@@ -176,10 +214,19 @@ def validate_index(
         failures.append(f"ANN recall@{k} {recall:.4f} is below min_recall {config.min_recall}")
     if config.max_index_bytes is not None and index_bytes > config.max_index_bytes:
         failures.append(f"the index takes {index_bytes} bytes, more than max_index_bytes {config.max_index_bytes}")
+    changes, accepted = [], []
+    if current is not None and type_counts is not None:
+        changes = count_changes(current[1], type_counts)
+        drops = drop_failures(changes, config.max_drop)
+        if config.accept_drop:
+            accepted = drops
+        else:
+            failures += drops
     return IndexValidation(
         k=k, recall_at_k=recall, min_recall=config.min_recall, n_queries=len(queries), query_source=query_source,
         nprobe=index.config.nprobe, expected_documents=expected_documents, indexed_documents=index.ntotal,
         index_bytes=index_bytes, max_index_bytes=config.max_index_bytes, failures=failures,
+        compared_with=current[0] if current is not None else None, count_changes=changes, accepted=accepted,
     )
 
 
@@ -187,6 +234,8 @@ __all__ = [
     "IndexValidation",
     "IndexValidationError",
     "ValidationConfig",
+    "count_changes",
+    "drop_failures",
     "exact_top_k",
     "held_out_queries",
     "recall_at_k",

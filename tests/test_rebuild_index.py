@@ -213,8 +213,12 @@ def test_flow_publishes_the_selected_documents_with_a_manifest(published, world)
     from flows.rebuild_index import RebuildParams, artifact_key, rebuild_index, runs_root
     from serving.index_store import load_index
 
+    from serving.index_validation import ValidationConfig
+
     selection = SelectionConfig(doc_types=["group", "event"], min_members=3, member_doc_types=["group"])
-    ref = rebuild_index(dataset=DATASET, params=RebuildParams(selection=selection))
+    # a deliberate change of the corpus: the drop against the current version is accepted
+    ref = rebuild_index(dataset=DATASET, params=RebuildParams(selection=selection,
+                                                              validation=ValidationConfig(accept_drop=True)))
     assert ref != published
 
     # the expected corpus and removal counts, by hand on the canonical table and the newest snapshot
@@ -298,6 +302,33 @@ def test_rebuild_tunes_nprobe_and_the_gate_checks_it(published):
     rebuild_index(dataset=DATASET, params=explicit)
     loaded = load_index(DATASET)
     assert loaded.manifest.ann_tuning is None and loaded.index.config.nprobe == 32
+
+
+def test_a_large_drop_against_the_current_version_is_refused_unless_accepted(published):
+    """A rebuild whose corpus loses a document type (a broken input, or a real change) must not replace the
+    current version silently: refused with the counts in the report, or published when the operator accepts."""
+    from flows.rebuild_index import RebuildParams, artifact_key, rebuild_index
+    from serving.index_store import load_index
+    from serving.index_validation import IndexValidationError, ValidationConfig
+
+    store = ArtifactStore.from_settings()
+    rebuild_index(dataset=DATASET)  # a full corpus is current
+    before = store.get("index", DATASET)
+    only_groups = SelectionConfig(doc_types=["group"])
+    with pytest.raises(IndexValidationError, match="would drop") as err:
+        rebuild_index(dataset=DATASET, params=RebuildParams(selection=only_groups))
+    v = err.value.validation
+    assert v.compared_with == before.ref and any(c["after"] == 0 and c["before"] > 0 for c in v.count_changes)
+    assert store.get("index", DATASET).ref == before.ref  # nothing replaced it
+    assert "Documents against the current version" in _markdown_artifact(artifact_key(DATASET))
+
+    accepted = RebuildParams(selection=only_groups, validation=ValidationConfig(accept_drop=True))
+    ref = rebuild_index(dataset=DATASET, params=accepted)
+    loaded = load_index(DATASET)
+    assert loaded.version.ref == ref and set(loaded.manifest.type_counts) == {"group"}
+    assert loaded.manifest.validation["accepted"] and "Accepted by the operator" in _markdown_artifact(
+        artifact_key(DATASET))
+    rebuild_index(dataset=DATASET)  # restore the full corpus (a growth, not a drop)
 
 
 def test_params_are_checked_where_they_enter():

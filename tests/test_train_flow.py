@@ -70,9 +70,9 @@ def test_train_flow_registers_a_model_with_metrics_and_config(trained, examples_
     assert m["recall@10"] > 5 * 10 / m["n_documents"]
     model, loaded = load_registered_model(f"{DATASET}-two-tower")
     assert loaded.version == av.version and model.config == TINY and model.feature_service == "v2"
-    # the run keeps the model but not the optimizer state
-    run_dir = get_settings().home / "runs" / "train" / DATASET / meta["run_dir"] / "model"
-    assert (run_dir / "model.pt").exists() and not (run_dir / "checkpoint.pt").exists()
+    # registered: the run directory keeps neither the model nor the optimizer state, and is marked ended
+    run_dir = get_settings().home / "runs" / "train" / DATASET / meta["run_dir"]
+    assert run_dir.is_dir() and not (run_dir / "model").exists() and not (run_dir / "RUNNING").exists()
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
