@@ -5,17 +5,89 @@ Heavy imports (torch, feast, prefect) happen inside the commands so that ``ebr -
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-app = typer.Typer(
+
+def one_line(exc: BaseException, limit: int = 600) -> str:
+    """An error as one readable line: its message with whitespace runs collapsed, cut at ``limit``."""
+    text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Cli(typer.Typer):
+    """The ``ebr`` app: an error reaches the terminal as one line and a non-zero exit code (1: the work failed;
+    130: interrupted); ``ebr --debug ...`` or ``EBR_DEBUG=1`` shows the whole traceback instead."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of a command line
+            if _debug():
+                raise
+            typer.echo(file=sys.stderr)
+            typer.echo(f"error: {one_line(exc)} (run with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+def _debug() -> bool:
+    return os.environ.get("EBR_DEBUG", "") not in ("", "0")
+
+
+app = _Cli(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Embedding-based retrieval: data, features, training, index and search.",
 )
+
+
+FLOW_COMMANDS = {"materialize", "training-data", "train", "mine", "ensemble", "evaluate", "nightly", "demo",
+                 "rebuild-index"}
+
+
+@app.callback()
+def _options(ctx: typer.Context,
+             debug: bool = typer.Option(False, "--debug", help="show full tracebacks on errors")) -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a laptop tool
+    if debug:
+        os.environ["EBR_DEBUG"] = "1"
+    elif ctx.invoked_subcommand in FLOW_COMMANDS:
+        quiet_console_tracebacks()
+
+
+class _NoTraceback:
+    """A logging filter for the console: the record's one-line message without its traceback (the run's
+    logs in the Prefect UI keep it; ``--debug`` keeps it here too)."""
+
+    def filter(self, record) -> bool:
+        if record.exc_info and not _debug():
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_console_tracebacks() -> None:
+    """Strip tracebacks from Prefect's console output (flows log a failure with its traceback)."""
+    import logging
+
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, (PrefectConsoleHandler, logging.StreamHandler)) and not any(
+                    isinstance(f, _NoTraceback) for f in h.filters):
+                h.addFilter(_NoTraceback())
 
 
 def _settings():
@@ -325,7 +397,7 @@ def search(
     query: str = typer.Argument(..., help="the query text, e.g. \"runners club\""),
     dataset: str = typer.Option("synthetic-default", help="dataset whose published index to search"),
     searcher: str = typer.Option(..., "--searcher", help="searcher id (its features come from the online store)"),
-    k: int = typer.Option(10, "--k", min=1, help="number of candidates (the cap in radius mode)"),
+    k: int = typer.Option(10, "--k", min=1, max=10_000, help="number of candidates (the cap in radius mode)"),
     radius: Optional[float] = typer.Option(
         None, min=-1.0, max=1.0, help="cosine threshold: only documents scoring >= radius"
     ),
