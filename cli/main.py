@@ -216,13 +216,18 @@ def materialize(
 def training_data(
     dataset: str = typer.Option("synthetic-default", help="canonical dataset"),
     end: Optional[str] = typer.Option(None, help="last day of sessions YYYY-MM-DD (default: all)"),
+    accept_changes: bool = typer.Option(
+        False, "--accept-changes", help="accept row-count and drift changes against the previous run (a real "
+        "change); the gate report records them"),
 ) -> None:
     """Build point-in-time training examples behind the Great Expectations gate and publish them."""
-    from flows.training_data import training_data as flow
+    from flows.training_data import TrainingDataParams, training_data as flow
     from validation.gate import GateFailed
+    from validation.suites import GateConfig
 
     try:
-        ref = flow(dataset, end_date=_parse_day(end, "--end"))
+        params = TrainingDataParams(gates=GateConfig(accept_changes=accept_changes))
+        ref = flow(dataset, end_date=_parse_day(end, "--end"), params=params)
     except GateFailed as exc:
         typer.echo(f"the training data did not pass the gate; nothing was published:\n{exc}", err=True)
         raise typer.Exit(1) from None
@@ -321,11 +326,17 @@ def nightly(
     end: Optional[str] = typer.Option(None, help="last day YYYY-MM-DD"),
     every_days: int = typer.Option(1, min=1, max=7, help="snapshot cadence of a backfill"),
     retrain: str = typer.Option("auto", help="auto (weekly or when no model), always or never"),
+    accept_changes: bool = typer.Option(
+        False, "--accept-changes", help="accept changes against the previous run (data gate drift and row "
+        "counts, a drop of indexed documents): an operator's decision, recorded in the reports"),
 ) -> None:
     """The nightly chain: materialize, validate, retrain when due, rebuild the index, evaluate."""
     from flows.nightly import nightly as flow
 
-    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days, retrain)
+    if retrain not in ("auto", "always", "never"):
+        raise typer.BadParameter(f"expected auto, always or never, got {retrain!r}", param_hint="--retrain")
+    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days, retrain,
+                  accept_changes=accept_changes)
     typer.echo(report.to_markdown())
 
 

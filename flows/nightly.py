@@ -23,7 +23,8 @@ from flows.evaluate import evaluate
 from flows.materialize import materialize
 from flows.rebuild_index import RebuildParams, rebuild_index
 from flows.train import TrainParams, artifact_key, train
-from flows.training_data import training_data
+from flows.training_data import TrainingDataParams, training_data
+from validation.suites import GateConfig
 
 Retrain = Literal["auto", "always", "never"]
 
@@ -102,8 +103,11 @@ def nightly(
     retrain_weekday: int = 6,
     train_params: TrainParams | None = None,
     rebuild_params: RebuildParams | None = None,
+    accept_changes: bool = False,
 ) -> NightlyReport:
-    """Run the whole chain for ``dataset``; see the module docstring."""
+    """Run the whole chain for ``dataset``; see the module docstring. ``accept_changes``: an operator's
+    decision that tonight's changes against the previous run are real (data gate drift and row counts, a drop
+    of indexed documents); the reports record what was accepted."""
     log = get_run_logger()
     model_name = (train_params.model_name if train_params else None) or f"{dataset}-two-tower"
     scheduled = flow_run.scheduled_start_time or datetime.now(timezone.utc)
@@ -114,7 +118,12 @@ def nightly(
 
     report = materialize(dataset, start_date, end_date, every_days)
     days = [d.day for d in report.days]
-    examples = training_data(dataset, end_date=days[-1])
+    data_params = TrainingDataParams(gates=GateConfig(accept_changes=True)) if accept_changes else None
+    examples = training_data(dataset, end_date=days[-1], params=data_params)
+    if accept_changes:
+        rebuild_params = rebuild_params or RebuildParams()
+        rebuild_params = rebuild_params.model_copy(
+            update={"validation": rebuild_params.validation.model_copy(update={"accept_drop": True})})
     if due:
         model = train(dataset, train_params)
     else:

@@ -60,12 +60,14 @@ def read_canonical(dataset: str):
 
 
 @task(cache_policy=NO_CACHE)
-def gate(name: str, df: pd.DataFrame, config: GateConfig, previous: GateReport | None, run_dir: Path, dataset: str):
+def gate(name: str, df: pd.DataFrame, config: GateConfig, previous: GateReport | None, run_dir: Path, dataset: str,
+         references: dict[str, pd.Index] | None = None):
     """Validate, keep the report with the run (files + UI), then stop the run if it failed."""
     from validation.gate import enforce, run_gate
     from validation.suites import examples_suite, input_suite
 
-    suite = examples_suite(df.columns, config) if name == "examples" else input_suite(name, df.columns, config)
+    suite = (examples_suite(df.columns, config) if name == "examples"
+             else input_suite(name, df.columns, config, references))
     report = run_gate(name, df, suite, previous)
     report.save(run_dir / "gates")
     create_markdown_artifact(
@@ -144,8 +146,10 @@ def training_data(
         data = read_canonical(dataset)
         sessions = sessions_until(data.sessions, end_date)
         inputs = {"searchers": data.searchers, "documents": data.documents, "sessions": sessions}
+        references = {"searcher_id": pd.Index(data.searchers["searcher_id"]),
+                      "doc_id": pd.Index(data.documents["doc_id"])}
         for name in INPUT_TABLES:
-            gate(name, inputs[name], params.gates, previous[name], run_dir, dataset)
+            gate(name, inputs[name], params.gates, previous[name], run_dir, dataset, references)
 
         examples = make_examples(sessions, data.documents, params)
         joined = join_point_in_time(examples, dataset, params.feature_service)

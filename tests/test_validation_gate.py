@@ -215,3 +215,65 @@ def test_a_feature_missing_in_most_examples_is_named(examples):
     f = only_failure(gate("examples", bad), "expect_column_values_to_not_be_null", "searcher_friend_count")
     assert f.unexpected_count == len(bad) - 1
     assert gate("examples", bad, GateConfig(min_feature_coverage=0.0)).passed
+
+
+# --------------------------------------------------------------------------- references and drift
+
+
+def refs(tables):
+    return {"searcher_id": pd.Index(tables["searchers"]["searcher_id"]),
+            "doc_id": pd.Index(tables["documents"]["doc_id"])}
+
+
+def test_a_click_on_a_missing_document_or_an_unknown_searcher_fails_the_gate(tables):
+    df = tables["sessions"].copy()
+    assert run_gate("sessions", df, input_suite("sessions", df.columns, None, refs(tables))).passed
+    df.at[1, "clicked"] = ["d3", "d404"]  # passed the gate before: a click on a document that does not exist
+    df.loc[2, "searcher_id"] = "ghost"
+    report = run_gate("sessions", df, input_suite("sessions", df.columns, None, refs(tables)))
+    docs = only_failure(report, "expect_column_values_to_be_in_set", "_unknown_doc_ids")
+    assert docs.unexpected_count == 1 and docs.examples == ["d404"] and "referential integrity" in docs.detail
+    who = only_failure(report, "expect_column_values_to_be_in_set", "_unknown_searcher")
+    assert who.examples == ["ghost"]
+
+
+def test_drift_against_the_previous_run_fails_unless_accepted(tables):
+    df = pd.concat([tables["searchers"]] * 10, ignore_index=True)
+    df["searcher_id"] = [f"u{i}" for i in range(len(df))]
+    df["city"] = [f"c{i % 10}" for i in range(len(df))]
+    first = gate("searchers", df)
+    assert first.passed and first.profile["city"]["top_share"] == pytest.approx(0.1)
+    moved = df.assign(city="Paris")  # every searcher moved to one city: each row is still valid
+    report = gate("searchers", moved, previous=first)
+    f = only_failure(report, "drift_against_previous_run", "city")
+    assert "top_share 0.1 -> 1" in f.detail and "accept_changes" in f.detail
+    accepted = gate("searchers", moved, GateConfig(accept_changes=True), previous=first)
+    assert accepted.passed and any("city top_share" in a for a in accepted.accepted)
+    assert "Accepted by the operator" in accepted.to_markdown()
+
+    sessions = pd.concat([tables["sessions"]] * 5, ignore_index=True).assign(
+        session_id=[f"s{i}" for i in range(20)])
+    base = gate("sessions", sessions)
+    scrambled = sessions.assign(query=[f"q{i} x{i} y{i} z{i} w{i}" for i in range(20)])  # every query new, longer
+    report = gate("sessions", scrambled, previous=base)
+    assert {f.column for f in report.failures if f.expectation == "drift_against_previous_run"} == {"query"}
+
+
+def test_row_counts_compare_rows_per_day_so_a_backfill_does_not_break_the_nightly(tables):
+    one_week = pd.DataFrame({
+        "session_id": [f"s{i}" for i in range(70)], "searcher_id": ["u1"] * 70,
+        "ts": [T("2024-01-01") + pd.Timedelta(hours=2.4 * i) for i in range(70)],  # 10 a day for a week
+        "query": ["pizza"] * 70, "impressed": [["d1"]] * 70, "clicked": [["d1"]] * 70,
+    })
+    backfill = gate("sessions", validate_table(one_week, SCHEMAS["sessions"]))
+    assert backfill.passed and backfill.days == pytest.approx(6.9, abs=0.01)
+    four_weeks = pd.concat([one_week.assign(ts=one_week["ts"] + pd.Timedelta(days=7 * w),
+                                            session_id=one_week["session_id"] + f"-{w}") for w in range(4)],
+                           ignore_index=True)
+    nightly = gate("sessions", validate_table(four_weeks, SCHEMAS["sessions"]), previous=backfill)
+    assert nightly.passed  # 4x the rows over 4x the days: the same rate (a raw count would be +300%)
+    lost = four_weeks.iloc[::4]  # the same span with a quarter of the rows
+    report = gate("sessions", validate_table(lost.reset_index(drop=True), SCHEMAS["sessions"]), previous=nightly)
+    only_failure(report, "expect_table_row_count_to_be_between", None)
+    assert gate("sessions", validate_table(lost.reset_index(drop=True), SCHEMAS["sessions"]),
+                GateConfig(accept_changes=True), previous=nightly).passed

@@ -31,7 +31,11 @@ class GateSuite:
     ``expectations`` is a factory so that each run gets fresh GE objects (an expectation belongs to one suite).
     ``derive`` adds computed columns the expectations look at (e.g. whether a session has a click, the min/max
     of list-valued weights), because GE checks columns of scalars.
-    ``row_count_tolerance``: with a previous report, the row count must stay within previous * (1 +/- tol).
+    ``row_count_tolerance``: with a previous report, the row count must stay within previous * (1 +/- tol),
+    scaled by the ratio of the two runs' time spans when both have one (rows per day: a backfill over a week
+    and a nightly over the whole history meet the same bound).
+    ``table`` names the profile kept for drift checks (``validation.drift``); ``drift`` bounds the change of
+    that profile against the previous report; ``accept_changes`` records such changes instead of failing.
     """
 
     name: str
@@ -40,13 +44,19 @@ class GateSuite:
     min_rows: int = 1
     max_rows: int | None = None
     row_count_tolerance: float | None = 0.5
+    table: str | None = None
+    drift: Any = None  # validation.drift.DriftBounds
+    accept_changes: bool = False
 
-    def row_bounds(self, previous: GateReport | None) -> tuple[int, int | None]:
+    def row_bounds(self, previous: GateReport | None, days: float | None = None) -> tuple[int, int | None]:
         lo, hi = self.min_rows, self.max_rows
         if previous is not None and self.row_count_tolerance is not None and previous.row_count > 0:
             tol = self.row_count_tolerance
-            lo = max(lo, math.ceil(previous.row_count * (1 - tol)))
-            grown = math.floor(previous.row_count * (1 + tol))
+            expected = previous.row_count
+            if days and previous.days:
+                expected = previous.row_count * days / previous.days
+            lo = max(lo, math.ceil(expected * (1 - tol)))
+            grown = math.floor(expected * (1 + tol))
             hi = grown if hi is None else min(hi, grown)
         return lo, hi
 
@@ -73,6 +83,9 @@ class GateReport:
     previous_row_count: int | None = None
     created_at: str = ""
     format: int = REPORT_FORMAT
+    days: float | None = None  # time span of the table's rows
+    profile: dict = field(default_factory=dict)  # validation.drift.profile
+    accepted: list[str] = field(default_factory=list)  # changes against the previous run, accepted by the operator
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -95,6 +108,8 @@ class GateReport:
             f"- expectations evaluated: {self.evaluated}, failed: {len(self.failures)}",
             f"- checked at: {self.created_at}",
         ]
+        if self.accepted:
+            lines += ["", "Accepted by the operator (accept_changes): " + "; ".join(self.accepted)]
         if self.failures:
             lines += [
                 "",
@@ -214,8 +229,15 @@ def run_gate(
 
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"gate {name!r} needs a pandas DataFrame, got {type(df).__name__}")
+    from validation.drift import coverage, describe, drift, profile, time_span_days
+
     frame = suite.derive(df) if suite.derive is not None else df
-    lo, hi = suite.row_bounds(previous)
+    days = time_span_days(df, suite.table) if suite.table else None
+    lo, hi = suite.row_bounds(previous, days)
+    accepted: list[str] = []
+    if suite.accept_changes and previous is not None and not lo <= len(df) <= (hi if hi is not None else len(df)):
+        accepted.append(f"row count {len(df)} outside [{lo}, {hi}] (previous run {previous.row_count})")
+        lo, hi = suite.min_rows, suite.max_rows
     context = _context()
     asset = context.data_sources.add_pandas(f"{name}-source").add_dataframe_asset(f"{name}-frame")
     batch = asset.add_batch_definition_whole_dataframe(f"{name}-batch")
@@ -238,16 +260,28 @@ def run_gate(
         if r.expectation_config.type == "expect_column_to_exist" and not r.success
     }
     failures = [f for r in result.results if not r.success and (f := _failure(r, missing)) is not None]
+    table_profile = profile(df, suite.table) if suite.table else {}
+    if suite.drift is not None and previous is not None and previous.profile:
+        compared = {c: {**p, "previous_values_share": coverage(df, c, previous.profile[c]["top_values"])}
+                    if "top_values" in previous.profile.get(c, {}) else p for c, p in table_profile.items()}
+        for change in drift(previous.profile, compared, suite.drift):
+            if suite.accept_changes:
+                accepted.append(describe(change))
+            else:
+                failures.append(GateFailure(
+                    "drift_against_previous_run", change["column"], None, [],
+                    f"{describe(change)}; if the change is real, re-run with accept_changes"))
     failures.sort(key=lambda f: (f.expectation != "expect_table_row_count_to_be_between", f.column or ""))
     return GateReport(
         name=name,
-        passed=bool(result.success) and not failures,
+        passed=not failures,
         row_count=len(df),
         failures=failures,
         evaluated=len(result.results),
         row_bounds=(lo, hi),
         previous_row_count=previous.row_count if previous is not None else None,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        days=days, profile=table_profile, accepted=accepted,
     )
 
 

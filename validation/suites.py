@@ -18,9 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from features.schema import DOC_NUMERIC, EXAMPLE_KEYS, SEARCHER_NUMERIC, SPLITS, doc_column, searcher_column
 from ingest.contract import SCHEMAS, Column, TableSchema
 from training.examples import EXTRA_COLUMNS, FEATURE_TS_COLUMNS
+from validation.drift import DriftBounds
 from validation.gate import GateSuite
 
 HAS_CLICK = "_has_click"  # derived: 1.0 when a session has at least one click
+UNKNOWN_SEARCHER = "_unknown_searcher"  # derived: the session's searcher_id when it is not a searcher, else ""
+UNKNOWN_DOCS = "_unknown_doc_ids"  # derived: impressed or clicked doc_ids that are not documents, else ""
 _GATED_TABLES = ("searchers", "documents", "sessions")
 _RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "age": (0, 150)}
 _GE_TYPES = {"string": "str", "int64": "int64", "float64": "float64", "timestamp": "Timestamp"}
@@ -47,6 +50,11 @@ class GateConfig(BaseModel):
         0.5, ge=0, le=1,
         description="least share of examples that found a feature snapshot (catches a missing materialization)",
     )
+    drift: DriftBounds = Field(default_factory=DriftBounds,
+                               description="bounds of the change of each table's profile against the previous run")
+    accept_changes: bool = Field(
+        False, description="record row-count and drift changes against the previous run instead of failing "
+                           "(an operator's decision that a change is real; the report lists what was accepted)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "GateConfig":
@@ -144,25 +152,58 @@ def table_expectations(schema: TableSchema, columns: Iterable[str], config: Gate
     return out
 
 
-def _derive_sessions(df: pd.DataFrame) -> pd.DataFrame:
-    if "clicked" not in df.columns:
-        return df
-    has = df["clicked"].map(lambda v: float(v is not None and len(v) > 0))
-    return df.assign(**{HAS_CLICK: has.astype("float64")})
+def _derive_sessions(references: dict[str, pd.Index] | None):
+    """Derived columns of the sessions gate: whether a session has a click, and the ids it names that the
+    searchers and documents tables of the same run do not hold (referential integrity)."""
+    def derive(df: pd.DataFrame) -> pd.DataFrame:
+        out = {}
+        if "clicked" in df.columns:
+            out[HAS_CLICK] = df["clicked"].map(lambda v: float(v is not None and len(v) > 0)).astype("float64")
+        if references and "searcher_id" in references and "searcher_id" in df.columns:
+            known = df["searcher_id"].isin(references["searcher_id"]).to_numpy()
+            out[UNKNOWN_SEARCHER] = np.where(known, "", df["searcher_id"].astype(str).to_numpy())
+        if references and "doc_id" in references:
+            docs = set(references["doc_id"])
+            cols = [c for c in ("clicked", "impressed") if c in df.columns]
+            out[UNKNOWN_DOCS] = [
+                " ".join(sorted({str(d) for c in cols for d in (row[c] if row[c] is not None else ()) if d not in docs}))
+                for row in df[cols].to_dict("records")
+            ] if cols else ""
+        return df.assign(**out)
+
+    return derive
 
 
-def input_suite(table: str, columns: Iterable[str], config: GateConfig | None = None) -> GateSuite:
-    """The gate of one canonical input table (searchers, documents or sessions)."""
+def _reference_expectations(references: dict[str, pd.Index] | None) -> list:
+    E = _gx()
+    out = []
+    if references and "searcher_id" in references:
+        out.append(E.ExpectColumnValuesToBeInSet(
+            column=UNKNOWN_SEARCHER, value_set=[""],
+            description="every session's searcher_id is in the searchers table (referential integrity)"))
+    if references and "doc_id" in references:
+        out.append(E.ExpectColumnValuesToBeInSet(
+            column=UNKNOWN_DOCS, value_set=[""],
+            description="every impressed and clicked doc_id is in the documents table (referential integrity)"))
+    return out
+
+
+def input_suite(table: str, columns: Iterable[str], config: GateConfig | None = None,
+                references: dict[str, pd.Index] | None = None) -> GateSuite:
+    """The gate of one canonical input table (searchers, documents or sessions). ``references``: the ids
+    that the sessions' searcher_id and doc_ids must refer to (the searchers and documents of the run)."""
     if table not in _GATED_TABLES:
         raise ValueError(f"no input gate for table {table!r}; gated tables: {list(_GATED_TABLES)}")
     config = config or GateConfig()
     columns = list(columns)
     schema = SCHEMAS[table]
+    refs = references if table == "sessions" else None
     return GateSuite(
         name=table,
-        expectations=lambda: table_expectations(schema, columns, config),
-        derive=_derive_sessions if table == "sessions" else None,
+        expectations=lambda: table_expectations(schema, columns, config) + _reference_expectations(refs),
+        derive=_derive_sessions(refs) if table == "sessions" else None,
         row_count_tolerance=config.row_count_tolerance,
+        table=table, drift=config.drift, accept_changes=config.accept_changes,
     )
 
 
@@ -277,6 +318,7 @@ def examples_suite(columns: Iterable[str], config: GateConfig | None = None) -> 
         expectations=lambda: examples_expectations(columns, config),
         derive=_derive_examples,
         row_count_tolerance=config.row_count_tolerance,
+        table="examples", drift=config.drift, accept_changes=config.accept_changes,
     )
 
 
