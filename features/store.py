@@ -103,16 +103,30 @@ def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
         raise
 
 
+def online_store_yaml(url: str, root: Path) -> str:
+    """The ``online_store:`` block of feature_store.yaml for a store URL ("" = SQLite under ``root``)."""
+    if not url:
+        return f"online_store:\n    type: sqlite\n    path: {root.as_posix()}/online_store.db"
+    m = re.fullmatch(r"redis://([^:/]+):(\d+)(?:/(\d+))?", url)
+    if not m:
+        raise ValueError(f"unsupported online store {url!r}: expected '' (SQLite) or redis://HOST:PORT[/DB]")
+    host, port, db = m.group(1), m.group(2), m.group(3) or "0"
+    return f'online_store:\n    type: redis\n    connection_string: "{host}:{port},db={db}"'
+
+
 class FeatureRepo:
     """One dataset's feature store: offline sources, registry, online store."""
 
     FEATURE_SERVICE_VERSION: str = FEATURE_SERVICE_VERSION
 
-    def __init__(self, root: Path | str, project: str = PROJECT):
+    def __init__(self, root: Path | str, project: str = PROJECT, online_store: str = ""):
+        """``online_store``: "" for a SQLite file under ``root``, or ``redis://HOST:PORT[/DB]``."""
         if not re.fullmatch(r"[A-Za-z0-9_]+", project):
             raise ValueError(f"project must contain only letters, digits and underscores, got {project!r}")
         self.root = Path(root).expanduser().resolve()
         self.project = project
+        self.online_store = online_store
+        self._online_yaml = online_store_yaml(online_store, self.root)
         self._store: feast.FeatureStore | None = None
         self._services: dict[str, object] = {}  # parsed FeatureService objects (parsing costs ms per call)
 
@@ -122,7 +136,11 @@ class FeatureRepo:
         from infra.names import check_name
         from infra.settings import get_settings
 
-        return cls((home or get_settings().home) / "features" / check_name(dataset, "dataset name"))
+        settings = get_settings()
+        name = check_name(dataset, "dataset name")
+        # A shared server holds every dataset: one Feast project (key prefix) each.
+        project = PROJECT if not settings.online_store else f"{PROJECT}_{re.sub(r'[^A-Za-z0-9]', '_', name)}"
+        return cls((home or settings.home) / "features" / name, project, settings.online_store)
 
     # ----------------------------------------------------------------------------------------- paths
 
@@ -136,7 +154,12 @@ class FeatureRepo:
 
     @property
     def online_store_path(self) -> Path:
+        """The SQLite online store's file (unused with a server online store)."""
         return self.root / "online_store.db"
+
+    def has_online_store(self) -> bool:
+        """A registry and, on SQLite, its online tables' file: what serving needs to read features."""
+        return self.registry_path.exists() and (bool(self.online_store) or self.online_store_path.exists())
 
     def source_dir(self, entity: EntityName) -> Path:
         return self.root / "sources" / f"{_check_entity(entity)}_features"
@@ -198,7 +221,8 @@ class FeatureRepo:
 
     def render_config(self) -> None:
         """Write ``feature_store.yaml`` with absolute paths (only when its content changes)."""
-        text = string.Template(TEMPLATE.read_text()).safe_substitute(root=self.root.as_posix(), project=self.project)
+        text = string.Template(TEMPLATE.read_text()).safe_substitute(
+            root=self.root.as_posix(), project=self.project, online_store=self._online_yaml)
         if self.config_path.exists() and self.config_path.read_text() == text:
             return
         self.root.mkdir(parents=True, exist_ok=True)
@@ -240,7 +264,7 @@ class FeatureRepo:
 
     def apply(self) -> None:
         """Register the declarations (and drop registered objects that are no longer declared)."""
-        if self.registry_path.exists() and not self.online_store_path.exists():
+        if not self.online_store and self.registry_path.exists() and not self.online_store_path.exists():
             # `feast apply` then sees no change and materialize fails with "no such table": start both afresh
             log.warning("online store %s is missing: recreating the registry with it", self.online_store_path)
             self.reset()

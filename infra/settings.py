@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         default=None, description="S3-compatible endpoint (e.g. a MinIO or moto server); None means AWS"
     )
     s3_region: str | None = Field(default=None)
+    online_store: str = Field(
+        default="",
+        description="Feast online store: empty for a SQLite file per dataset (the laptop default), or "
+                    "redis://HOST:PORT[/DB] for a Redis server shared by every dataset",
+    )
     s3_connect_timeout: float = Field(default=5.0, gt=0, le=300, description="seconds to open an S3 connection")
     s3_read_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds to wait for S3's answer")
     s3_attempts: int = Field(default=3, ge=1, le=10, description="tries per S3 call (transient errors only)")

@@ -147,7 +147,7 @@ class Retriever:
                 f"{published.version.ref} records {published.manifest.feature_service!r}; run 'ebr rebuild-index --dataset {dataset}'"
             )
         repo = feature_repo or FeatureRepo.for_dataset(dataset)
-        if not repo.registry_path.exists() or not repo.online_store_path.exists():
+        if not repo.has_online_store():
             raise FeatureStoreNotFoundError(
                 f"no Feast registry and online store for dataset {dataset!r} under {repo.root}; "
                 "run the materialize flow for the dataset first"

@@ -12,7 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Shared fixtures: moto's S3 server over HTTP (`moto_s3`, `s3_bucket`, `s3_store_env`).
-pytest_plugins = ["tests.s3_server"]
+pytest_plugins = ["tests.s3_server", "tests.servers"]
 
 import pytest  # noqa: E402
 from prefect.logging.configuration import ensure_logging_setup  # noqa: E402

@@ -1,7 +1,7 @@
 """prefect.yaml against a real Prefect server: deploy every deployment, run one through a worker.
 
-Starts ``prefect server start`` (SQLite under a temporary PREFECT_HOME, on 127.0.0.1), creates the process
-work pool, runs ``prefect deploy --all`` from the project root, triggers one deployment over the REST API
+Starts ``prefect server start`` on 127.0.0.1, once on SQLite under a temporary PREFECT_HOME (the laptop
+default) and once on a real PostgreSQL server (production's database), creates the process work pool, runs ``prefect deploy --all`` from the project root, triggers one deployment over the REST API
 and lets ``prefect worker start --run-once`` execute it in a subprocess, as production does.
 """
 
@@ -31,8 +31,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def prefect_server(request, tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -44,6 +44,9 @@ def prefect_server(tmp_path_factory):
         "PREFECT_UI_ENABLED": "false",
         "EBR_HOME": str(home / "ebr"),
     }
+    pg = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    if pg is not None:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = pg.url()
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -60,7 +63,7 @@ def prefect_server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
             time.sleep(0.5)
-        yield api, env
+        yield api, env, pg
     finally:
         proc.terminate()
         try:
@@ -77,7 +80,7 @@ def _run(cmd: list[str], env: dict, timeout: float = 300) -> str:
 
 
 def test_deploy_from_prefect_yaml_and_run_through_a_worker(prefect_server):
-    api, env = prefect_server
+    api, env, pg = prefect_server
     spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
     pool = spec["deployments"][0]["work_pool"]["name"]
     _run([PREFECT, "work-pool", "create", pool, "--type", "process"], env)
@@ -90,6 +93,12 @@ def test_deploy_from_prefect_yaml_and_run_through_a_worker(prefect_server):
     assert {d["name"] for d in scheduled} >= {"nightly", "nightly-materialize", "weekly-train"}
     active = {d["name"] for d in scheduled if any(s["active"] for s in d["schedules"])}
     assert active == {"nightly"}, "only the chained nightly run is scheduled active"
+    if pg is not None:  # the server really keeps its state in PostgreSQL
+        from tests.servers import find_binary
+
+        rows = _run([find_binary("psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", pg.user, "-d", pg.database,
+                     "-tAc", "select count(*) from deployment"], env)
+        assert int(rows.strip()) == len(names)
 
     # An on-demand run, then a backfill (a date-range run of the materialize deployment), each executed by
     # a process worker as in production.

@@ -23,16 +23,26 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> FeatureRepo:
+def build_repo(root, online_store: str = "", project: str = "ebr") -> FeatureRepo:
     data = hand_made()
-    repo = FeatureRepo(tmp_path_factory.mktemp("features") / "hand-made")
+    repo = FeatureRepo(root, project, online_store)
     for day in DAYS:
         s, d = compute_features(data, as_of_for_day(day), FeatureConfig(cluster_period_days=1))
         repo.write_sources(s, d, day)
     repo.apply()
     repo.materialize(as_of_for_day(DAYS[0]), as_of_for_day(DAYS[-1]))
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> FeatureRepo:
+    return build_repo(tmp_path_factory.mktemp("features") / "hand-made")
+
+
+@pytest.fixture(scope="module")
+def redis_repo(tmp_path_factory, redis_url) -> FeatureRepo:
+    """The same repository with its online store on a real Redis server."""
+    return build_repo(tmp_path_factory.mktemp("features") / "on-redis", redis_url, "ebr_on_redis")
 
 
 def test_runtime_layout_uses_absolute_paths(repo):
@@ -120,6 +130,22 @@ def test_document_point_in_time(repo):
 
 
 def test_online_reads_latest_snapshot_in_request_order(repo):
+    check_online_reads(repo)
+
+
+def test_the_online_store_on_redis_serves_the_same_features(redis_repo, repo, redis_url):
+    import redis
+
+    assert "type: redis" in redis_repo.config_path.read_text() and not redis_repo.online_store_path.exists()
+    assert redis_repo.has_online_store()
+    check_online_reads(redis_repo)  # the same test as on SQLite
+    ids = ["z1", "a1", "a2", "ghost"]
+    pd.testing.assert_frame_equal(redis_repo.online_features(ids, "searcher"), repo.online_features(ids, "searcher"))
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    assert redis.Redis(host=host, port=int(port)).dbsize() > 0  # the rows really are in Redis
+
+
+def check_online_reads(repo):
     out = repo.online_features(["z1", "ghost", "a1"], "searcher")
     assert list(out["searcher_id"]) == ["z1", "ghost", "a1"]
     assert out["friend_count"].iloc[0] == 1 and pd.isna(out["friend_count"].iloc[1])
