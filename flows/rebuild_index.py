@@ -30,6 +30,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.housekeeping import clean_up_leftovers
+from flows.runners import task_runner
 from infra.retries import retry_transient
 from infra.run_dirs import new_run_dir
 from serving.ann_tuning import TuningConfig, TuningResult
@@ -63,6 +64,10 @@ class RebuildParams(BaseModel):
         "documents (document embeddings as queries), auto (held_out when the model names its examples)",
     )
     embed_batch_size: int = Field(8192, ge=1, le=1_000_000, description="documents per embedding batch")
+    embed_shards: int = Field(
+        1, ge=1, le=4096,
+        description="documents are embedded by this many mapped tasks (spread over a Dask cluster with "
+                    "EBR_DASK_ADDRESS); 1 embeds in the flow's process")
 
 
 def runs_root(dataset: str) -> Path:
@@ -111,6 +116,32 @@ def embed_corpus(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np
     from serving.embedding import embed_documents_to_file
 
     return embed_documents_to_file(model, corpus, path, model.output_dim, batch_size)
+
+
+@task(cache_policy=NO_CACHE)
+def embed_shard(model_name: str, version: str, rows: pd.DataFrame, dim: int, batch_size: int) -> np.ndarray:
+    """One shard of the corpus through the registered model (loaded once per worker process)."""
+    import torch
+
+    from flows.runners import cached_model
+    from serving.embedding import embed_rows
+
+    torch.set_num_threads(1)  # one shard per worker core
+    return embed_rows(cached_model(model_name, version), rows, dim, batch_size)
+
+
+def embed_corpus_sharded(model_name: str, version: str, dim: int, corpus: pd.DataFrame, path: Path,
+                         params: "RebuildParams") -> np.ndarray:
+    """The corpus embedded by ``params.embed_shards`` mapped tasks (on the flow's task runner: threads here,
+    a Dask cluster with EBR_DASK_ADDRESS), written in order to ``path``."""
+    from prefect import unmapped
+
+    from serving.embedding import shard_bounds, write_vectors_to_file
+
+    bounds = shard_bounds(len(corpus), params.embed_shards, params.embed_batch_size)
+    futures = embed_shard.map(unmapped(model_name), unmapped(version), [corpus.iloc[a:b] for a, b in bounds],
+                              unmapped(dim), unmapped(params.embed_batch_size))
+    return write_vectors_to_file([f.result() for f in futures], path)
 
 
 @task(cache_policy=NO_CACHE)
@@ -235,7 +266,7 @@ def report_markdown(dataset: str, outcome: str, manifest: IndexManifest, selecti
 # --------------------------------------------------------------------------- flow
 
 
-@flow(name="rebuild-index", log_prints=True)
+@flow(name="rebuild-index", log_prints=True, task_runner=task_runner())
 def rebuild_index(
     dataset: str = "synthetic-default",
     model_name: str | None = None,
@@ -265,7 +296,11 @@ def rebuild_index(
         t0 = time.perf_counter()
         from models.ensemble import is_cascade
 
-        vectors = embed_corpus(model, corpus, run_dir / "vectors.npy", params.embed_batch_size)
+        if params.embed_shards > 1 and not is_cascade(model):
+            vectors = embed_corpus_sharded(model_name, model_av.version, model.output_dim, corpus,
+                                           run_dir / "vectors.npy", params)
+        else:
+            vectors = embed_corpus(model, corpus, run_dir / "vectors.npy", params.embed_batch_size)
         rescore = (embed_second_stage(model, corpus, run_dir / "rescore.npy", params.embed_batch_size)
                    if is_cascade(model) else None)
         t1 = time.perf_counter()

@@ -21,6 +21,49 @@ class DocumentEmbedder(Protocol):
     def embed_documents(self, frame: pd.DataFrame, batch_size: int = ...) -> np.ndarray: ...
 
 
+def embed_rows(model: DocumentEmbedder, rows: pd.DataFrame, dim: int, batch_size: int) -> np.ndarray:
+    """Embeddings of ``rows``, one batch of ``batch_size`` at a time: the unit of work of the nightly, in
+    process or on a Dask worker (shards start on batch boundaries, so both paths form the same batches)."""
+    out = np.empty((len(rows), dim), np.float32)
+    for start in range(0, len(rows), batch_size):
+        stop = min(len(rows), start + batch_size)
+        vecs = model.embed_documents(rows.iloc[start:stop], batch_size=batch_size)
+        if vecs.shape != (stop - start, dim):
+            raise ValueError(f"the document tower returned shape {vecs.shape}, expected {(stop - start, dim)}")
+        out[start:stop] = vecs
+    return out
+
+
+def shard_bounds(n: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
+    """``shards`` (at most) contiguous row ranges of about equal size, each starting on a batch boundary."""
+    if n < 1 or shards < 1 or batch_size < 1:
+        raise ValueError(f"need n, shards and batch_size >= 1, got {n}, {shards}, {batch_size}")
+    batches = -(-n // batch_size)
+    per = -(-batches // shards)
+    return [(b * batch_size, min(n, (b + per) * batch_size)) for b in range(0, batches, per)]
+
+
+def write_vectors_to_file(parts: list[np.ndarray], path: Path) -> np.memmap:
+    """Concatenate ``parts`` (in order) into an .npy file under a temporary name, renamed when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, dim = sum(len(p) for p in parts), parts[0].shape[1]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+    try:
+        at = 0
+        for p in parts:
+            out[at : at + len(p)] = p
+            at += len(p)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return np.load(path, mmap_mode="r")
+
+
 def embed_documents_to_file(
     model: DocumentEmbedder,
     corpus: pd.DataFrame,
@@ -47,10 +90,7 @@ def embed_documents_to_file(
         with tqdm(total=n, desc="embed documents", unit="doc", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
-                vecs = model.embed_documents(corpus.iloc[start:stop], batch_size=batch_size)
-                if vecs.shape != (stop - start, dim):
-                    raise ValueError(f"the document tower returned shape {vecs.shape}, expected {(stop - start, dim)}")
-                out[start:stop] = vecs
+                out[start:stop] = embed_rows(model, corpus.iloc[start:stop], dim, batch_size)
                 bar.update(stop - start)
         out.flush()
         del out
@@ -61,4 +101,4 @@ def embed_documents_to_file(
     return np.load(path, mmap_mode="r")
 
 
-__all__ = ["embed_documents_to_file"]
+__all__ = ["embed_documents_to_file", "embed_rows", "shard_bounds", "write_vectors_to_file"]

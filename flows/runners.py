@@ -1,0 +1,33 @@
+"""Where a flow's tasks run: in this process (the laptop default) or on a Dask cluster.
+
+``EBR_DASK_ADDRESS=tcp://scheduler:8786`` sends the heavy mapped steps (today: the nightly's document
+embedding, one task per shard) to that cluster through prefect-dask's ``DaskTaskRunner``; results are the same
+as in process (shards start on batch boundaries, so the same batches meet the same model). A flow can also be
+given a runner per call: ``rebuild_index.with_options(task_runner=DaskTaskRunner(address=...))``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+
+def task_runner():
+    """A DaskTaskRunner on ``EBR_DASK_ADDRESS`` when set, else Prefect's thread pool (one worker: the heavy
+    steps already use the cores through torch and FAISS)."""
+    address = os.environ.get("EBR_DASK_ADDRESS", "").strip()
+    if address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=address)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+@lru_cache(maxsize=4)
+def cached_model(name: str, version: str):
+    """A registered model loaded once per worker process (a Dask worker embeds many shards)."""
+    from training.registry import load_registered_model
+
+    return load_registered_model(name, version)[0]

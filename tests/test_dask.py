@@ -1,0 +1,64 @@
+"""The nightly rebuild on a real Dask cluster (a LocalCluster with 2 worker processes) gives the same index as
+in process: the document embedding runs as mapped shard tasks through prefect-dask's DaskTaskRunner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_rebuild_index import build_tiny_world
+
+DATASET = "tiny-dask"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(home):
+    return build_tiny_world(DATASET, epochs=1)
+
+
+def published_vectors():
+    import faiss
+
+    from serving.index_store import load_index
+
+    loaded = load_index(DATASET)
+    flat = faiss.downcast_index(loaded.index.faiss_index.index)
+    return loaded.doc_map["doc_id"].tolist(), flat.reconstruct_n(0, loaded.index.ntotal)
+
+
+def test_sharded_embedding_on_a_dask_cluster_equals_the_in_process_rebuild(world, prefect_harness):
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    from flows.rebuild_index import RebuildParams, rebuild_index
+    from serving.embedding import shard_bounds
+    from serving.index import IndexConfig
+
+    assert shard_bounds(10, 3, 2) == [(0, 4), (4, 8), (8, 10)]  # on batch boundaries, covering every row
+    assert shard_bounds(5, 8, 4) == [(0, 4), (4, 5)]
+
+    flat = IndexConfig(kind="flat")
+    rebuild_index(dataset=DATASET, params=RebuildParams(index=flat))
+    ids, reference = published_vectors()
+
+    threads = RebuildParams(index=flat, embed_shards=3, embed_batch_size=64)
+    rebuild_index(dataset=DATASET, params=threads)  # mapped shards on the default (thread) runner
+    ids_t, vectors_t = published_vectors()
+    assert ids_t == ids and np.array_equal(vectors_t, reference)
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = rebuild_index.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        on_dask(dataset=DATASET, params=threads)
+        with cluster.get_client() as client:
+            loaded = client.run(models_loaded)  # per worker: models its shard tasks loaded
+    ids_d, vectors_d = published_vectors()
+    assert len(loaded) == 2 and sum(loaded.values()) >= 1  # the shards ran in the worker processes
+    assert ids_d == ids and np.array_equal(vectors_d, reference)  # identical, not merely close
+
+
+def models_loaded() -> int:
+    import sys
+
+    runners = sys.modules.get("flows.runners")
+    return runners.cached_model.cache_info().currsize if runners else 0
