@@ -59,6 +59,9 @@ FLOW_COMMANDS = {"materialize", "training-data", "train", "mine", "ensemble", "e
 def _options(ctx: typer.Context,
              debug: bool = typer.Option(False, "--debug", help="show full tracebacks on errors")) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a laptop tool
+    # A command without PREFECT_API_URL starts a temporary Prefect server; on a busy 2-core machine its
+    # start-up can exceed Prefect's 20 s default, which failed flow commands under load.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if debug:
         os.environ["EBR_DEBUG"] = "1"
     elif ctx.invoked_subcommand in FLOW_COMMANDS:
@@ -536,6 +539,90 @@ def rebuild_index_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"published {ref}")
+
+
+# --------------------------------------------------------------------------- versions
+
+versions_app = _Cli(no_args_is_help=True, pretty_exceptions_enable=False,
+                    help="Artifact versions (datasets, models, indexes) on the local or an S3 store.")
+app.add_typer(versions_app, name="versions")
+
+
+def _store(url: Optional[str]):
+    from infra.storage import ArtifactStore
+
+    if url is None:
+        return ArtifactStore.from_settings()
+    s = _settings()
+    return ArtifactStore.from_url(url, s.s3_endpoint_url, s.s3_region)
+
+
+STORE_OPT = typer.Option(None, "--store", help="a directory or s3://bucket/prefix (default: EBR_STORAGE_URL)")
+
+
+@versions_app.command("list")
+def versions_list(kind: Optional[str] = typer.Argument(None, help="dataset, model or index"),
+                  name: Optional[str] = typer.Argument(None), store: Optional[str] = STORE_OPT) -> None:
+    """Without arguments every artifact and its current version; with KIND NAME its versions, oldest first."""
+    st = _store(store)
+    if kind is None:
+        for k in st.list_kinds():
+            for n in st.list_names(k):
+                cur = st.current(k, n)
+                typer.echo(f"{k}/{n}  current {cur.version if cur else '-'}  ({len(st.list_versions(k, n))} versions)")
+        return
+    if name is None:
+        raise typer.BadParameter("give NAME with KIND (e.g. ebr versions list model synthetic-default-two-tower)")
+    cur = st.current(kind, name)
+    for av in st.list_versions(kind, name):
+        mark = "*" if cur is not None and av.version == cur.version else " "
+        typer.echo(f"{mark} {av.version}  {av.created_at}  {av.total_size / 1e6:9.1f} MB  {len(av.files)} files")
+
+
+@versions_app.command("show")
+def versions_show(kind: str, name: str, version: Optional[str] = typer.Argument(None, help="default: current"),
+                  store: Optional[str] = STORE_OPT) -> None:
+    """The manifest of a version (files, checksums, metadata) as JSON."""
+    import json
+
+    typer.echo(json.dumps(_store(store).get(kind, name, version).to_json(), indent=1, sort_keys=True))
+
+
+@versions_app.command("current")
+def versions_current(kind: str, name: str, store: Optional[str] = STORE_OPT) -> None:
+    """The ref of the current version."""
+    typer.echo(_store(store).get(kind, name).ref)
+
+
+@versions_app.command("rollback")
+def versions_rollback(kind: str, name: str, version: str, store: Optional[str] = STORE_OPT) -> None:
+    """Make an earlier (or later) complete version current; a running `ebr serve` swaps to it."""
+    typer.echo(f"current: {_store(store).set_current(kind, name, version).ref}")
+
+
+@versions_app.command("gc")
+def versions_gc(keep: int = typer.Option(10, min=1, help="newest versions kept per artifact"),
+                dry_run: bool = typer.Option(False, "--dry-run", help="list what would go, delete nothing"),
+                store: Optional[str] = STORE_OPT) -> None:
+    """Delete incomplete versions (a killed publish) and complete ones beyond the newest KEEP, never a current
+    version nor one a kept version names (an index's model, an ensemble's members, a model's examples)."""
+    st = _store(store)
+    incomplete = [] if dry_run else st.gc_incomplete()
+    pruned = st.prune(keep, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for ref in incomplete + pruned:
+        typer.echo(f"{verb} {ref}")
+    typer.echo(f"{verb} {len(incomplete)} incomplete and {len(pruned)} old versions")
+
+
+@versions_app.command("copy")
+def versions_copy(kind: str, name: str, version: Optional[str] = typer.Argument(None, help="default: current"),
+                  to: str = typer.Option(..., "--to", help="destination store: a directory or s3://bucket/prefix"),
+                  make_current: bool = typer.Option(False, "--current", help="make it current there"),
+                  store: Optional[str] = STORE_OPT) -> None:
+    """Copy a version to another store under the same version id (e.g. local -> S3), verified there."""
+    av = _store(store).copy_version(kind, name, version, _store(to), make_current)
+    typer.echo(f"copied {av.ref} to {to}{' (current)' if make_current else ''}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -804,6 +804,55 @@ class ArtifactStore:
         log.info("current of %s/%s set to %s", kind, name, av.version)
         return av
 
+    def copy_version(self, kind: str, name: str, version: str | None, dest: ArtifactStore,
+                     make_current: bool = False) -> ArtifactVersion:
+        """Copy one complete version (None: the current one) to ``dest`` under the same version id, verified
+        there like a publish (files, then checksums, then the manifest; CURRENT only with ``make_current``).
+        Copying a version that ``dest`` already holds completely does nothing."""
+        av = self.get(kind, name, version)
+        existing = dest._read_manifest(kind, name, av.version)
+        if existing is None:
+            local = self.fetch(kind, name, av.version)
+            root = Path(local)
+            with _progress(av.total_size, f"copy {av.ref}") as advance:
+                for rel in av.files:
+                    dest.backend.upload_file(root / rel if root.is_dir() else root,
+                                             dest.file_key(kind, name, av.version, rel), advance)
+            try:
+                dest.verify(av)
+            except ChecksumMismatchError:
+                dest.backend.delete_prefix(dest.version_prefix(kind, name, av.version))
+                raise
+            dest.backend.write_bytes(dest.manifest_key(kind, name, av.version),
+                                     json.dumps(av.to_json(), indent=1, sort_keys=True).encode())
+        if make_current:
+            dest._write_current(kind, name, av.version)
+        return dest.get(kind, name, av.version)
+
+    def prune(self, keep: int, protect: set[str] | None = None, dry_run: bool = False) -> list[str]:
+        """Delete complete versions beyond the newest ``keep`` of each artifact, never a current one, nor one
+        named (``kind/name@version``) in ``protect`` or in the metadata of a version that stays (an index's
+        model, an ensemble's members, a model's examples). Returns the refs deleted (or that would be)."""
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        versions = {(k, n): self.list_versions(k, n) for k in self.list_kinds() for n in self.list_names(k)}
+        doomed, kept = [], []
+        for (k, n), avs in versions.items():
+            cur = self.current(k, n)
+            for av in avs[:-keep] if len(avs) > keep else []:
+                (kept if cur is not None and av.version == cur.version else doomed).append(av)
+            kept += avs[-keep:]
+        protected = set(protect or ()) | {r for av in kept for r in _refs_in(av.metadata)}
+        out = []
+        for av in doomed:
+            if av.ref in protected:
+                continue
+            out.append(av.ref)
+            if not dry_run:
+                self.backend.delete_prefix(self.version_prefix(av.kind, av.name, av.version))
+                log.info("pruned %s", av.ref)
+        return out
+
     def gc_incomplete(self, min_age: timedelta = timedelta(hours=1)) -> list[str]:
         """Delete versions without a manifest that are older than ``min_age``; returns their refs.
 
@@ -822,6 +871,20 @@ class ArtifactStore:
                     removed.append(f"{kind}/{name}@{version}")
                     log.info("removed incomplete version %s/%s@%s (%d keys)", kind, name, version, n)
         return removed
+
+
+_REF = re.compile(r"[a-z]+/[A-Za-z0-9][A-Za-z0-9._-]*@\d{8}T\d{6}Z-[0-9a-f]+")
+
+
+def _refs_in(value: Any) -> set[str]:
+    """Every ``kind/name@version`` string inside a metadata value (nested dicts and lists)."""
+    if isinstance(value, str):
+        return set(_REF.findall(value))
+    if isinstance(value, dict):
+        return set().union(*(_refs_in(v) for v in value.values())) if value else set()
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_refs_in(v) for v in value)) if value else set()
+    return set()
 
 
 @contextmanager

@@ -1,0 +1,73 @@
+"""`ebr versions`: list, show, current, rollback, gc and copy (local -> S3 over moto's HTTP server)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from infra.storage import ArtifactStore
+
+
+@pytest.fixture
+def store(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("EBR_STORAGE_URL", str(tmp_path / "artifacts"))  # a fresh store per test
+    st = ArtifactStore.from_settings()
+    refs = {}
+    for i in range(3):
+        f = tmp_path / f"model-{i}"
+        f.mkdir()
+        (f / "model.pt").write_bytes(b"weights %d" % i)
+        refs[f"m{i}"] = st.publish("model", "m", f, {"i": i}).ref
+    idx = tmp_path / "index"
+    idx.mkdir()
+    (idx / "index.faiss").write_bytes(b"vectors")
+    # the index names the oldest model version: gc must keep that one
+    refs["index"] = st.publish("index", "d", idx, {"model": {"ref": refs["m0"]}}).ref
+    return st, refs
+
+
+def ebr(*args: str) -> str:
+    from cli.main import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_list_show_current_and_rollback(store):
+    st, refs = store
+    assert "model/m  current" in ebr("versions", "list") and "(3 versions)" in ebr("versions", "list")
+    lines = ebr("versions", "list", "model", "m").strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("*")  # the newest is current
+    assert ebr("versions", "current", "model", "m").strip() == refs["m2"]
+    shown = json.loads(ebr("versions", "show", "model", "m", refs["m1"].split("@")[1]))
+    assert shown["metadata"] == {"i": 1} and "model.pt" in shown["files"]
+    ebr("versions", "rollback", "model", "m", refs["m1"].split("@")[1])
+    assert st.get("model", "m").ref == refs["m1"]
+
+
+def test_gc_keeps_current_and_referenced_versions(store):
+    st, refs = store
+    st.set_current("model", "m", refs["m1"].split("@")[1])
+    out = ebr("versions", "gc", "--keep", "1", "--dry-run")
+    assert "would remove 0 incomplete and 0 old versions" in out  # m0: named by the index; m1: current
+    st.set_current("model", "m", refs["m2"].split("@")[1])
+    out = ebr("versions", "gc", "--keep", "1")
+    assert f"removed {refs['m1']}" in out and refs["m0"] not in out
+    assert [av.ref for av in st.list_versions("model", "m")] == [refs["m0"], refs["m2"]]
+
+
+def test_copy_a_version_to_s3_keeps_its_id_and_checksums(store, s3_bucket, monkeypatch):
+    st, refs = store
+    monkeypatch.setenv("EBR_S3_ENDPOINT_URL", s3_bucket.endpoint_url)
+    monkeypatch.setenv("EBR_S3_REGION", s3_bucket.region)
+    out = ebr("versions", "copy", "model", "m", "--to", s3_bucket.url, "--current")
+    assert refs["m2"] in out
+    s3 = ArtifactStore.from_url(s3_bucket.url, s3_bucket.endpoint_url, s3_bucket.region)
+    copied = s3.get("model", "m")
+    assert copied.ref == refs["m2"] and copied.files == st.get("model", "m").files
+    assert ebr("versions", "current", "model", "m", "--store", s3_bucket.url).strip() == refs["m2"]
+    again = ebr("versions", "copy", "model", "m", "--to", s3_bucket.url)  # idempotent
+    assert refs["m2"] in again and len(s3.list_versions("model", "m")) == 1
