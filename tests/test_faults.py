@@ -1,0 +1,117 @@
+"""Fault suite: flow commands killed (SIGKILL) at seeded random points, then run again.
+
+For each step that publishes (training data, train, rebuild-index): a clean run gives the reference; then
+the same command is killed part way, several times, and finally run to the end. Required: the re-run
+succeeds, nothing half-written is visible (every listed version is complete and verifies, the current one
+included), the result equals the clean one (same rows, same documents, same vectors), and the killed
+runs' directories are gone after the re-run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from infra.settings import PROJECT_ROOT, get_settings
+from infra.storage import ArtifactStore
+from tests.test_rebuild_index import build_tiny_world
+
+DATASET = "tiny-faults"
+KILLS = 2
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(home, prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    build_tiny_world(DATASET, epochs=1)
+    return {**os.environ, "EBR_HOME": str(home), "PREFECT_API_URL": PREFECT_API_URL.value(),
+            "OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+COMMANDS = {
+    "training-data": (["training-data", "--dataset", DATASET], "dataset", f"{DATASET}-examples"),
+    "train": (["train", "--dataset", DATASET], "model", f"{DATASET}-two-tower"),
+    "rebuild-index": (["rebuild-index", "--dataset", DATASET, "--kind", "flat"], "index", DATASET),
+}
+
+
+def run(args: list[str], env: dict, kill_after: float | None = None) -> tuple[int, float]:
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if kill_after is not None:
+        try:
+            proc.wait(kill_after)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+    err = proc.communicate(timeout=600)[1]
+    if kill_after is None:
+        assert proc.returncode == 0, err[-3000:]
+    return proc.returncode, time.perf_counter() - t
+
+
+def content(kind: str, name: str):
+    """What a version holds, independent of its id and time: rows or vectors."""
+    store = ArtifactStore.from_settings()
+    av = store.get(kind, name)
+    local = store.fetch(kind, name, av.version)
+    if kind == "dataset":
+        return {p.name: pd.read_parquet(p).sort_values("example_id").reset_index(drop=True)
+                for p in sorted(local.glob("*.parquet"))}
+    if kind == "index":
+        from serving.index_store import load_index
+
+        loaded = load_index(name)
+        return loaded.doc_map["doc_id"].tolist(), loaded.index.faiss_index.index.reconstruct_n(0, loaded.index.ntotal)
+    import torch
+
+    state = torch.load(local / "model.pt", map_location="cpu", weights_only=False)
+    return {k: v for k, v in state["state_dict"].items()} if "state_dict" in state else state
+
+
+def same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, tuple):
+        return all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, pd.DataFrame):
+        return a.equals(b)
+    if hasattr(a, "shape"):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    return a == b
+
+
+@pytest.mark.parametrize("step", list(COMMANDS))
+def test_a_killed_step_reruns_to_the_same_result_with_nothing_half_visible(world, step):
+    args, kind, name = COMMANDS[step]
+    _, clean_seconds = run(args, world)
+    reference = content(kind, name)
+    store = ArtifactStore.from_settings()
+    before = len(store.list_versions(kind, name))
+
+    rng = random.Random(f"{step}-kills")
+    killed = 0
+    for _ in range(KILLS):
+        code, _ = run(args, world, kill_after=rng.uniform(0.3, 0.9) * clean_seconds)
+        killed += code == -signal.SIGKILL
+        for av in store.list_versions(kind, name):  # whatever was killed, nothing incomplete is listed
+            store.verify(av)
+        store.verify(store.get(kind, name))
+    run(args, world)
+
+    assert killed >= 1, "no run was killed part way: the kill points came after the end"
+    assert same(content(kind, name), reference), f"{step}: the re-run differs from the clean run"
+    assert len(store.list_versions(kind, name)) <= before + KILLS + 1
+    runs = get_settings().home / "runs" / step / DATASET
+    if runs.is_dir():
+        assert not [p for p in runs.iterdir() if (p / "RUNNING").exists()]  # killed runs' directories swept
