@@ -109,12 +109,41 @@ class ServingState:
             self.check_once()
 
 
+class _Bounded:
+    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream copy per request):
+    an oversized body gets a 413 before it is read, an unhandled error a 500 with a message, never a trace."""
+
+    def __init__(self, app, error):
+        self.app, self.error = app, error
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = dict(scope.get("headers") or ()).get(b"content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+            return await self.error(413, f"request body larger than {MAX_BODY_BYTES} bytes")(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as e:  # noqa: BLE001 - never a traceback to the client
+            log.exception("unhandled error on %s", scope.get("path"))
+            if not started:
+                await self.error(500, f"internal error ({type(e).__name__}); see the service log")(scope, receive, send)
+
+
 def create_app(state: ServingState, request_timeout: float = 2.0):
     """The FastAPI app over a started :class:`ServingState`."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+    import orjson
 
     from serving.errors import EmptyQueryError, InvalidRequestError, RetrievalError, UnknownSearcherError
     from serving.engine import UnknownModelKeyError
@@ -125,23 +154,16 @@ def create_app(state: ServingState, request_timeout: float = 2.0):
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": message})
 
-    @app.middleware("http")
-    async def bounded(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-            return error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        try:
-            return await call_next(request)
-        except Exception as e:  # noqa: BLE001 - never a traceback to the client
-            log.exception("unhandled error on %s", request.url.path)
-            return error(500, f"internal error ({type(e).__name__}); see the service log")
+    app.add_middleware(_Bounded, error=error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, exc: RequestValidationError):
         parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()]
         return error(422, "; ".join(parts))
 
-    def run(req: SearchRequest, served: Served) -> SearchResponse:
+    def run(req: SearchRequest, served: Served) -> bytes:
+        """The search, serialized in the worker thread: the response is built from plain dicts and encoded by
+        orjson (FastAPI's response-model round trip cost more than the search on small indexes)."""
         r = served.retriever
         t = time.perf_counter()
         if req.mode == "nn" and req.expression is None:
@@ -150,16 +172,19 @@ def create_app(state: ServingState, request_timeout: float = 2.0):
         else:
             res = r.search(req.query, req.searcher_id, k=req.k, expression=req.expression)
             found, expr, matched = res.candidates, res.expression, res.matched
-        return SearchResponse(expression=expr, matched=matched, index_version=r.version.ref,
-                              took_ms=round((time.perf_counter() - t) * 1e3, 3),
-                              candidates=[CandidateOut(doc_id=str(c.doc_id), title=str(c.title), score=c.score,
-                                                       rank=c.rank, source=c.source) for c in found])
+        return orjson.dumps({
+            "expression": expr, "matched": matched, "index_version": r.version.ref,
+            "took_ms": round((time.perf_counter() - t) * 1e3, 3),
+            "candidates": [{"doc_id": str(c.doc_id), "title": str(c.title), "score": c.score, "rank": c.rank,
+                            "source": c.source} for c in found],
+        })
 
     @app.post("/search", response_model=SearchResponse)
     async def search(req: SearchRequest):
         served = state.served  # this request's version, whatever is swapped in meanwhile
         try:
-            return await asyncio.wait_for(run_in_threadpool(run, req, served), timeout=request_timeout)
+            body = await asyncio.wait_for(run_in_threadpool(run, req, served), timeout=request_timeout)
+            return Response(content=body, media_type="application/json")
         except asyncio.TimeoutError:
             return error(504, f"the search took longer than {request_timeout} s")
         except (QuerySyntaxError, UnknownModelKeyError, EmptyQueryError, InvalidRequestError) as e:
