@@ -61,6 +61,22 @@ class NightlyReport(BaseModel):
         )
 
 
+def failure_markdown(dataset: str, step: str, exc: BaseException) -> str:
+    """What stopped the chain, with the report that explains it when there is one (a data gate's or the
+    index validation's): nothing after that step ran and nothing from it was published."""
+    lines = [f"# Nightly run: {dataset}: FAILED at {step}", "",
+             f"`{type(exc).__name__}`: nothing after {step} ran; what is current stays current.", ""]
+    report = getattr(exc, "report", None)  # validation.gate.GateFailed
+    validation = getattr(exc, "validation", None)  # serving.index_validation.IndexValidationError
+    if report is not None and hasattr(report, "to_markdown"):
+        lines.append(report.to_markdown())
+    elif validation is not None and hasattr(validation, "to_markdown"):
+        lines.append(validation.to_markdown())
+    else:
+        lines.append(str(exc))
+    return "\n".join(lines) + "\n"
+
+
 class NoModelError(RuntimeError):
     """retrain="never" and nothing to serve: the chain stops before any work."""
 
@@ -116,22 +132,34 @@ def nightly(
     due, why = retrain_decision(retrain, has_registered_model(model_name), run_day, retrain_weekday)
     log.info("retrain: %s (%s)", "yes" if due else "no", why)
 
-    report = materialize(dataset, start_date, end_date, every_days)
-    days = [d.day for d in report.days]
-    data_params = TrainingDataParams(gates=GateConfig(accept_changes=True)) if accept_changes else None
-    examples = training_data(dataset, end_date=days[-1], params=data_params)
-    if accept_changes:
-        rebuild_params = rebuild_params or RebuildParams()
-        rebuild_params = rebuild_params.model_copy(
-            update={"validation": rebuild_params.validation.model_copy(update={"accept_drop": True})})
-    if due:
-        model = train(dataset, train_params)
-    else:
-        model = f"model/{model_name} (current)"
-        log.info("not retraining (%s): serving the current %s", why, model_name)
+    step = "materialize"
+    try:
+        report = materialize(dataset, start_date, end_date, every_days)
+        days = [d.day for d in report.days]
+        data_params = TrainingDataParams(gates=GateConfig(accept_changes=True)) if accept_changes else None
+        step = "training data"
+        examples = training_data(dataset, end_date=days[-1], params=data_params)
+        if accept_changes:
+            rebuild_params = rebuild_params or RebuildParams()
+            rebuild_params = rebuild_params.model_copy(
+                update={"validation": rebuild_params.validation.model_copy(update={"accept_drop": True})})
+        step = "train"
+        if due:
+            model = train(dataset, train_params)
+        else:
+            model = f"model/{model_name} (current)"
+            log.info("not retraining (%s): serving the current %s", why, model_name)
 
-    index = rebuild_index(dataset, model_name=model_name, as_of=days[-1], params=rebuild_params)
-    metrics = evaluate(dataset, model_name=model_name)
+        step = "rebuild-index"
+        index = rebuild_index(dataset, model_name=model_name, as_of=days[-1], params=rebuild_params)
+        step = "evaluate"
+        metrics = evaluate(dataset, model_name=model_name)
+    except Exception as exc:
+        # The failure, and the gate or validation report behind it, on the nightly run itself: one click
+        # from the run list in the UI, not two levels down in a subflow.
+        create_markdown_artifact(markdown=failure_markdown(dataset, step, exc), key=artifact_key("nightly", dataset),
+                                 description=f"nightly chain of {dataset}: FAILED at {step}")
+        raise
     result = NightlyReport(
         dataset=dataset, days=days, examples=examples, model=model, retrained=due, retrain_reason=why, index=index,
         metrics={k: float(v) for k, v in metrics.items()},

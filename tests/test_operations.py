@@ -165,3 +165,23 @@ def test_a_killed_runs_directory_is_swept_and_retention_keeps_the_newest(tmp_pat
     assert not p.exists()  # removed on failure too
     finish_run_dir(live)
 
+
+
+# --------------------------------------------------------------------------- a failed nightly says why
+
+
+def test_a_failed_nightly_shows_the_step_and_the_report_on_its_own_run(home, prefect_harness):
+    from flows.nightly import failure_markdown, nightly
+    from flows.train import artifact_key
+    from tests.test_rebuild_index import _markdown_artifact
+    from validation.gate import GateFailure, GateFailed, GateReport
+
+    gate = GateReport(name="sessions", passed=False, row_count=3,
+                      failures=[GateFailure("expect_column_values_to_be_in_set", "_unknown_doc_ids", 1, ["d404"])])
+    text = failure_markdown("w", "training data", GateFailed(gate))
+    assert "FAILED at training data" in text and "d404" in text and "Data gate `sessions`" in text
+
+    with pytest.raises(Exception):
+        nightly(dataset="never-generated", start_date=date(2024, 1, 1), end_date=date(2024, 1, 1))
+    shown = _markdown_artifact(artifact_key("nightly", "never-generated"))
+    assert "FAILED at materialize" in shown and "never-generated" in shown
