@@ -45,6 +45,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class _FileRegistryNote(logging.Filter):
+    """Feast warns that serve_features_while_materializing targets SQL registries; on the file registry it
+    does take effect (tests/test_feast_store.py), so the warning would only mislead an operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serve_features_while_materializing" not in record.getMessage()
+
+
+logging.getLogger("feast.repo_config").addFilter(_FileRegistryNote())
+
 EntityName = Literal["searcher", "document"]
 ENTITIES: tuple[str, ...] = ("searcher", "document")
 KEYS: dict[str, str] = {"searcher": SEARCHER_KEY, "document": DOC_KEY}
