@@ -24,12 +24,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from infra.retries import retry_transient
+from flows.gates import gate_inputs
+from flows.housekeeping import clean_up_leftovers
+from infra.run_dirs import run_dir
+from validation.suites import GateConfig
 from features.compute import FeatureConfig, as_of_for_day, compute_features, days_between
 from features.store import FeatureRepo
 from infra.settings import get_settings
 from ingest.contract import CanonicalDataset, read_dataset
 
 MAX_DAYS = 3660
+
+
+def runs_root(dataset: str):
+    from infra.names import check_name
+
+    return get_settings().home / "runs" / "materialize" / check_name(dataset, "dataset name")
 
 
 class MaterializeParams(BaseModel):
@@ -149,9 +159,11 @@ def materialize(
     start_date: date | None = None,
     end_date: date | None = None,
     every_days: int = 1,
+    gates: GateConfig | None = None,
 ) -> MaterializeReport:
     """Compute, write and materialize the feature snapshots of ``dataset`` for a range of days (daily, or
-    every ``every_days`` days for a long backfill)."""
+    every ``every_days`` days for a long backfill). The canonical tables pass the input gates first: nothing
+    reaches the feature sources or the online store from a table that fails them."""
     params = MaterializeParams(dataset=dataset, start_date=start_date, end_date=end_date, every_days=every_days)
     days = params.days(flow_run.scheduled_start_time)
     log = get_run_logger()
@@ -159,6 +171,11 @@ def materialize(
     log.info("materializing %s for %s .. %s into %s", params.dataset, days[0], days[-1], root)
 
     data = read_canonical(params.dataset)
+    runs = runs_root(params.dataset)
+    clean_up_leftovers(runs)
+    with run_dir(runs, flow_run.id) as rdir:
+        gate_inputs({"searchers": data.searchers, "documents": data.documents, "sessions": data.sessions},
+                    gates or GateConfig(), runs, rdir, params.dataset)
     communities: dict = {}  # one community detection per anchor period across the range
     counts = []
     for day in tqdm(days, desc="materialize: days", unit="day"):

@@ -134,7 +134,8 @@ def nightly(
 
     step = "materialize"
     try:
-        report = materialize(dataset, start_date, end_date, every_days)
+        gates = GateConfig(accept_changes=True) if accept_changes else None
+        report = materialize(dataset, start_date, end_date, every_days, gates=gates)
         days = [d.day for d in report.days]
         data_params = TrainingDataParams(gates=GateConfig(accept_changes=True)) if accept_changes else None
         step = "training data"

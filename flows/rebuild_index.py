@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.gates import gate_inputs
 from flows.housekeeping import clean_up_leftovers
 from flows.runners import task_runner
 from infra.retries import retry_transient
@@ -40,6 +41,7 @@ from serving.index_store import IndexManifest, ModelRef
 from infra.names import check_name
 from infra.settings import get_settings
 from serving.index_validation import IndexValidation, IndexValidationError, ValidationConfig
+from validation.suites import GateConfig
 
 QuerySource = Literal["auto", "held_out", "documents"]
 STALE_SNAPSHOT_DAYS = 7  # the feature views' TTL: older snapshots count as missing features in Feast too
@@ -284,6 +286,7 @@ def rebuild_index(
     run_dir = new_run_dir(runs_root(dataset), flow_run.id)
     try:
         documents, snapshot, snapshot_day = read_inputs(dataset, as_of)
+        gate_inputs({"documents": documents}, GateConfig(), runs_root(dataset), run_dir, dataset)  # before any use
         if as_of is not None and (as_of - snapshot_day).days > STALE_SNAPSHOT_DAYS:
             log.warning("the newest document snapshot (%s) is more than %d days older than as_of %s: member "
                         "aggregates are stale; materialize the missing days first", snapshot_day,

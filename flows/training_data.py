@@ -9,28 +9,25 @@ The work is done by plain functions in ``training/`` and ``validation/``.
 
 from __future__ import annotations
 
-import re
 import shutil
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.gates import INPUT_TABLES, gate, references_of
 from flows.housekeeping import clean_up_leftovers
 from infra.retries import retry_transient
 from infra.run_dirs import finish_run_dir, new_run_dir
 from infra.names import check_name
 from infra.settings import get_settings
 from training.examples import ExampleConfig, SplitConfig
-from validation.gate import GateReport
 from validation.suites import GateConfig
 
-INPUT_TABLES = ("searchers", "documents", "sessions")
 GATES = (*INPUT_TABLES, "examples")
 
 
@@ -57,25 +54,6 @@ def read_canonical(dataset: str):
     from ingest.contract import read_dataset
 
     return read_dataset(get_settings().dataset_path(dataset), tables=(*INPUT_TABLES, "memberships"))
-
-
-@task(cache_policy=NO_CACHE)
-def gate(name: str, df: pd.DataFrame, config: GateConfig, previous: GateReport | None, run_dir: Path, dataset: str,
-         references: dict[str, pd.Index] | None = None):
-    """Validate, keep the report with the run (files + UI), then stop the run if it failed."""
-    from validation.gate import enforce, run_gate
-    from validation.suites import examples_suite, input_suite
-
-    suite = (examples_suite(df.columns, config) if name == "examples"
-             else input_suite(name, df.columns, config, references))
-    report = run_gate(name, df, suite, previous)
-    report.save(run_dir / "gates")
-    create_markdown_artifact(
-        markdown=report.to_markdown(),
-        key=re.sub(r"[^a-z0-9-]+", "-", f"gate-{dataset}-{name}".lower()),
-        description=f"data gate {name} of {dataset}",
-    )
-    return enforce(report)
 
 
 @task(cache_policy=NO_CACHE)
@@ -146,8 +124,7 @@ def training_data(
         data = read_canonical(dataset)
         sessions = sessions_until(data.sessions, end_date)
         inputs = {"searchers": data.searchers, "documents": data.documents, "sessions": sessions}
-        references = {"searcher_id": pd.Index(data.searchers["searcher_id"]),
-                      "doc_id": pd.Index(data.documents["doc_id"])}
+        references = references_of(inputs)
         for name in INPUT_TABLES:
             gate(name, inputs[name], params.gates, previous[name], run_dir, dataset, references)
 

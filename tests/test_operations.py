@@ -185,3 +185,33 @@ def test_a_failed_nightly_shows_the_step_and_the_report_on_its_own_run(home, pre
         nightly(dataset="never-generated", start_date=date(2024, 1, 1), end_date=date(2024, 1, 1))
     shown = _markdown_artifact(artifact_key("nightly", "never-generated"))
     assert "FAILED at materialize" in shown and "never-generated" in shown
+
+
+# --------------------------------------------------------------------------- inputs gated before serving
+
+
+def test_materialize_gates_the_canonical_tables_before_anything_reaches_the_online_store(home, prefect_harness):
+    """A click on a document that does not exist (a file changed after ingestion) used to pass into features
+    and the online store; the materialize flow now stops at its input gate with nothing written."""
+    import pyarrow.parquet as pq
+
+    from features.store import FeatureRepo
+    from flows.materialize import materialize
+    from infra.settings import get_settings
+    from ingest.contract import write_dataset
+    from ingest.synthetic import WorldConfig, generate_world
+    from validation.gate import GateFailed
+
+    path = get_settings().data_dir / "corrupt-clicks"
+    write_dataset(generate_world(WorldConfig.preset("tiny")), path, source="synthetic")
+    table = pq.read_table(path / "sessions.parquet")
+    sessions = table.to_pandas()
+    row = sessions.index[sessions["clicked"].map(len) > 0][0]
+    sessions.at[row, "clicked"] = ["d404-not-a-document"]
+    pq.write_table(table.from_pandas(sessions, schema=table.schema, preserve_index=False), path / "sessions.parquet")
+
+    day = sessions["ts"].max().date()
+    with pytest.raises(GateFailed, match="d404-not-a-document"):
+        materialize(dataset="corrupt-clicks", start_date=day, end_date=day)
+    repo = FeatureRepo.for_dataset("corrupt-clicks")
+    assert repo.source_days("searcher") == [] and not repo.online_store_path.exists()
