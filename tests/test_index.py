@@ -312,3 +312,22 @@ def test_tuning_chooses_the_least_nprobe_meeting_the_target(docs, queries):
                                 progress=False)
     with pytest.raises(ValueError, match="exact"):
         tune_nprobe(flat, vectors[:500], queries, k=10, target_recall=0.9)
+
+
+# --------------------------------------------------------------------------- document shards
+
+
+def test_sharded_exact_search_equals_one_index(docs, doc_ids, queries):
+    from serving.shards import ShardedIndex, merge_top_k
+
+    vectors, ids = docs[:6000], doc_ids[:6000]
+    one = EmbeddingIndex.build(vectors, ids, IndexConfig(kind="flat"), progress=False)
+    sharded = ShardedIndex.build(vectors, ids, 4, IndexConfig(kind="flat"))
+    assert len(sharded.shards) == 4 and sharded.ntotal == 6000
+    s1, i1 = one.search(queries, 10)
+    s4, i4 = sharded.search(queries, 10)
+    assert np.array_equal(i1, i4)
+    np.testing.assert_allclose(s1, s4, atol=1e-6)
+    # fewer results than k: padded with -1 / -inf, best first, ties by id
+    s, i = merge_top_k([np.array([[0.5, 0.2]]), np.array([[0.5]])], [np.array([[7, 3]]), np.array([[2]])], 4)
+    assert i.tolist() == [[2, 7, 3, -1]] and np.isneginf(s[0, 3])
