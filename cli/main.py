@@ -64,8 +64,40 @@ def _options(ctx: typer.Context,
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if debug:
         os.environ["EBR_DEBUG"] = "1"
-    elif ctx.invoked_subcommand in FLOW_COMMANDS:
-        quiet_console_tracebacks()
+    if ctx.invoked_subcommand in FLOW_COMMANDS:
+        ephemeral_server_dies_with_us()
+        if not debug:
+            quiet_console_tracebacks()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def ephemeral_server_dies_with_us() -> None:
+    """A flow command without PREFECT_API_URL starts a temporary Prefect server as a child process; when the
+    command is killed (SIGKILL cannot be caught), that server used to keep running. On Linux the child now
+    asks the kernel to be stopped when its parent dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux") or os.environ.get("PREFECT_API_URL"):
+        return
+    import subprocess
+
+    from prefect.server.api import server
+
+    class _Subprocess:  # the server module's view of subprocess: Popen with the parent-death signal
+        def __getattr__(self, name):
+            return getattr(subprocess, name)
+
+        @staticmethod
+        def Popen(*args, **kwargs):  # noqa: N802 - the name Prefect calls
+            kwargs.setdefault("preexec_fn", _die_with_parent)
+            return subprocess.Popen(*args, **kwargs)
+
+    if type(server.subprocess).__name__ != "_Subprocess":
+        server.subprocess = _Subprocess()
 
 
 class _NoTraceback:

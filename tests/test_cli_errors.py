@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,3 +49,38 @@ def test_obvious_mistakes_are_rejected_before_the_slow_imports(tmp_path):
                          env={**os.environ, "EBR_HOME": str(tmp_path)})
     assert out.stdout.strip() == "2 []", out.stdout + out.stderr  # a usage error, before torch/feast/prefect (33 s before)
     assert "--k" in out.stderr
+
+
+def test_a_killed_flow_command_leaves_no_temporary_prefect_server(tmp_path):
+    """A flow command without PREFECT_API_URL starts a temporary Prefect server; killed with SIGKILL, the
+    command used to leave that server running."""
+    import re
+    import signal
+
+    environ = {**os.environ, "EBR_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    environ.pop("PREFECT_API_URL", None)
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "--dataset", "nope"], cwd=ROOT,
+                                env=environ, stdout=out, stderr=subprocess.STDOUT)
+    port = None
+    deadline = time.time() + 120
+    while port is None and time.time() < deadline and proc.poll() is None:
+        m = re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", log.read_text())
+        port = m.group(1) if m else None
+        time.sleep(0.2)
+    assert port, log.read_text()[-2000:]
+
+    def server_pids() -> list[str]:
+        out = subprocess.run(["pgrep", "-f", f"uvicorn.*--port {port}"], capture_output=True, text=True)
+        return out.stdout.split()
+
+    deadline = time.time() + 60
+    while not server_pids() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while server_pids() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not server_pids(), f"the temporary server on port {port} outlived the killed command"
