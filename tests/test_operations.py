@@ -215,3 +215,28 @@ def test_materialize_gates_the_canonical_tables_before_anything_reaches_the_onli
         materialize(dataset="corrupt-clicks", start_date=day, end_date=day)
     repo = FeatureRepo.for_dataset("corrupt-clicks")
     assert repo.source_days("searcher") == [] and not repo.online_store_path.exists()
+
+
+# --------------------------------------------------------------------------- raw files that break an adapter
+
+
+def test_a_malformed_raw_file_is_named_with_its_line(tmp_path):
+    import shutil
+
+    from infra.settings import get_settings
+    from ingest.datasets import load_source
+    from ingest.datasets.common import SourceFileError
+
+    src = get_settings().datasets_dir / "movielens_100k"
+    root = tmp_path / "datasets"
+    shutil.copytree(src, root / "movielens_100k")
+    base = root / "movielens_100k" / "ua.base"
+    lines = base.read_text().splitlines()
+    lines[41] = lines[41] + "\textra"  # line 42: one field too many
+    base.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceFileError, match=r"ua\.base: line 42: malformed row"):
+        load_source("movielens", root)
+    lines[41] = "1\t2\tfive\t881250949"  # line 42: a rating that is not a number
+    base.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceFileError, match=r"ua\.base: line 42: rating 'five' is not an integer"):
+        load_source("movielens", root)

@@ -34,6 +34,38 @@ class DatasetNotFoundError(FileNotFoundError):
         )
 
 
+class SourceFileError(ValueError):
+    """A raw file of a source that its adapter cannot read: names the file and, where known, the line."""
+
+
+def read_source_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """``pd.read_csv`` whose failures name the file (and the line, for a malformed row or bad bytes)."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.ParserError as e:
+        m = re.search(r"line (\d+)", str(e))
+        where = f"{path}: line {m.group(1)}" if m else str(path)
+        raise SourceFileError(f"{where}: malformed row ({str(e).splitlines()[-1].strip()})") from None
+    except UnicodeDecodeError as e:
+        with open(path, "rb") as f:
+            line = f.read(e.start).count(b"\n") + 1
+        raise SourceFileError(f"{path}: line {line}: not {e.encoding} text ({e.reason})") from None
+    except (ValueError, TypeError) as e:
+        raise SourceFileError(f"{path}: {e}") from None
+
+
+def to_int(df: pd.DataFrame, column: str, path: Path, header_lines: int = 0) -> pd.Series:
+    """``df[column]`` as int64, or a SourceFileError naming the file, line and value of the first bad row
+    (rows are in file order, after ``header_lines``)."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise SourceFileError(f"{path}: line {i + 1 + header_lines}: {column} {df[column].iloc[i]!r} is not an "
+                              "integer")
+    return values.astype("int64")
+
+
 def require_files(source: str, datasets_dir: Path, subdir: str, names: list[str]) -> dict[str, Path]:
     """Paths of a dataset's input files, checked up front so nothing is half-read when one is missing."""
     datasets_dir = Path(datasets_dir)

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest
-from ingest.datasets.common import lists_by_group, params_of, progress, require_files, utc
+from ingest.datasets.common import read_source_csv, lists_by_group, params_of, progress, require_files, utc
 
 SOURCE = "lastfm"
 SUBDIR = "lastfm_hetrec2011"
@@ -58,7 +58,7 @@ class LastfmConfig:
 
 def _read(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     # keep_default_na=False: artist names or tags such as "NA" or "null" are text, not missing values.
-    return pd.read_csv(
+    return read_source_csv(
         path, sep="\t", dtype=str, encoding=encoding, quoting=csv.QUOTE_NONE, keep_default_na=False
     )
 

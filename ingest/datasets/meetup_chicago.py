@@ -30,6 +30,7 @@ import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
 from ingest.datasets.common import (
+    read_source_csv,
     click_sessions,
     admin_regions,
     dominant_place,
@@ -69,7 +70,7 @@ class ChicagoConfig:
 def _read_rsvps(paths: dict[str, Path]) -> pd.DataFrame:
     frames = []
     for split, name in SPLIT_FILES.items():
-        df = pd.read_csv(paths[name], dtype={"memberId": str, "eventId": str, "groupId": str, "venueId": str})
+        df = read_source_csv(paths[name], dtype={"memberId": str, "eventId": str, "groupId": str, "venueId": str})
         frames.append(df.assign(split=split))
     return pd.concat(frames, ignore_index=True)
 
@@ -98,7 +99,7 @@ def load(datasets_dir: Path, config: ChicagoConfig | None = None) -> CanonicalDa
     steps = ["read files", "sessions", "events and groups", "searchers and memberships"]
     with progress(SOURCE, steps) as bar:
         rsvps = _read_rsvps(paths)
-        user_group = pd.read_csv(paths[GROUP_FILE], dtype=str).drop_duplicates()
+        user_group = read_source_csv(paths[GROUP_FILE], dtype=str).drop_duplicates()
         bar.done()
 
         rsvps["ts"] = from_epoch(rsvps["rsvpTime"], "ms")

@@ -30,6 +30,7 @@ import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
 from ingest.datasets.common import (
+    read_source_csv,
     click_sessions,
     admin_regions,
     dominant_place,
@@ -114,12 +115,12 @@ def load(datasets_dir: Path, config: MontanaConfig | None = None) -> CanonicalDa
     paths = require_files(SOURCE, datasets_dir, SUBDIR, FILES)
     steps = ["read files", "venues", "sessions and split", "documents", "searchers and memberships"]
     with progress(SOURCE, steps) as bar:
-        groups = pd.read_csv(paths["groups.csv"], dtype={"id": str})
-        topics = pd.read_csv(paths["groups_topics.csv"], dtype={"groupId": str})
-        events_raw = pd.read_csv(paths["events.csv"], dtype={"id": str, "group_id": str, "venue_id": "Int64"})
-        venues_raw = pd.read_csv(paths["venues.csv"], dtype={"id": "int64"})
-        members = pd.read_csv(paths["members.csv"], dtype={"id": str, "groupId": str})
-        rsvps = pd.read_csv(paths["rsvps.csv"], dtype={"event_id": str, "member_id": str})
+        groups = read_source_csv(paths["groups.csv"], dtype={"id": str})
+        topics = read_source_csv(paths["groups_topics.csv"], dtype={"groupId": str})
+        events_raw = read_source_csv(paths["events.csv"], dtype={"id": str, "group_id": str, "venue_id": "Int64"})
+        venues_raw = read_source_csv(paths["venues.csv"], dtype={"id": "int64"})
+        members = read_source_csv(paths["members.csv"], dtype={"id": str, "groupId": str})
+        rsvps = read_source_csv(paths["rsvps.csv"], dtype={"event_id": str, "member_id": str})
         bar.done()
 
         venues, placeholder_cities = _venues(venues_raw)

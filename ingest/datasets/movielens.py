@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
-from ingest.datasets.common import click_sessions, from_epoch, params_of, progress, require_files
+from ingest.datasets.common import read_source_csv, to_int, click_sessions, from_epoch, params_of, progress, require_files
 
 SOURCE = "movielens"
 SUBDIR = "movielens_100k"
@@ -53,9 +53,9 @@ def zip_location(zip_code: str) -> tuple[str | None, str | None, str | None]:
 
 
 def _ratings(path: Path, split: str) -> pd.DataFrame:
-    df = pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "t"], dtype=str)
-    df["rating"] = df["rating"].astype("int64")
-    df["ts"] = from_epoch(df["t"], "s")
+    df = read_source_csv(path, sep="\t", header=None, names=["user", "item", "rating", "t"], dtype=str)
+    df["rating"] = to_int(df, "rating", path)
+    df["ts"] = from_epoch(to_int(df, "t", path), "s")
     return df.assign(split=split)
 
 
@@ -65,13 +65,13 @@ def load(datasets_dir: Path, config: MovielensConfig | None = None) -> Canonical
     paths = require_files(SOURCE, datasets_dir, SUBDIR, FILES)
     steps = ["read files", "documents", "searchers", "sessions and memberships"]
     with progress(SOURCE, steps) as bar:
-        users = pd.read_csv(
+        users = read_source_csv(
             paths["u.user"], sep="|", header=None, names=["id", "age", "gender", "occupation", "zip"], dtype=str
         )
-        genres = pd.read_csv(paths["u.genre"], sep="|", header=None, names=["name", "idx"], dtype=str)
+        genres = read_source_csv(paths["u.genre"], sep="|", header=None, names=["name", "idx"], dtype=str)
         genres = genres.dropna().sort_values("idx", key=lambda s: s.astype(int))["name"].tolist()
         item_cols = ["id", "title", "release", "video_release", "url", *genres]
-        items = pd.read_csv(
+        items = read_source_csv(
             paths["u.item"], sep="|", header=None, names=item_cols, dtype=str, encoding="latin-1",
             keep_default_na=False,
         )
