@@ -6,44 +6,15 @@ Heavy imports (torch, feast, prefect) happen inside the commands so that ``ebr -
 from __future__ import annotations
 
 import os
-import re
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from cli.runtime import Cli, prepare_flow_command
 
-def one_line(exc: BaseException, limit: int = 600) -> str:
-    """An error as one readable line: its message with whitespace runs collapsed, cut at ``limit``."""
-    text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class _Cli(typer.Typer):
-    """The ``ebr`` app: an error reaches the terminal as one line and a non-zero exit code (1: the work failed;
-    130: interrupted); ``ebr --debug ...`` or ``EBR_DEBUG=1`` shows the whole traceback instead."""
-
-    def __call__(self, *args, **kwargs):
-        try:
-            return super().__call__(*args, **kwargs)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            sys.exit(130)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence of a command line
-            if _debug():
-                raise
-            typer.echo(file=sys.stderr)
-            typer.echo(f"error: {one_line(exc)} (run with --debug for the traceback)", err=True)
-            sys.exit(1)
-
-
-def _debug() -> bool:
-    return os.environ.get("EBR_DEBUG", "") not in ("", "0")
-
-
-app = _Cli(
+app = Cli(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -59,70 +30,10 @@ FLOW_COMMANDS = {"materialize", "training-data", "train", "mine", "ensemble", "e
 def _options(ctx: typer.Context,
              debug: bool = typer.Option(False, "--debug", help="show full tracebacks on errors")) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a laptop tool
-    # A command without PREFECT_API_URL starts a temporary Prefect server; on a busy 2-core machine its
-    # start-up can exceed Prefect's 20 s default, which failed flow commands under load.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if debug:
         os.environ["EBR_DEBUG"] = "1"
     if ctx.invoked_subcommand in FLOW_COMMANDS:
-        ephemeral_server_dies_with_us()
-        if not debug:
-            quiet_console_tracebacks()
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def ephemeral_server_dies_with_us() -> None:
-    """A flow command without PREFECT_API_URL starts a temporary Prefect server as a child process; when the
-    command is killed (SIGKILL cannot be caught), that server used to keep running. On Linux the child now
-    asks the kernel to be stopped when its parent dies (PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux") or os.environ.get("PREFECT_API_URL"):
-        return
-    import subprocess
-
-    from prefect.server.api import server
-
-    class _Subprocess:  # the server module's view of subprocess: Popen with the parent-death signal
-        def __getattr__(self, name):
-            return getattr(subprocess, name)
-
-        @staticmethod
-        def Popen(*args, **kwargs):  # noqa: N802 - the name Prefect calls
-            kwargs.setdefault("preexec_fn", _die_with_parent)
-            return subprocess.Popen(*args, **kwargs)
-
-    if type(server.subprocess).__name__ != "_Subprocess":
-        server.subprocess = _Subprocess()
-
-
-class _NoTraceback:
-    """A logging filter for the console: the record's one-line message without its traceback (the run's
-    logs in the Prefect UI keep it; ``--debug`` keeps it here too)."""
-
-    def filter(self, record) -> bool:
-        if record.exc_info and not _debug():
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def quiet_console_tracebacks() -> None:
-    """Strip tracebacks from Prefect's console output (flows log a failure with its traceback)."""
-    import logging
-
-    from prefect.logging.configuration import ensure_logging_setup
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    ensure_logging_setup()
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for h in logging.getLogger(name).handlers:
-            if isinstance(h, (PrefectConsoleHandler, logging.StreamHandler)) and not any(
-                    isinstance(f, _NoTraceback) for f in h.filters):
-                h.addFilter(_NoTraceback())
+        prepare_flow_command(debug)
 
 
 def _settings():
@@ -575,7 +486,7 @@ def rebuild_index_command(
 
 # --------------------------------------------------------------------------- versions
 
-versions_app = _Cli(no_args_is_help=True, pretty_exceptions_enable=False,
+versions_app = Cli(no_args_is_help=True, pretty_exceptions_enable=False,
                     help="Artifact versions (datasets, models, indexes) on the local or an S3 store.")
 app.add_typer(versions_app, name="versions")
 

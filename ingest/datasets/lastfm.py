@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest
-from ingest.datasets.common import read_source_csv, lists_by_group, params_of, progress, require_files, utc
+from ingest.datasets.common import lists_by_group, params_of, progress, read_source_csv, require_files, utc
 
 SOURCE = "lastfm"
 SUBDIR = "lastfm_hetrec2011"

@@ -30,14 +30,14 @@ import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
 from ingest.datasets.common import (
-    read_source_csv,
-    click_sessions,
     admin_regions,
+    click_sessions,
     dominant_place,
     from_epoch,
     grid_cell,
     params_of,
     progress,
+    read_source_csv,
     require_files,
     utc,
     valid_coords,

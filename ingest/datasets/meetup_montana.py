@@ -30,9 +30,8 @@ import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
 from ingest.datasets.common import (
-    read_source_csv,
-    click_sessions,
     admin_regions,
+    click_sessions,
     dominant_place,
     from_epoch,
     html_to_text,
@@ -41,6 +40,7 @@ from ingest.datasets.common import (
     params_of,
     progress,
     quantile_cut,
+    read_source_csv,
     require_files,
     split_by_time,
     valid_coords,

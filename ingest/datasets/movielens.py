@@ -23,7 +23,15 @@ from pathlib import Path
 import pandas as pd
 
 from ingest.contract import CanonicalDataset, DatasetManifest, empty_table
-from ingest.datasets.common import read_source_csv, to_int, click_sessions, from_epoch, params_of, progress, require_files
+from ingest.datasets.common import (
+    click_sessions,
+    from_epoch,
+    params_of,
+    progress,
+    read_source_csv,
+    require_files,
+    to_int,
+)
 
 SOURCE = "movielens"
 SUBDIR = "movielens_100k"

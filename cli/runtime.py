@@ -1,0 +1,108 @@
+"""How an ``ebr`` command runs: errors as one line, Prefect's temporary server, console logs.
+
+- An error reaches the terminal as one line and a non-zero exit code (1: the work failed; 130: interrupted);
+  ``ebr --debug ...`` or ``EBR_DEBUG=1`` shows the whole traceback instead.
+- A flow command without PREFECT_API_URL starts a temporary Prefect server as a child process: it gets time
+  to start on a busy machine, and it stops when the command is killed.
+- Prefect logs a failed flow with its traceback: the console keeps the one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import typer
+
+
+def one_line(exc: BaseException, limit: int = 600) -> str:
+    """An error as one readable line: its message with whitespace runs collapsed, cut at ``limit``."""
+    text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Cli(typer.Typer):
+    """The ``ebr`` app: an error reaches the terminal as one line and a non-zero exit code (1: the work failed;
+    130: interrupted); ``ebr --debug ...`` or ``EBR_DEBUG=1`` shows the whole traceback instead."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of a command line
+            if debug_enabled():
+                raise
+            typer.echo(file=sys.stderr)
+            typer.echo(f"error: {one_line(exc)} (run with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("EBR_DEBUG", "") not in ("", "0")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def ephemeral_server_dies_with_us() -> None:
+    """A flow command without PREFECT_API_URL starts a temporary Prefect server as a child process; when the
+    command is killed (SIGKILL cannot be caught), that server used to keep running. On Linux the child now
+    asks the kernel to be stopped when its parent dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux") or os.environ.get("PREFECT_API_URL"):
+        return
+    import subprocess
+
+    from prefect.server.api import server
+
+    class _Subprocess:  # the server module's view of subprocess: Popen with the parent-death signal
+        def __getattr__(self, name):
+            return getattr(subprocess, name)
+
+        @staticmethod
+        def Popen(*args, **kwargs):  # noqa: N802 - the name Prefect calls
+            kwargs.setdefault("preexec_fn", _die_with_parent)
+            return subprocess.Popen(*args, **kwargs)
+
+    if type(server.subprocess).__name__ != "_Subprocess":
+        server.subprocess = _Subprocess()
+
+
+class _NoTraceback:
+    """A logging filter for the console: the record's one-line message without its traceback (the run's
+    logs in the Prefect UI keep it; ``--debug`` keeps it here too)."""
+
+    def filter(self, record) -> bool:
+        if record.exc_info and not debug_enabled():
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_console_tracebacks() -> None:
+    """Strip tracebacks from Prefect's console output (flows log a failure with its traceback)."""
+    import logging
+
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, (PrefectConsoleHandler, logging.StreamHandler)) and not any(
+                    isinstance(f, _NoTraceback) for f in h.filters):
+                h.addFilter(_NoTraceback())
+
+
+def prepare_flow_command(debug: bool) -> None:
+    """What every flow command needs before Prefect starts (see the module docstring)."""
+    # start-up can exceed Prefect's 20 s default on a busy 2-core machine, which failed commands under load
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    ephemeral_server_dies_with_us()
+    if not debug:
+        quiet_console_tracebacks()
