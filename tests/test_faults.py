@@ -148,3 +148,57 @@ def test_concurrent_runs_of_one_step_leave_a_complete_current_version(world):
     for av in store.list_versions(kind, name):
         store.verify(av)
     assert same(content(kind, name), reference)
+
+
+MINE = """
+import sys
+from flows.mine import MineParams, mine
+from models.config import LossConfig, ModelConfig, TrainConfig
+from models.mining import MiningConfig
+from serving.index import IndexConfig
+tiny = ModelConfig(trigram_buckets=4096, word_buckets=2048, bigram_buckets=2048, context_buckets=1024,
+                   embedding_dim=16, hidden_dims=(64,), output_dim=32)  # the tiny world's model
+config = TrainConfig(model=tiny, loss=LossConfig(n_corpus_negatives=64), batch_size=128, epochs=1,
+                     progress=False, num_threads=1)
+mining = MiningConfig(rank_window=(11, 100), negatives_per_example=8, exact_check_queries=50,
+                      index=IndexConfig(kind="flat"))
+mine(dataset=sys.argv[1], params=MineParams(rounds=1, config=config, mining=mining, stop_early=False,
+                                            promote=False, max_eval_sessions=200))
+"""
+
+
+def run_mine(dataset: str, env: dict, kill_after: float | None = None) -> tuple[int, float]:
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", MINE, dataset], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if kill_after is not None:
+        try:
+            proc.wait(kill_after)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+    err = proc.communicate(timeout=600)[1]
+    if kill_after is None:
+        assert proc.returncode == 0, err[-3000:]
+    return proc.returncode, time.perf_counter() - t
+
+
+def test_a_killed_mining_run_resumes_to_the_result_of_an_uninterrupted_one(world):
+    """Mining rounds resume from what finished; killed part way and re-run, a dataset's round ends with the
+    same model as an identical dataset's uninterrupted round (same seed: same world, same starting model)."""
+    twin = f"{DATASET}-twin"
+    build_tiny_world(twin, epochs=1)
+    _, clean_seconds = run_mine(DATASET, world)
+    reference = content("model", f"{DATASET}-two-tower-hnm")
+
+    rng = random.Random("mine-kills")
+    killed = 0
+    for _ in range(KILLS):
+        code, _ = run_mine(twin, world, kill_after=rng.uniform(0.3, 0.9) * clean_seconds)
+        killed += code == -signal.SIGKILL
+    run_mine(twin, world)
+    assert killed >= 1
+    assert same(content("model", f"{twin}-two-tower-hnm"), reference)
+    store = ArtifactStore.from_settings()
+    for kind, name in (("model", f"{twin}-two-tower-hnm"), ("dataset", f"{twin}-examples-hnm")):
+        for av in store.list_versions(kind, name):
+            store.verify(av)
