@@ -185,10 +185,11 @@ def run_mine(dataset: str, env: dict, kill_after: float | None = None) -> tuple[
 def test_a_killed_mining_run_resumes_to_the_result_of_an_uninterrupted_one(world):
     """Mining rounds resume from what finished; killed part way and re-run, a dataset's round ends with the
     same model as an identical dataset's uninterrupted round (same seed: same world, same starting model)."""
-    twin = f"{DATASET}-twin"
+    first, twin = f"{DATASET}-mine-a", f"{DATASET}-mine-b"  # fresh worlds: the steps above retrained DATASET
+    build_tiny_world(first, epochs=1)
     build_tiny_world(twin, epochs=1)
-    _, clean_seconds = run_mine(DATASET, world)
-    reference = content("model", f"{DATASET}-two-tower-hnm")
+    _, clean_seconds = run_mine(first, world)
+    reference = content("model", f"{first}-two-tower-hnm")
 
     rng = random.Random("mine-kills")
     killed = 0
