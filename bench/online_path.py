@@ -75,6 +75,7 @@ def latencies(fn, items, warmup: int = 20) -> Lat:
 def test_queries(dataset: str, n: int, retriever) -> list[tuple[str, str]]:
     """The newest ``n`` sessions with a query whose searcher the online store knows."""
     from infra.settings import get_settings
+    from serving.errors import UnknownSearcherError
 
     sessions = pd.read_parquet(get_settings().dataset_path(dataset) / "sessions.parquet",
                                columns=["searcher_id", "ts", "query"])
@@ -82,8 +83,11 @@ def test_queries(dataset: str, n: int, retriever) -> list[tuple[str, str]]:
     pairs = list(zip(sessions["query"].astype(str), sessions["searcher_id"].astype(str)))
     known = []
     for q, s in pairs:
-        if q.strip() and retriever.features.store.get_online_features(
-                features=retriever._service, entity_rows=[{"searcher_id": s}]).to_dict()["feature_ts"][0] is not None:
+        try:
+            retriever.searcher_features(s)
+        except UnknownSearcherError:
+            continue
+        if q.strip():
             known.append((q, s))
         if len(known) == n:
             break

@@ -9,6 +9,8 @@ their featurized inputs at once.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -43,24 +45,31 @@ def shard_bounds(n: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
     return [(b * batch_size, min(n, (b + per) * batch_size)) for b in range(0, batches, per)]
 
 
-def write_vectors_to_file(parts: list[np.ndarray], path: Path) -> np.memmap:
-    """Concatenate ``parts`` (in order) into an .npy file under a temporary name, renamed when complete."""
+@contextmanager
+def _npy_file(path: Path, shape: tuple[int, int]) -> Iterator[np.memmap]:
+    """A float32 .npy memmap to fill, written under a temporary name and renamed when the block ends
+    without an error, so a crashed run never leaves a partial file that looks finished."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n, dim = sum(len(p) for p in parts), parts[0].shape[1]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
     try:
-        at = 0
-        for p in parts:
-            out[at : at + len(p)] = p
-            at += len(p)
+        yield out
         out.flush()
         del out
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_vectors_to_file(parts: list[np.ndarray], path: Path) -> np.memmap:
+    """Concatenate ``parts`` (in order) into an .npy file (written atomically) and open it read-only."""
+    with _npy_file(path, (sum(len(p) for p in parts), parts[0].shape[1])) as out:
+        at = 0
+        for p in parts:
+            out[at : at + len(p)] = p
+            at += len(p)
     return np.load(path, mmap_mode="r")
 
 
@@ -82,22 +91,12 @@ def embed_documents_to_file(
     n = len(corpus)
     if n == 0:
         raise ValueError("the corpus is empty: nothing to embed (did the selection filters remove everything?)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-    try:
-        with tqdm(total=n, desc="embed documents", unit="doc", disable=not progress) as bar:
-            for start in range(0, n, batch_size):
-                stop = min(n, start + batch_size)
-                out[start:stop] = embed_rows(model, corpus.iloc[start:stop], dim, batch_size)
-                bar.update(stop - start)
-        out.flush()
-        del out
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _npy_file(path, (n, dim)) as out, \
+            tqdm(total=n, desc="embed documents", unit="doc", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            out[start:stop] = embed_rows(model, corpus.iloc[start:stop], dim, batch_size)
+            bar.update(stop - start)
     return np.load(path, mmap_mode="r")
 
 

@@ -197,17 +197,8 @@ class Retriever:
             return []
         for q, sid in zip(queries, searcher_ids):
             NNRequest(q, sid, k, None, nprobe)  # the same checks as one request
-        rows = self.features.store.get_online_features(
-            features=self._service, entity_rows=[{SEARCHER_KEY: s} for s in searcher_ids]
-        ).to_dict()
-        missing = [s for s, t in zip(searcher_ids, rows[FEATURE_TS]) if t is None]
-        if missing:
-            raise UnknownSearcherError(
-                f"{len(missing)} searcher(s) have no features in the online store of dataset {self.dataset!r}, "
-                f"e.g. {missing[0]!r}"
-            )
-        records = [self._record(q, s, {n: rows[n][i] for n in self._names})
-                   for i, (q, s) in enumerate(zip(queries, searcher_ids))]
+        records = [self._record(q, s, f) for q, s, f in
+                   zip(queries, searcher_ids, self.searchers_features(searcher_ids))]
         q = self.model.embed_queries(records)
         depth = k if self.rescore is None else max(k, self.model.rerank_n)
         scores, ids = self.index.search(q, depth, nprobe=nprobe)
@@ -287,16 +278,22 @@ class Retriever:
 
     def searcher_features(self, searcher_id: str) -> dict:
         """The searcher's online features (the model's serving service), as a dict of feature -> value."""
-        row = self.features.store.get_online_features(
-            features=self._service, entity_rows=[{SEARCHER_KEY: searcher_id}]
+        return self.searchers_features([searcher_id])[0]
+
+    def searchers_features(self, searcher_ids: Sequence[str]) -> list[dict]:
+        """The online features of each searcher, in one online read; :class:`UnknownSearcherError` names
+        the first searcher without any."""
+        rows = self.features.store.get_online_features(
+            features=self._service, entity_rows=[{SEARCHER_KEY: s} for s in searcher_ids]
         ).to_dict()
-        if row.get(FEATURE_TS, [None])[0] is None:
+        missing = [s for s, t in zip(searcher_ids, rows.get(FEATURE_TS, [None] * len(searcher_ids))) if t is None]
+        if missing:
             raise UnknownSearcherError(
-                f"searcher {searcher_id!r} has no features in the online store of dataset {self.dataset!r}; "
-                "check the id (it must be in the dataset's searchers table) or run the materialize flow for "
-                "the days since the searcher joined"
+                f"searcher {missing[0]!r}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} has no "
+                f"features in the online store of dataset {self.dataset!r}; check the id (it must be in the "
+                "dataset's searchers table) or run the materialize flow for the days since the searcher joined"
             )
-        return {n: row[n][0] for n in self._names}
+        return [{n: rows[n][i] for n in self._names} for i in range(len(searcher_ids))]
 
     def positions_of(self, doc_ids: Sequence[str]) -> np.ndarray:
         """Index ids (int64 positions) of the given doc_ids that are in the index."""

@@ -49,8 +49,15 @@ COMMANDS = {
 
 
 def run(args: list[str], env: dict, kill_after: float | None = None) -> tuple[int, float]:
+    """An ``ebr`` command (see :func:`run_python`)."""
+    return run_python(["-m", "cli.main", *args], env, kill_after)
+
+
+def run_python(argv: list[str], env: dict, kill_after: float | None = None) -> tuple[int, float]:
+    """(exit code, seconds) of ``python <argv>``, SIGKILLed after ``kill_after`` seconds if still running;
+    without a kill it must succeed."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=PROJECT_ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, *argv], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if kill_after is not None:
         try:
@@ -168,18 +175,7 @@ mine(dataset=sys.argv[1], params=MineParams(rounds=1, config=config, mining=mini
 
 
 def run_mine(dataset: str, env: dict, kill_after: float | None = None) -> tuple[int, float]:
-    t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", MINE, dataset], cwd=PROJECT_ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if kill_after is not None:
-        try:
-            proc.wait(kill_after)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-    err = proc.communicate(timeout=600)[1]
-    if kill_after is None:
-        assert proc.returncode == 0, err[-3000:]
-    return proc.returncode, time.perf_counter() - t
+    return run_python(["-c", MINE, dataset], env, kill_after)
 
 
 def test_a_killed_mining_run_resumes_to_the_result_of_an_uninterrupted_one(world):
