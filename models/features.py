@@ -41,6 +41,7 @@ class TowerInputs:
     ctx_offsets: torch.Tensor | None = None  # (n_rows * n_ctx_fields,) int64
     ctx_weights: torch.Tensor | None = None  # (nnz_ctx,) float32
     numeric: torch.Tensor | None = None  # (n_rows, n_numeric) float32
+    pretrained: torch.Tensor | None = None  # (n_rows, encoder dim) float32 unit vectors, frozen
 
     def to(self, device: str | torch.device) -> "TowerInputs":
         if str(device) == "cpu":
@@ -49,6 +50,7 @@ class TowerInputs:
         return TowerInputs(
             self.n_rows, move(self.text_ids), move(self.text_offsets), move(self.text_weights),
             move(self.ctx_ids), move(self.ctx_offsets), move(self.ctx_weights), move(self.numeric),
+            move(self.pretrained),
         )
 
 
@@ -74,6 +76,7 @@ class FeatureTable:
     context: Bags | None  # n_ctx_fields bags per row
     n_ctx_fields: int
     numeric: np.ndarray | None  # (n_rows, n_numeric) float32
+    pretrained: np.ndarray | None = None  # (n_rows, encoder dim) float32: the frozen text sub-model's vectors
 
     def take(self, rows: np.ndarray | None = None) -> TowerInputs:
         rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -90,6 +93,8 @@ class FeatureTable:
             )
         if self.numeric is not None:
             out.numeric = torch.from_numpy(np.ascontiguousarray(self.numeric[rows]))
+        if self.pretrained is not None:
+            out.pretrained = torch.from_numpy(np.ascontiguousarray(self.pretrained[rows]))
         return out
 
 
@@ -230,6 +235,16 @@ class Featurizer:
         self.cfg, self.columns, self.what = cfg, columns, what
         self.n_text_kinds = 3 if cfg.word_ngrams else 1
         self.fitted = FittedInputs({}, {})
+        self._encoder = None  # the pretrained text encoder, loaded on first use
+
+    @property
+    def encoder(self):
+        """The frozen pretrained text sub-model (``ModelConfig.pretrained_text``), or None."""
+        if self._encoder is None and self.cfg.pretrained_text:
+            from models.pretrained import text_encoder  # sentence-transformers: only models that use it
+
+            self._encoder = text_encoder(self.cfg.pretrained_text)
+        return self._encoder
 
     @property
     def n_text_bags(self) -> int:
@@ -275,5 +290,9 @@ class Featurizer:
                 mean, std = self.fitted.numeric[self.what]
                 numeric = (numeric - np.asarray(mean)) / np.asarray(std)
             numeric = numeric.astype(np.float32)
-        return FeatureTable(n, text, text_index, self.n_text_kinds, context, f, numeric)
+        pretrained = None
+        if self.encoder is not None:  # one text per row, its fields joined (the encoder truncates it itself)
+            raw = [[("" if is_missing(t) else str(t)).strip() for t in columns[c]] for c in self.columns.text]
+            pretrained = self.encoder.encode([" ".join(s for s in row if s) for row in zip(*raw)])
+        return FeatureTable(n, text, text_index, self.n_text_kinds, context, f, numeric, pretrained)
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from models.columns import DOC_ID, ID_KINDS, document_columns, query_columns, to_document_columns
 from models.config import ModelConfig
+from models.pretrained import ENCODERS
 from models.features import FeatureTable, FittedInputs, Featurizer, Records, TowerInputs, log_counts
 
 _INIT_STD = 0.1
@@ -29,14 +30,36 @@ def _table(rows: int, dim: int) -> nn.EmbeddingBag:
     return t
 
 
+class PretrainedMix(nn.Module):
+    """Weighted concatenation of a tower's own unit embedding and the frozen pretrained text vector: with
+    both parts unit-norm the cosine of two outputs is (cos_own + w^2 cos_pretrained) / (1 + w^2), the
+    paper's weighted-concatenation ensemble, trained jointly so that the towers learn what the pretrained
+    encoder misses. ``w`` is fixed (a buffer, chosen on validation): learned on the training clicks it
+    drifts towards the towers' own part, which can memorize them (SciFact: from 4 to 1.5, and worse
+    held-out rankings). One instance is shared by both towers: the same ``w`` on each side."""
+
+    def __init__(self, weight: float):
+        super().__init__()
+        self.register_buffer("w", torch.tensor(float(weight)))
+
+    @property
+    def weight(self) -> float:
+        return float(self.w)
+
+    def forward(self, own: torch.Tensor, pretrained: torch.Tensor) -> torch.Tensor:
+        # an empty text has the zero vector: normalizing leaves the own part alone then
+        return F.normalize(torch.cat([own, self.w * pretrained], dim=1), dim=-1)
+
+
 class Tower(nn.Module):
     """Feature embeddings -> concatenation -> MLP -> L2-normalized embedding."""
 
     def __init__(
         self, cfg: ModelConfig, n_text_bags: int, n_ctx_fields: int, n_numeric: int,
-        text_table: nn.EmbeddingBag | None = None,
+        text_table: nn.EmbeddingBag | None = None, mix: PretrainedMix | None = None,
     ):
         super().__init__()
+        self.mix = mix
         d = cfg.embedding_dim
         self.text = text_table if text_table is not None else _table(cfg.text_rows, d)
         self.context = _table(cfg.context_buckets, d) if n_ctx_fields else None
@@ -58,7 +81,13 @@ class Tower(nn.Module):
             parts.append(self.context(x.ctx_ids, x.ctx_offsets, per_sample_weights=x.ctx_weights).view(b, -1))
         if self.n_numeric:
             parts.append(x.numeric)
-        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)  # (B, output_dim), unit norm
+        own = F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)  # (B, cfg.output_dim), unit norm
+        if self.mix is None:
+            return own
+        if x.pretrained is None:
+            raise ValueError("this tower concatenates pretrained text vectors: featurize with the model's own "
+                             "featurizer (ModelConfig.pretrained_text)")
+        return self.mix(own, x.pretrained)  # (B, cfg.output_dim + encoder dim), unit norm
 
 
 class TwoTowerModel(nn.Module):
@@ -71,16 +100,19 @@ class TwoTowerModel(nn.Module):
         self.query_featurizer = Featurizer(cfg, query_columns(cfg), "query")
         self.doc_featurizer = Featurizer(cfg, document_columns(cfg), "document")
         qc, dc = self.query_featurizer.columns, self.doc_featurizer.columns
-        self.query_tower = Tower(cfg, self.query_featurizer.n_text_bags, len(qc.context), len(qc.numeric))
+        self.mix = PretrainedMix(cfg.pretrained_weight) if cfg.pretrained_text else None
+        self.query_tower = Tower(cfg, self.query_featurizer.n_text_bags, len(qc.context), len(qc.numeric),
+                                 mix=self.mix)
         self.doc_tower = Tower(
             cfg, self.doc_featurizer.n_text_bags, len(dc.context), len(dc.numeric),
-            text_table=self.query_tower.text if cfg.share_text_tables else None,
+            text_table=self.query_tower.text if cfg.share_text_tables else None, mix=self.mix,
         )
 
     @property
     def output_dim(self) -> int:
         """Width of the embeddings (what an index over them holds)."""
-        return self.config.output_dim
+        cfg = self.config
+        return cfg.output_dim + (ENCODERS[cfg.pretrained_text] if cfg.pretrained_text else 0)
 
     @property
     def device(self) -> torch.device:
@@ -150,7 +182,7 @@ class TwoTowerModel(nn.Module):
         if was_training:  # toggling modes walks every submodule: skip it on the serving path
             self.eval()
         try:
-            out = np.empty((table.n_rows, self.config.output_dim), np.float32)
+            out = np.empty((table.n_rows, self.output_dim), np.float32)
             dev = self.device
             if table.n_rows <= batch_size:  # one query online: no progress bar, no row gather
                 out[:] = tower(table.take().to(dev)).float().cpu().numpy()

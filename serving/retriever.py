@@ -152,6 +152,8 @@ class Retriever:
                 f"no Feast registry and online store for dataset {dataset!r} under {repo.root}; "
                 "run the materialize flow for the dataset first"
             )
+        for tower_model in _two_tower_models(model):  # a pretrained text encoder loads now, not on the first query
+            _ = tower_model.query_featurizer.encoder
         out = cls(dataset, published, model, repo)
         log.info("retriever for %s: %s (%d documents), model %s", dataset, published.version.ref,
                  out.index.ntotal, ref.ref)
@@ -310,3 +312,12 @@ class Retriever:
 
 
 __all__ = ["Candidate", "HybridResult", "NNRequest", "Retriever", "set_threads"]
+
+
+def _two_tower_models(model) -> list:
+    """The two-tower models inside a registered model: itself, an ensemble's members, a cascade's stages."""
+    parts = list(getattr(model, "members", ()))
+    parts += [m for m in (getattr(model, "first", None), getattr(model, "second", None)) if m is not None]
+    if not parts:
+        return [model] if hasattr(model, "query_featurizer") else []
+    return [t for p in parts for t in _two_tower_models(p)]

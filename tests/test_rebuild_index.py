@@ -39,7 +39,7 @@ class TinyWorld:
     examples: pd.DataFrame
 
 
-def build_tiny_world(dataset: str, snapshot_every_days: int = 6, epochs: int = 2) -> TinyWorld:
+def build_tiny_world(dataset: str, snapshot_every_days: int = 6, epochs: int = 2, **model) -> TinyWorld:
     """Generate, snapshot (every few days, within the 7-day TTL), apply + materialize the newest day, build
     and publish examples through the real point-in-time join, train a tiny model and register it."""
     from features.compute import as_of_for_day, compute_features
@@ -77,7 +77,7 @@ def build_tiny_world(dataset: str, snapshot_every_days: int = 6, epochs: int = 2
     corpus = index_documents(pd.concat([repo.read_source("document", d) for d in days]), cutoff, include_later=False)
     config = TrainConfig(
         model=ModelConfig(trigram_buckets=4096, word_buckets=2048, bigram_buckets=2048, context_buckets=1024,
-                          embedding_dim=16, hidden_dims=(64,), output_dim=32),
+                          embedding_dim=16, hidden_dims=(64,), output_dim=32, **model),
         loss=LossConfig(n_corpus_negatives=64), batch_size=128, epochs=epochs, progress=False, num_threads=1,
     )
     result = train(fill_static_document_fields(parts["train"], corpus), parts["valid"], corpus, config,
@@ -100,7 +100,7 @@ def stage_plain(world: TinyWorld, dest: Path, selection: SelectionConfig | None 
     at = rebuild_time(as_of, day)
     corpus, report = index_corpus(world.data.documents, world.repo.read_source("document", day), at, selection)
     vectors = embed_documents_to_file(world.model, corpus, dest.parent / f"{dest.name}-vectors.npy",
-                                      world.model.config.output_dim, batch_size=128, progress=False)
+                                      world.model.output_dim, batch_size=128, progress=False)
     index = EmbeddingIndex.build(vectors, np.arange(len(corpus)), config, progress=False)
     from serving.terms import TermIndex
 
