@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features.compute import (
-    DOC_KEY, DOCUMENT_FEATURES, EVENT_TIMESTAMP, SEARCHER_FEATURES, SEARCHER_KEY, FeatureConfig, as_of_for_day,
+    DOC_KEY, DOCUMENT_FEATURES, EVENT_TIMESTAMP, FEATURE_TS, SEARCHER_FEATURES, SEARCHER_KEY, FeatureConfig, as_of_for_day,
     compute_features,
 )
 from ingest.contract import CanonicalDataset
@@ -89,17 +89,37 @@ def snapshot_days(first_event: pd.Timestamp, last_event: pd.Timestamp, max_snaps
     return days + [end] if days[-1] != end else days
 
 
-def feature_inputs(data: CanonicalDataset, session_split: pd.Series) -> CanonicalDataset:
-    """The tables features may see: held-out test sessions, test-marked memberships and memberships made
-    after the last non-test session (the end of the data a model learns from) removed.
+def feature_inputs(data: CanonicalDataset, session_split: pd.Series, held_out: tuple[str, ...] = ("test",)
+                   ) -> CanonicalDataset:
+    """The tables features may see: the held-out sessions (test; for the validation index, validation too),
+    test-marked memberships and memberships made after the last session kept (the end of the data a model
+    learns from) removed.
 
     A missing ``last_active_at`` is set to ``created_at``: the same value the feature takes anyway (the
     newest of creation and later activity), and ``compute_features`` fails on a column that is all NaT.
     """
-    sessions = data.sessions[(session_split != "test").to_numpy()]
+    sessions = data.sessions[~session_split.isin(held_out).to_numpy()]
     memberships = visible_memberships(data.memberships, sessions)
     docs = data.documents.assign(last_active_at=data.documents["last_active_at"].fillna(data.documents["created_at"]))
     return dataclasses.replace(data, sessions=sessions.reset_index(drop=True), memberships=memberships, documents=docs)
+
+
+def validation_index(data: CanonicalDataset, sessions: pd.DataFrame, session_split: pd.Series,
+                     snaps: SnapshotFeatures, days: list[date], valid_cut: pd.Timestamp, train: pd.DataFrame,
+                     label: str = "") -> pd.DataFrame:
+    """What validation ranks: what a nightly at the validation cutoff would serve (no started events), as the
+    test split ranks what is servable at its own. A document born after the cutoff gets its first later
+    snapshot, recomputed without the validation sessions: the shared snapshots count them, so an event's
+    member aggregates would hold the very RSVPs validation asks for (the test index never sees test ones)."""
+    if (session_split != "valid").all():
+        return servable(index_documents(snaps.documents, valid_cut), data.documents, valid_cut, train)
+    later = [d for d in days if as_of_for_day(d) > valid_cut]
+    without_valid = feature_inputs(dataclasses.replace(data, sessions=sessions.reset_index(drop=True)),
+                                   session_split, held_out=("valid", "test"))
+    redone = compute_snapshots(without_valid, later, label=f"{label} (validation index)").documents
+    early = snaps.documents[pd.to_datetime(snaps.documents[FEATURE_TS], utc=True) <= valid_cut]
+    documents = pd.concat([early, redone], ignore_index=True)
+    return servable(index_documents(documents, valid_cut), data.documents, valid_cut, train)
 
 
 def compute_snapshots(data: CanonicalDataset, days: list[date], config: FeatureConfig | None = None,
@@ -126,6 +146,7 @@ class Prepared:
     snapshots: int
     snapshot_step_days: int
     seconds: dict[str, float] = field(default_factory=dict)
+    valid_index: pd.DataFrame | None = None  # documents the validation sessions retrieve from (None: corpus)
 
 
 def prepare(name: str, data: CanonicalDataset, max_snapshots: int = 24,
@@ -158,7 +179,8 @@ def prepare(name: str, data: CanonicalDataset, max_snapshots: int = 24,
     if data.qrels is not None:
         qrels = data.qrels[data.qrels["split"].astype(str) == "test"] if "split" in data.qrels.columns else data.qrels
     valid_cut, test_cut = split_cutoff(parts, "valid"), split_cutoff(parts, "test")
-    corpus = index_documents(snaps.documents, valid_cut)  # training negatives and validation: every document
+    corpus = index_documents(snaps.documents, valid_cut)  # training negatives: every document
+    valid_index = validation_index(data, sessions, session_split, snaps, days, valid_cut, parts["train"], name)
     full_index = index_documents(snaps.documents, test_cut)
     index = servable(full_index, data.documents, test_cut, parts["train"])
     # A searcher's or document's own fields exist from its creation: fill them where no snapshot preceded
@@ -174,7 +196,7 @@ def prepare(name: str, data: CanonicalDataset, max_snapshots: int = 24,
         name=name, parts=parts, corpus=corpus, index=index, qrels=qrels,
         has_query_text=bool((sessions["query"].fillna("").astype(str) != "").any()),
         snapshots=len(days), snapshot_step_days=step,
-        seconds={"examples": t1 - t0, "snapshots": t2 - t1, "join": t3 - t2},
+        seconds={"examples": t1 - t0, "snapshots": t2 - t1, "join": t3 - t2}, valid_index=valid_index,
     )
 
 

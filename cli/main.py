@@ -144,6 +144,21 @@ def _parse_day(value: Optional[str], name: str):
         raise typer.BadParameter(f"expected YYYY-MM-DD, got {value!r}", param_hint=name) from None
 
 
+def explicit_split(test_start, valid_start):
+    """The split of explicit cutoff days (midnight UTC); a given test cutoff replaces a source's own split."""
+    from datetime import datetime, time, timezone
+
+    from training.examples import SplitConfig
+
+    at = lambda d: None if d is None else datetime.combine(d, time.min, tzinfo=timezone.utc)  # noqa: E731
+    try:
+        return SplitConfig(test_start=at(test_start), valid_start=at(valid_start),
+                           use_source_split=test_start is None)
+    except ValueError as e:  # pydantic's ValidationError: valid_start must come before test_start
+        message = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+        raise typer.BadParameter(message, param_hint="--valid-start") from None
+
+
 @app.command()
 def materialize(
     dataset: str = typer.Option("synthetic-default", help="canonical dataset (see 'ebr datasets')"),
@@ -165,14 +180,20 @@ def training_data(
     accept_changes: bool = typer.Option(
         False, "--accept-changes", help="accept row-count and drift changes against the previous run (a real "
         "change); the gate report records them"),
+    test_start: Optional[str] = typer.Option(
+        None, help="explicit time cutoff YYYY-MM-DD: sessions from this day on are held out for test (replaces "
+        "the newest-10%% rule and a source's own split; features and index are evaluated as of it)"),
+    valid_start: Optional[str] = typer.Option(
+        None, help="training sessions from this day on are the validation split (default: the newest 10%%)"),
 ) -> None:
     """Build point-in-time training examples behind the Great Expectations gate and publish them."""
     from flows.training_data import TrainingDataParams, training_data as flow
     from validation.gate import GateFailed
     from validation.suites import GateConfig
 
+    split = explicit_split(_parse_day(test_start, "--test-start"), _parse_day(valid_start, "--valid-start"))
     try:
-        params = TrainingDataParams(gates=GateConfig(accept_changes=accept_changes))
+        params = TrainingDataParams(gates=GateConfig(accept_changes=accept_changes), split=split)
         ref = flow(dataset, end_date=_parse_day(end, "--end"), params=params)
     except GateFailed as exc:
         typer.echo(f"the training data did not pass the gate; nothing was published:\n{exc}", err=True)

@@ -118,11 +118,12 @@ def train(
     resume: bool = True,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
     consumed: Mapping[str, Sequence[str]] | None = None,
+    valid_documents: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Train a two-tower model on examples; write ``checkpoint.pt`` and ``model.pt`` under ``out_dir``.
 
     - ``documents``: the document table (unprefixed columns, one row per doc_id): corpus negatives and
-      the index that validation retrieves from.
+      (unless ``valid_documents`` is given) the index that validation retrieves from.
     - ``resume``: continue from ``out_dir/checkpoint.pt`` when present (same config required, except
       epochs, patience, checkpoint frequency, progress and device); a finished run is returned as is.
     - ``init_from``: warm start from an earlier model or training directory (weights only; ignored when
@@ -131,6 +132,9 @@ def train(
       weights.
     - ``consumed``: searcher_id -> doc_ids never retrieved for that searcher in validation (the
       recommendation protocol of :mod:`evaluation.protocol`), so early stopping scores what the test scores.
+    - ``valid_documents``: the index validation retrieves from, when it is not ``documents``: what a
+      nightly at the validation cutoff would serve (``evaluation.protocol.servable``: no started events), as
+      the test split is ranked against what is servable at its cutoff.
     """
     cfg = config or TrainConfig()
     _check_inputs(examples_train, documents)
@@ -139,7 +143,7 @@ def train(
         torch.set_num_threads(cfg.num_threads)
     try:
         return _train(examples_train, examples_valid, documents, cfg, Path(out_dir), init_from,
-                      feature_service, resume, callbacks, consumed)
+                      feature_service, resume, callbacks, consumed, valid_documents)
     finally:
         torch.set_num_threads(threads)
 
@@ -148,6 +152,7 @@ def _train(
     examples_train: pd.DataFrame, examples_valid: pd.DataFrame | None, documents: pd.DataFrame,
     cfg: TrainConfig, out_dir: Path, init_from: Path | None, feature_service: str, resume: bool,
     callbacks: Sequence[Callable[[StepInfo], None]], consumed: Mapping[str, Sequence[str]] | None = None,
+    valid_documents: pd.DataFrame | None = None,
 ) -> TrainResult:
     device = resolve_device(cfg.device)
     ckpt_path, model_path = out_dir / CHECKPOINT, out_dir / MODEL
@@ -191,7 +196,8 @@ def _train(
     if examples_valid is not None and len(examples_valid):
         sessions = session_targets(examples_valid, cfg.valid_max_sessions, cfg.seed, consumed=consumed)
         valid = (sessions, model.featurize_queries(sessions.queries))
-    doc_ids = documents[DOC_ID].astype(str).to_numpy()
+    valid_index = data.corpus if valid_documents is None else model.featurize_documents(valid_documents)
+    doc_ids = (documents if valid_documents is None else valid_documents)[DOC_ID].astype(str).to_numpy()
 
     objective = RetrievalObjective(model, cfg.loss)
     opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.sparse_lr)
@@ -275,7 +281,7 @@ def _train(
         if valid is not None:
             sessions, qtable = valid
             q = model.embed_table(qtable, "query")
-            d = model.embed_table(data.corpus, "document")
+            d = model.embed_table(valid_index, "document")
             metrics = retrieval_metrics(q, d, doc_ids, sessions, cfg.eval_ks)
             record["valid"] = metrics
             value = metrics[cfg.early_stopping_metric]

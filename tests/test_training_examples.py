@@ -166,6 +166,25 @@ def test_source_split_is_used_and_valid_carved_from_train():
         split_sessions(sessions.assign(split=["holdout"] * 10), SplitConfig())
 
 
+def test_an_explicit_cutoff_day_replaces_the_source_split():
+    """`ebr training-data --test-start DAY --valid-start DAY`: train before, evaluate after, whatever split
+    the source carries."""
+    import typer
+
+    from cli.main import explicit_split
+
+    sessions = make_sessions(
+        [(f"s{i}", "u1", f"2024-01-{i + 1:02d}", "q", ["d1"], ["d1"]) for i in range(10)]
+    )
+    sessions["split"] = ["train"] * 5 + ["test"] * 2 + ["train"] * 3
+    split = split_sessions(sessions, explicit_split(date(2024, 1, 9), date(2024, 1, 7)))
+    assert list(split) == ["train"] * 6 + ["valid"] * 2 + ["test"] * 2
+    assert list(split_sessions(sessions, explicit_split(None, None))) == list(
+        split_sessions(sessions, SplitConfig()))  # no cutoff given: the default rules
+    with pytest.raises(typer.BadParameter, match="valid_start"):
+        explicit_split(date(2024, 1, 5), date(2024, 1, 7))
+
+
 def test_sessions_until_includes_the_whole_end_day():
     kept = sessions_until(SESSIONS, date(2024, 1, 3))
     assert list(kept["session_id"]) == ["s1", "s2", "s3", "s4"]
