@@ -150,3 +150,16 @@ def test_inputs_are_checked_where_they_enter(task, tmp_path):
         train(split["train"], None, pd.concat([documents, documents.head(1)]), config(), tmp_path)
     with pytest.raises(ValueError, match="early_stopping_metric"):
         TrainConfig(early_stopping_metric="recall@7")
+
+
+def test_validation_ranks_the_documents_it_is_given(task, tmp_path):
+    """train(valid_documents=...): early stopping scores retrieval from that index (what a nightly at the
+    validation cutoff serves), while negatives still come from the whole corpus."""
+    split, documents = task
+    served = documents[documents["doc_type"] == "event"].reset_index(drop=True)  # half of them
+    result = train(split["train"], split["valid"], documents, config(epochs=1), tmp_path,
+                   valid_documents=served)
+    valid = result.history[0]["valid"]
+    assert valid["n_documents"] == len(served) < len(documents)
+    targets_in_served = split["valid"]["doc_id"].isin(set(served["doc_id"])).mean()
+    assert valid["targets_missing"] > 0 and 0.3 < targets_in_served < 0.7

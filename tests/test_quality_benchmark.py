@@ -4,6 +4,7 @@ scored by the same code on the same sessions, tabulated."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 
@@ -50,3 +51,38 @@ def _any_model(prep):
                                       context_buckets=256, embedding_dim=8, hidden_dims=(8,), output_dim=8))
     model.fit_inputs(prep.parts["train"], prep.corpus)
     return model
+
+
+def test_validation_period_data_never_reaches_the_features_of_the_validation_index():
+    """Validation ranks documents with features computed without the validation period's sessions and
+    memberships (the test index never sees the test ones): 30 RSVPs to a young event and every validation
+    click pointed at it leave the validation index unchanged, though the training corpus's snapshot of the
+    event counts them."""
+    import pandas as pd
+
+    from bench.common import prepare
+    from evaluation.protocol import split_cutoff
+    from ingest.synthetic import WorldConfig, generate_world
+
+    data = generate_world(WorldConfig.preset("tiny"))
+    prep = prepare("synthetic", data, max_snapshots=4)
+    cut = split_cutoff(prep.parts, "valid")
+    valid = prep.parts["valid"]
+    born_later = data.documents[pd.to_datetime(data.documents["created_at"], utc=True) > cut]
+    target = str(born_later.sort_values("created_at")["doc_id"].iloc[0])
+    in_valid = data.sessions["session_id"].isin(set(valid["session_id"]))
+    assert in_valid.sum() > 10
+    sessions = data.sessions.copy()
+    sessions.loc[in_valid, "clicked"] = pd.Series([[target]] * int(in_valid.sum()), index=sessions.index[in_valid])
+    last_valid = pd.to_datetime(valid["ts"], utc=True).max()
+    rsvps = pd.DataFrame({"searcher_id": data.searchers["searcher_id"].iloc[:30].to_numpy(), "doc_id": target,
+                          "created_at": last_valid - pd.Timedelta(minutes=1)})
+    memberships = pd.concat([data.memberships, rsvps], ignore_index=True)
+    moved = prepare("synthetic", dataclasses.replace(data, sessions=sessions, memberships=memberships),
+                    max_snapshots=4)
+
+    def row(frame):
+        return frame.set_index("doc_id").loc[target]
+
+    assert row(moved.corpus)["member_count"] > row(prep.corpus)["member_count"] + 20  # shared snapshots count them
+    pd.testing.assert_frame_equal(moved.valid_index, prep.valid_index)  # the validation index does not
