@@ -246,12 +246,12 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
 
     t1 = time.perf_counter()
     hard_cfg = params.hard_config()
-    result = fit(mined_parts, corpus, hard_cfg, run_dir / "hard", model_path, feature_service)
+    result = fit(mined_parts, corpus, hard_cfg, run_dir / "hard", model_path, feature_service, valid_index)
     trained_cfg = hard_cfg
     if params.transfer == "hard_to_easy":
         trained_cfg = params.easy_config()
         hard = result
-        result = fit(parts, corpus, trained_cfg, run_dir / "easy", hard.model_path, feature_service)
+        result = fit(parts, corpus, trained_cfg, run_dir / "easy", hard.model_path, feature_service, valid_index)
         hard.checkpoint_path.unlink(missing_ok=True)
     t_train = time.perf_counter() - t1
 

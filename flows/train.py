@@ -170,14 +170,14 @@ def warm_start_from(model_name: str) -> tuple[Path, str]:
 
 @task(cache_policy=NO_CACHE)
 def fit(parts: dict, corpus: pd.DataFrame, config: TrainConfig, out_dir: Path, init_from: Path | None,
-        feature_service: str):
+        feature_service: str, valid_index: pd.DataFrame | None = None):
     from models.train import train
     from evaluation.protocol import fill_static_document_fields, protocol_exclusions
 
     train_ex = fill_static_document_fields(parts["train"], corpus)
     valid = parts["valid"] if len(parts["valid"]) else None
     return train(train_ex, valid, corpus, config, out_dir, init_from=init_from, feature_service=feature_service,
-                 consumed=protocol_exclusions(parts))
+                 consumed=protocol_exclusions(parts), valid_documents=valid_index)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -213,7 +213,9 @@ def train(dataset: str = "synthetic-default", params: TrainParams | None = None)
                                parts["train"])
 
         init_from, warm_ref = (warm_start_from(model_name) if params.warm_start else (None, None))
-        result = fit(parts, corpus, config, run_dir / "model", init_from, feature_service)
+        # early stopping ranks what a nightly at the validation cutoff serves, as the evaluation does at its own
+        valid_index = servable_index(dataset, corpus, train_end, parts["train"])
+        result = fit(parts, corpus, config, run_dir / "model", init_from, feature_service, valid_index)
         metrics = evaluate_model(result.model, parts, params.eval_split, index, params.max_eval_sessions, config.seed)
 
         evaluation = {
