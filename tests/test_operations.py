@@ -84,6 +84,110 @@ def test_a_hung_s3_endpoint_fails_fast_and_is_retryable(silent_endpoint, monkeyp
     assert backend.timeouts == S3Timeouts(5.0, 2.5, 4)
 
 
+class CuttingProxy:
+    """A TCP proxy in front of the S3 endpoint that cuts every connection once it has carried ``cut_after``
+    bytes from client to server (an upload cut mid-file by the network); ``cut_after=None`` heals it."""
+
+    def __init__(self, target: str, cut_after: int | None):
+        import socket
+        import threading
+        from urllib.parse import urlsplit
+
+        t = urlsplit(target)
+        self.target, self.cut_after, self.cuts = (t.hostname, t.port), cut_after, 0
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        self.srv.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client = self.srv.accept()[0]
+            except OSError:
+                continue
+            server = socket.create_connection(self.target)
+            limit = self.cut_after
+            threading.Thread(target=self._pump, args=(client, server, limit), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+
+    def _pump(self, src, dst, limit):
+        import socket
+
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if limit is not None and sent + len(data) > limit:
+                    dst.sendall(data[: limit - sent])
+                    self.cuts += 1
+                    for sock in (src, dst):  # the network drops: both ends see a reset connection
+                        sock.shutdown(socket.SHUT_RDWR)
+                    return
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._stop.set()
+        self.srv.close()
+
+
+def test_an_upload_cut_mid_file_keeps_the_current_version_and_a_rerun_publishes(s3_bucket, tmp_path):
+    """The network cuts a publish's upload part way through a file, on every attempt: the publish fails with
+    a transient (retryable) error, readers keep the current version, nothing half-uploaded is listed, the
+    leftovers are collected, and the same publish succeeds once the network heals."""
+    import os
+    from datetime import timedelta
+
+    from infra.retries import is_transient
+    from infra.storage import ArtifactStore, S3Backend, S3Timeouts
+
+    def backend(endpoint):
+        return S3Backend(s3_bucket.name, endpoint_url=endpoint, region=s3_bucket.region,
+                         timeouts=S3Timeouts(connect_seconds=2, read_seconds=5, attempts=2))
+
+    def tree(path: Path, seed: int) -> Path:
+        (path / "sub").mkdir(parents=True)
+        (path / "meta.json").write_text(f'{{"seed": {seed}}}')
+        (path / "sub" / "weights.bin").write_bytes(os.urandom(3_000_000))  # one PUT, cut after 1 MB
+        return path
+
+    direct = ArtifactStore(backend(s3_bucket.endpoint_url))
+    first = direct.publish("model", "m", tree(tmp_path / "v0", 0))
+    proxy = CuttingProxy(s3_bucket.endpoint_url, cut_after=1_000_000)
+    try:
+        cut = ArtifactStore(backend(proxy.url))
+        with pytest.raises(Exception) as err:
+            cut.publish("model", "m", tree(tmp_path / "v1", 1))
+        assert proxy.cuts >= 2 and is_transient(err.value)  # every attempt was cut; worth a task retry
+        assert direct.current("model", "m") == first
+        assert [v.version for v in direct.list_versions("model", "m")] == [first.version]
+        fetched = direct.fetch("model", "m", dest=tmp_path / "read")
+        assert (fetched / "meta.json").read_text() == '{"seed": 0}'
+        assert len(direct.gc_incomplete(min_age=timedelta(0))) == 1  # the cut version's files
+
+        proxy.cut_after = None  # the network heals: the re-run publishes through the same endpoint
+        again = cut.publish("model", "m", tree(tmp_path / "v2", 2))
+        assert direct.current("model", "m") == again
+        got = direct.fetch("model", "m", dest=tmp_path / "read2")
+        assert (got / "sub" / "weights.bin").read_bytes() == (tmp_path / "v2" / "sub" / "weights.bin").read_bytes()
+    finally:
+        proxy.close()
+
+
 def test_only_transient_errors_are_retried(s3_bucket, prefect_harness):
     from prefect import flow, task
 
