@@ -165,11 +165,16 @@ def materialize(
     start: Optional[str] = typer.Option(None, help="first day YYYY-MM-DD (default: yesterday)"),
     end: Optional[str] = typer.Option(None, help="last day YYYY-MM-DD (default: the start day)"),
     every_days: int = typer.Option(1, min=1, max=7, help="snapshot cadence of a backfill"),
+    accept_changes: bool = typer.Option(
+        False, "--accept-changes", help="accept row-count and drift changes of the canonical tables against "
+        "the previous run (a real change); the gate report records them"),
 ) -> None:
     """Compute feature snapshots for a range of days and load them into Feast (a backfill when dated)."""
     from flows.materialize import materialize as flow
+    from validation.suites import GateConfig
 
-    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days)
+    gates = GateConfig(accept_changes=True) if accept_changes else None
+    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days, gates=gates)
     typer.echo(f"materialized {len(report.days)} snapshot(s) of {dataset} into {report.root}")
 
 
@@ -488,6 +493,9 @@ def rebuild_index_command(
         0.2, min=0.0, max=1.0, help="largest share of documents (overall, per type) the new version may lose"),
     accept_drop: bool = typer.Option(
         False, "--accept-drop", help="publish despite a larger drop (a real change); recorded in the report"),
+    accept_changes: bool = typer.Option(
+        False, "--accept-changes", help="accept drift and row-count changes of the documents table against the "
+        "previous rebuild (a real change); the gate report records them"),
 ) -> None:
     """Rebuild, validate and publish the document index (the nightly flow, run now)."""
     from datetime import date
@@ -500,6 +508,7 @@ def rebuild_index_command(
     from serving.corpus import CorpusError
     from serving.ann_tuning import TuningConfig
     from serving.index_validation import IndexValidationError, ValidationConfig
+    from validation.suites import GateConfig
 
     try:
         day = date.fromisoformat(as_of) if as_of else None
@@ -507,6 +516,7 @@ def rebuild_index_command(
             index=IndexConfig(kind=kind, nprobe=nprobe),
             validation=ValidationConfig(min_recall=min_recall, max_drop=max_drop, accept_drop=accept_drop),
             tuning=TuningConfig(enabled=tune, target_recall=target_recall),
+            gates=GateConfig(accept_changes=accept_changes),
         )
     except (ValueError, ValidationError) as exc:
         raise typer.BadParameter(str(exc)) from None

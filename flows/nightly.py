@@ -143,7 +143,8 @@ def nightly(
         if accept_changes:
             rebuild_params = rebuild_params or RebuildParams()
             rebuild_params = rebuild_params.model_copy(
-                update={"validation": rebuild_params.validation.model_copy(update={"accept_drop": True})})
+                update={"validation": rebuild_params.validation.model_copy(update={"accept_drop": True}),
+                        "gates": rebuild_params.gates.model_copy(update={"accept_changes": True})})
         step = "train"
         if due:
             model = train(dataset, train_params)

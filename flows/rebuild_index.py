@@ -33,7 +33,7 @@ from flows.gates import gate_inputs
 from flows.housekeeping import clean_up_leftovers
 from flows.runners import task_runner
 from infra.retries import retry_transient
-from infra.run_dirs import new_run_dir
+from infra.run_dirs import MARKER, finish_run_dir, new_run_dir
 from serving.ann_tuning import TuningConfig, TuningResult
 from serving.index import EmbeddingIndex, IndexConfig
 from serving.index_selection import SelectionConfig, SelectionReport
@@ -58,6 +58,10 @@ class RebuildParams(BaseModel):
         description="index parameters; fields left None are sized from the corpus (IndexConfig.for_corpus)",
     )
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="the publish gate")
+    gates: GateConfig = Field(
+        default_factory=GateConfig, description="the input gate of the documents read (accept_changes: an "
+        "operator accepts tonight's drift and row counts; the gate report records it)",
+    )
     tuning: TuningConfig = Field(default_factory=TuningConfig,
                                  description="automatic ANN tuning: the least nprobe meeting a recall target")
     query_source: QuerySource = Field(
@@ -286,7 +290,7 @@ def rebuild_index(
     run_dir = new_run_dir(runs_root(dataset), flow_run.id)
     try:
         documents, snapshot, snapshot_day = read_inputs(dataset, as_of)
-        gate_inputs({"documents": documents}, GateConfig(), runs_root(dataset), run_dir, dataset)  # before any use
+        gate_inputs({"documents": documents}, params.gates, runs_root(dataset), run_dir, dataset)  # before any use
         if as_of is not None and (as_of - snapshot_day).days > STALE_SNAPSHOT_DAYS:
             log.warning("the newest document snapshot (%s) is more than %d days older than as_of %s: member "
                         "aggregates are stale; materialize the missing days first", snapshot_day,
@@ -349,7 +353,12 @@ def rebuild_index(
                  validation.recall_at_k)
         return ref
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)  # embeddings and the staged copy; the store keeps the artifact
+        # the embeddings and the staged copy go (the store keeps the artifact); the gate reports stay, since
+        # the next rebuild compares its documents with the newest accepted one (drift, rows per day)
+        for path in run_dir.iterdir() if run_dir.is_dir() else ():
+            if path.name not in ("gates", MARKER):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        finish_run_dir(run_dir)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the real artifact store (:func:`build_tiny_world`, shared with ``test_retriever.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -259,7 +260,9 @@ def test_flow_publishes_the_selected_documents_with_a_manifest(published, world)
 
     report = _markdown_artifact(artifact_key(DATASET))
     assert ref.split("@")[1] in report and "min_members" in report and "recall@10" in report
-    assert not any(runs_root(DATASET).iterdir())  # embeddings and staging removed after the run
+    # embeddings and staging removed after the run; the gate reports stay for the next run's comparison
+    left = {p.relative_to(runs_root(DATASET)).parts[1:] for p in runs_root(DATASET).rglob("*") if p.is_file()}
+    assert left and all(parts[0] == "gates" for parts in left), left
 
 
 def test_failed_validation_publishes_nothing(published):
@@ -329,6 +332,33 @@ def test_a_large_drop_against_the_current_version_is_refused_unless_accepted(pub
     assert loaded.manifest.validation["accepted"] and "Accepted by the operator" in _markdown_artifact(
         artifact_key(DATASET))
     rebuild_index(dataset=DATASET)  # restore the full corpus (a growth, not a drop)
+
+
+def test_the_documents_gate_stops_a_drifted_rebuild_unless_the_operator_accepts(published, world):
+    """rebuild-index reads the canonical documents through the gate before anything is embedded: every
+    document moved to one city fails against the previous rebuild's report (nothing published), and
+    RebuildParams.gates.accept_changes (`ebr rebuild-index --accept-changes`, `nightly --accept-changes`)
+    publishes it with the acceptance recorded."""
+    from flows.rebuild_index import RebuildParams, rebuild_index
+    from ingest.contract import read_dataset, write_dataset
+    from validation.gate import GateFailed
+    from validation.suites import GateConfig
+
+    store = ArtifactStore.from_settings()
+    path = get_settings().dataset_path(DATASET)
+    original = read_dataset(path)
+    before = store.get("index", DATASET).ref
+    moved = original.documents.assign(city=original.documents["city"].iloc[0])
+    write_dataset(dataclasses.replace(original, documents=moved), path, source="synthetic")
+    try:
+        with pytest.raises(GateFailed, match="city"):
+            rebuild_index(dataset=DATASET)
+        assert store.get("index", DATASET).ref == before
+        ref = rebuild_index(dataset=DATASET, params=RebuildParams(gates=GateConfig(accept_changes=True)))
+        assert store.get("index", DATASET).ref == ref != before
+    finally:
+        write_dataset(original, path, source="synthetic")
+    rebuild_index(dataset=DATASET, params=RebuildParams(gates=GateConfig(accept_changes=True)))  # back
 
 
 def test_params_are_checked_where_they_enter():
