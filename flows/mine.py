@@ -113,7 +113,7 @@ def save_inputs(run_dir: Path, frames: dict[str, pd.DataFrame]) -> Path:
     from infra.atomic import atomic_directory
 
     out = run_dir / "inputs"
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, marker="corpus.parquet") as tmp:
         for name, frame in frames.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
     return out

@@ -636,7 +636,7 @@ class EmbeddingIndex:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``index.faiss`` and ``index.json`` into directory ``path``, atomically (replacing it)."""
         target = Path(path)
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, marker=META_FILE) as tmp:  # never over a directory not ours
             faiss.write_index(self._top, str(tmp / INDEX_FILE))
             (tmp / META_FILE).write_text(json.dumps(self._meta(), indent=2, sort_keys=True, default=str))
         return target

@@ -131,7 +131,7 @@ def stage_index(index: EmbeddingIndex, doc_map: pd.DataFrame, dest: Path, rescor
     if terms is not None:
         _check_terms(terms, len(doc_map), "staged index")
     dest = Path(dest)
-    with atomic_directory(dest) as tmp:
+    with atomic_directory(dest, marker=DOCS_FILE) as tmp:  # never over a directory not ours
         index.save(tmp / INDEX_DIR)
         if terms is not None:
             terms.save(tmp / TERMS_FILE)

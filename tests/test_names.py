@@ -56,3 +56,30 @@ def test_an_atomic_replace_never_deletes_a_directory_that_is_not_ours(tmp_path):
         with atomic_directory(target, marker="manifest.json") as tmp:
             (tmp / "manifest.json").write_text('{"new": 1}')
         assert (target / "manifest.json").read_text() == '{"new": 1}'
+
+
+def test_saving_an_index_never_replaces_a_directory_that_is_not_ours(tmp_path):
+    """The Python API too: EmbeddingIndex.save and stage_index refuse a foreign non-empty directory, and
+    replace their own."""
+    import numpy as np
+    import pandas as pd
+
+    from serving.index import EmbeddingIndex, IndexConfig
+    from serving.index_store import doc_map_frame, stage_index
+
+    vectors = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    index = EmbeddingIndex.build(vectors, np.arange(20), IndexConfig(kind="flat"), progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("someone else's")
+    doc_map = doc_map_frame(pd.DataFrame({"doc_id": [f"d{i}" for i in range(20)], "title": "t", "doc_type": "group"}))
+    with pytest.raises(NotOursError):
+        index.save(foreign)
+    with pytest.raises(NotOursError):
+        stage_index(index, doc_map, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    index.save(tmp_path / "mine")
+    index.save(tmp_path / "mine")  # its own: replaced
+    stage_index(index, doc_map, tmp_path / "staged")
+    stage_index(index, doc_map, tmp_path / "staged")
+    assert EmbeddingIndex.load(tmp_path / "mine").ntotal == 20
