@@ -126,8 +126,8 @@ def fit_model(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Pa
     split. Like the baselines' settings, it is chosen on the validation split, or, where a source has none
     (SciFact), on the same slice of the training sessions as the baselines (each setting trained on the rest),
     and then retrained on the whole training split with the epoch budget every model of such a source gets
-    (early stopping on a slice of ~180 SciFact claims stops after 2 epochs, where the whole split keeps
-    gaining). Without a validation split a one-setting grid is trained once, on the whole training split."""
+    (a slice of ~180 SciFact claims is too small to pick an epoch with). Without a validation split a
+    one-setting grid is trained once, on the whole training split."""
     from models.train import train
 
     valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
@@ -297,7 +297,8 @@ def main_compare(args) -> str:
     prep = prepare("synthetic", load("synthetic", args.quick), max_snapshots=args.max_snapshots)
     test = prep.parts["test"]
     table = compare_models(prep.parts["train"], prep.parts["valid"], test, prep.corpus, REPORT_VARIANTS,
-                           base=base_config(args), index=prep.index, max_sessions=args.max_sessions)
+                           base=base_config(args), index=prep.index, max_sessions=args.max_sessions,
+                           valid_index=prep.valid_index)
     base = {"popularity": evaluate_ranker(Popularity(prep.parts["train"], prep.index), test, prep.index,
                                           max_sessions=args.max_sessions),
             "BM25 (title + body)": evaluate_ranker(BM25(prep.index), test, prep.index,
@@ -337,7 +338,8 @@ def main_ablation(args) -> str:
         consumed = None if prep.has_query_text else consumed_documents(prep.parts["train"])
         table = compare_models(prep.parts["train"], valid, prep.parts["test"], prep.corpus, FEATURE_ABLATION,
                                base=base_config(args, len(prep.parts["train"])), index=prep.index,
-                               max_sessions=args.max_sessions, qrels=prep.qrels, consumed=consumed)
+                               max_sessions=args.max_sessions, qrels=prep.qrels, consumed=consumed,
+                               valid_index=prep.valid_index if valid is not None else None)
         print(table[["valid_metric", "recall@10", "recall@100"]].round(4).to_string(), flush=True)
         lines = ["| variant | validation recall@10 | recall@10 | recall@100 | best epoch |", "|---|---:|---:|---:|---:|"]
         for variant, row in table.iterrows():

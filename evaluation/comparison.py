@@ -105,11 +105,13 @@ def compare_models(
     out_dir: str | Path | None = None,
     feature_service: str = "",
     consumed: Mapping[str, Sequence[str]] | None = None,
+    valid_index: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Train every variant on the same examples, evaluate each on the same test sessions; one row each.
 
     ``documents`` is the training corpus (mixed negatives, validation); ``index`` the documents the test
-    sessions retrieve from (default: ``documents``). Columns: recall@K, mrr, ndcg@10, best_epoch,
+    sessions retrieve from (default: ``documents``), ``valid_index`` those validation retrieves from
+    (default: ``documents``). Columns: recall@K, mrr, ndcg@10, best_epoch,
     train_seconds, examples_per_s. Models go under ``out_dir`` (default: a temporary directory).
     """
     from models.train import train as fit
@@ -125,7 +127,7 @@ def compare_models(
         for name, cfg in tqdm(configs.items(), desc="compare models", unit="variant", disable=None):
             t0 = time.perf_counter()
             result = fit(train, valid, documents, cfg, root / _slug(name), resume=False,
-                         feature_service=feature_service, consumed=consumed)
+                         feature_service=feature_service, consumed=consumed, valid_documents=valid_index)
             seconds = time.perf_counter() - t0
             metrics = evaluate(result.model, test, index, ks=ks, max_sessions=max_sessions, qrels=qrels, seed=seed,
                                consumed=consumed)

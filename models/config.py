@@ -55,7 +55,7 @@ class ModelConfig(BaseModel):
     pretrained_text: Literal["all-MiniLM-L6-v2"] | None = Field(
         None, description="a frozen pretrained sentence encoder (models.pretrained) as a text sub-model: its "
         "unit vectors of the query and of the document's title + body are concatenated to the towers' own "
-        "embedding with a learned weight (the cosine becomes a weighted sum of both cosines); needs the "
+        "embedding with the fixed weight pretrained_weight (the cosine becomes a weighted sum of both cosines); needs the "
         "'pretrained' extra, costs ~8 ms per online query on one CPU core",
     )
     pretrained_weight: float = Field(

@@ -35,8 +35,8 @@ class PretrainedMix(nn.Module):
     both parts unit-norm the cosine of two outputs is (cos_own + w^2 cos_pretrained) / (1 + w^2), the
     paper's weighted-concatenation ensemble, trained jointly so that the towers learn what the pretrained
     encoder misses. ``w`` is fixed (a buffer, chosen on validation): learned on the training clicks it
-    drifts towards the towers' own part, which can memorize them (SciFact: from 4 to 1.5, and worse
-    held-out rankings). One instance is shared by both towers: the same ``w`` on each side."""
+    would drift towards the towers' own part, which can memorize them, at the cost of held-out queries.
+    One instance is shared by both towers: the same ``w`` on each side."""
 
     def __init__(self, weight: float):
         super().__init__()
