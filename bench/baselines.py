@@ -73,8 +73,7 @@ class Baselines:
             self.sliced = True
         # the documents validation ranks: what a nightly at the validation cutoff serves (as the test split
         # ranks what is servable at its own); a slice of the training sessions ranks the training corpus
-        valid_index = getattr(prep, "valid_index", None)
-        self.corpus = valid_index if valid_index is not None and not self.sliced else prep.corpus
+        self.corpus = prep.valid_index if prep.valid_index is not None and not self.sliced else prep.corpus
         self.consumed = consumed_documents(self.train) if self.recommendation else None
         self.valid_consumed = consumed_documents(self.fit_train) if self.recommendation else None
         self.sessions = session_targets(self.test, max_sessions, 0, prep.qrels, self.consumed)

@@ -111,14 +111,14 @@ def validation_index(data: CanonicalDataset, sessions: pd.DataFrame, session_spl
     test split ranks what is servable at its own. A document born after the cutoff gets its first later
     snapshot, recomputed without the validation sessions: the shared snapshots count them, so an event's
     member aggregates would hold the very RSVPs validation asks for (the test index never sees test ones)."""
-    if (session_split != "valid").all():
-        return servable(index_documents(snaps.documents, valid_cut), data.documents, valid_cut, train)
-    later = [d for d in days if as_of_for_day(d) > valid_cut]
-    without_valid = feature_inputs(dataclasses.replace(data, sessions=sessions.reset_index(drop=True)),
-                                   session_split, held_out=("valid", "test"))
-    redone = compute_snapshots(without_valid, later, label=f"{label} (validation index)").documents
-    early = snaps.documents[pd.to_datetime(snaps.documents[FEATURE_TS], utc=True) <= valid_cut]
-    documents = pd.concat([early, redone], ignore_index=True)
+    documents = snaps.documents
+    if (session_split == "valid").any():
+        later = [d for d in days if as_of_for_day(d) > valid_cut]
+        without_valid = feature_inputs(dataclasses.replace(data, sessions=sessions.reset_index(drop=True)),
+                                       session_split, held_out=("valid", "test"))
+        redone = compute_snapshots(without_valid, later, label=f"{label} (validation index)").documents
+        early = documents[pd.to_datetime(documents[FEATURE_TS], utc=True) <= valid_cut]
+        documents = pd.concat([early, redone], ignore_index=True)
     return servable(index_documents(documents, valid_cut), data.documents, valid_cut, train)
 
 

@@ -356,8 +356,10 @@ def rebuild_index(
         # the embeddings and the staged copy go (the store keeps the artifact); the gate reports stay, since
         # the next rebuild compares its documents with the newest accepted one (drift, rows per day)
         for path in run_dir.iterdir() if run_dir.is_dir() else ():
-            if path.name not in ("gates", MARKER):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir() and path.name != "gates":
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file() and path.name != MARKER:
+                path.unlink(missing_ok=True)
         finish_run_dir(run_dir)
 
 

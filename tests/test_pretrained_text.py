@@ -157,5 +157,5 @@ def test_a_pretrained_model_flows_through_the_nightly_rebuild_and_the_retriever(
     exact = retriever.index.cosines(q, np.arange(retriever.index.ntotal))
     best = np.argsort(-exact, kind="stable")[:5]
     np.testing.assert_allclose([c.score for c in found], exact[best], atol=1e-5)
-    # and the pretrained part carries weight in those scores: without it they differ
+    # the index holds the concatenation: the towers' own part alone is not unit norm
     assert not np.allclose(q[:32] @ q[:32], 1.0, atol=1e-3)

@@ -58,8 +58,8 @@ def time_span_days(df: pd.DataFrame, table: str) -> float | None:
 
 
 def profile(df: pd.DataFrame, table: str) -> dict[str, dict[str, float]]:
-    """Per profiled column: null share, top-value share and distinct share (of non-null values); text: mean
-    words. Columns absent from ``df`` are skipped."""
+    """Per profiled column: null share, top-value share and the share of the top values (of non-null
+    values); text: mean words. Columns absent from ``df`` are skipped."""
     spec = PROFILED.get(table, {"categorical": (), "text": ()})
     out: dict[str, dict[str, float]] = {}
     n = len(df)
