@@ -168,14 +168,21 @@ def materialize(
     accept_changes: bool = typer.Option(
         False, "--accept-changes", help="accept row-count and drift changes of the canonical tables against "
         "the previous run (a real change); the gate report records them"),
+    full_online: bool = typer.Option(
+        False, "--full-online", help="write every entity to the online store, not only those that changed "
+        "since the snapshot it holds"),
 ) -> None:
     """Compute feature snapshots for a range of days and load them into Feast (a backfill when dated)."""
     from flows.materialize import materialize as flow
     from validation.suites import GateConfig
 
     gates = GateConfig(accept_changes=True) if accept_changes else None
-    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days, gates=gates)
+    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days, gates=gates,
+                  full_online=full_online)
     typer.echo(f"materialized {len(report.days)} snapshot(s) of {dataset} into {report.root}")
+    for o in report.online:
+        typer.echo(f"online store: {o.entity} snapshot {o.day}: {o.written:,} of {o.rows:,} written "
+                   f"({'full' if o.full else 'changes only'}: {o.reason}) in {o.seconds:.1f} s")
 
 
 @app.command("training-data")
@@ -317,15 +324,20 @@ def nightly(
     accept_changes: bool = typer.Option(
         False, "--accept-changes", help="accept changes against the previous run (data gate drift and row "
         "counts, a drop of indexed documents): an operator's decision, recorded in the reports"),
+    report_json: Optional[Path] = typer.Option(
+        None, "--report-json", help="also write the run's report (steps with wall time and peak memory, "
+        "metrics) as JSON to this file"),
 ) -> None:
     """The nightly chain: materialize, validate, retrain when due, rebuild the index, evaluate."""
-    from flows.nightly import nightly as flow
-
     if retrain not in ("auto", "always", "never"):
         raise typer.BadParameter(f"expected auto, always or never, got {retrain!r}", param_hint="--retrain")
-    report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days, retrain,
-                  accept_changes=accept_changes)
+    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")  # before the slow imports
+    from flows.nightly import nightly as flow
+
+    report = flow(dataset, first, last, every_days, retrain, accept_changes=accept_changes)
     typer.echo(report.to_markdown())
+    if report_json is not None:
+        report_json.write_text(report.model_dump_json(indent=1))
 
 
 @app.command()

@@ -91,7 +91,11 @@ def recent_documents(
         return hist, weights
     pair = np.repeat(np.arange(n), lens)
     pos = np.repeat(lo - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(int(lens.sum()))
-    age_days = (np.repeat(at_ns, lens) - ev_ts[pos]) / 86_400e9
+    # Ages from the pair's newest event, not from its time: after renormalization the weights are the same,
+    # and they stay bit-identical from one day to the next until the searcher acts again, so the nightly
+    # online load (features.online_load) rewrites only the searchers who did.
+    newest = ev_ts[np.maximum(hi - 1, 0)]
+    age_days = (np.repeat(newest, lens) - ev_ts[pos]) / 86_400e9
     frame = pd.DataFrame({"pair": pair, "doc": events[DOC_KEY].to_numpy(dtype=object)[pos],
                           "w": 0.5 ** (age_days / config.half_life_days), "ts": ev_ts[pos]})
     frame = frame.groupby(["pair", "doc"], sort=False, as_index=False).agg(w=("w", "sum"), ts=("ts", "max"))

@@ -34,6 +34,7 @@ from features.compute import (
     FEATURE_TS,
     SEARCHER_COLUMNS,
     SEARCHER_KEY,
+    as_of_for_day,
     check_as_of,
 )
 from features.compute import compute_features as compute_features  # re-exported: part of this API
@@ -293,18 +294,43 @@ class FeatureRepo:
 
     # ----------------------------------------------------------------------------------------- online
 
-    def materialize(self, start: datetime, end: datetime) -> None:
-        """Load the newest snapshot per key with ``start <= event_timestamp <= end`` into the online store.
+    def materialize(self, start: datetime, end: datetime, *, full: bool = False, progress: bool = False) -> list:
+        """Load the newest snapshot with ``start <= event_timestamp <= end`` of each entity into the online
+        store; returns one :class:`features.online_load.OnlineLoad` per entity loaded.
 
-        The online store keeps one row per key and overwrites it: materialize up to the newest snapshot
-        (callers that backfill an old range extend ``end`` to the newest written day).
+        Every snapshot holds every entity that exists at its time (``features.compute``), so the newest one
+        in the window carries the newest row of every key (checked: an older file of the window with a key the
+        newest lacks is an error). The online store keeps one row per key: callers that backfill an old range
+        extend ``end`` to the newest written day. Only the entities that changed since the snapshot the store
+        holds are written, unless ``full`` (see ``features.online_load``).
         """
+        from features.online_load import load_snapshot
+
         s, e = check_as_of(start), check_as_of(end)
         if e < s:
             raise ValueError(f"materialize end {end} is before start {start}")
         if not self.registry_path.exists():
             raise RuntimeError(f"no registry at {self.registry_path}; call apply() first")
-        self.store.materialize(s.to_pydatetime(), e.to_pydatetime())
+        loads = []
+        for entity in ENTITIES:
+            days = [d for d in self.source_days(entity) if s <= as_of_for_day(d) <= e]
+            if not days:
+                continue
+            self._check_newest_holds_all(entity, days)
+            loads.append(load_snapshot(self, entity, days[-1], full=full, progress=progress))
+        return loads
+
+    def _check_newest_holds_all(self, entity: str, days: list[date]) -> None:
+        key = KEYS[entity]
+        newest = set(pq.read_table(self.source_dir(entity) / f"{days[-1]}.parquet", columns=[key])
+                     .column(key).to_pylist())
+        for d in days[:-1]:
+            keys = pq.read_table(self.source_dir(entity) / f"{d}.parquet", columns=[key]).column(key).to_pylist()
+            lost = [k for k in keys if k not in newest]
+            if lost:
+                raise ValueError(f"{entity} snapshot {d} has {len(lost)} key(s) that the newer snapshot "
+                                 f"{days[-1]} lacks (e.g. {lost[0]!r}); a snapshot must hold every entity "
+                                 "that exists at its time")
 
     # ----------------------------------------------------------------------------------------- reads
 

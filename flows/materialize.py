@@ -28,7 +28,7 @@ from flows.gates import gate_inputs
 from flows.housekeeping import clean_up_leftovers
 from infra.run_dirs import run_dir
 from validation.suites import GateConfig
-from features.compute import FeatureConfig, as_of_for_day, compute_features, days_between
+from features.compute import FeatureConfig, as_of_for_day, compute_features, days_between, feature_inputs
 from features.store import FeatureRepo
 from infra.settings import get_settings
 from ingest.contract import CanonicalDataset, read_dataset
@@ -84,6 +84,24 @@ class DayCounts(BaseModel):
     seconds: float
 
 
+class OnlineCounts(BaseModel):
+    """One entity's online load: how many entities its snapshot has, how many were written, and why."""
+
+    entity: str
+    day: date
+    rows: int
+    written: int
+    full: bool
+    reason: str
+    seconds: float
+
+
+class OnlineLoads(BaseModel):
+    window_start: datetime
+    window_end: datetime
+    entities: list[OnlineCounts]
+
+
 class MaterializeReport(BaseModel):
     dataset: str
     root: str
@@ -91,6 +109,7 @@ class MaterializeReport(BaseModel):
     window_start: datetime
     window_end: datetime
     materialize_seconds: float
+    online: list[OnlineCounts] = []
 
     def to_markdown(self) -> str:
         lines = [
@@ -102,6 +121,11 @@ class MaterializeReport(BaseModel):
             "| day | searcher rows | document rows | compute + write (s) |",
             "|---|---:|---:|---:|",
             *[f"| {d.day} | {d.searchers} | {d.documents} | {d.seconds:.2f} |" for d in self.days],
+            "",
+            "| online store | snapshot | entities | written | load | seconds |",
+            "|---|---|---:|---:|---|---:|",
+            *[f"| {o.entity} | {o.day} | {o.rows} | {o.written} | {'full' if o.full else 'changes only'}: "
+              f"{o.reason} | {o.seconds:.1f} |" for o in self.online],
         ]
         return "\n".join(lines) + "\n"
 
@@ -131,14 +155,16 @@ def apply_repo(root: str) -> None:
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def materialize_online(root: str, first_day: date, last_day: date) -> tuple[datetime, datetime]:
+def materialize_online(root: str, first_day: date, last_day: date, full: bool = False) -> OnlineLoads:
     """Load the range into the online store, up to the newest written day: the online store keeps one row
-    per key, so a backfill of an old range must not leave older values there."""
+    per key, so a backfill of an old range must not leave older values there. Only the entities that changed
+    since the snapshot the store holds are written (``full``: all of them)."""
     repo = FeatureRepo(root)
     newest = max([last_day, *repo.source_days("searcher"), *repo.source_days("document")])
     start, end = as_of_for_day(first_day), as_of_for_day(newest)
-    repo.materialize(start, end)
-    return start, end
+    loads = repo.materialize(start, end, full=full, progress=True)
+    return OnlineLoads(window_start=start, window_end=end,
+                       entities=[OnlineCounts(**{k: getattr(x, k) for k in OnlineCounts.model_fields}) for x in loads])
 
 
 @task(cache_policy=NO_CACHE)
@@ -160,10 +186,12 @@ def materialize(
     end_date: date | None = None,
     every_days: int = 1,
     gates: GateConfig | None = None,
+    full_online: bool = False,
 ) -> MaterializeReport:
     """Compute, write and materialize the feature snapshots of ``dataset`` for a range of days (daily, or
     every ``every_days`` days for a long backfill). The canonical tables pass the input gates first: nothing
-    reaches the feature sources or the online store from a table that fails them."""
+    reaches the feature sources or the online store from a table that fails them. The online store gets
+    only what changed since the snapshot it holds; ``full_online`` rewrites every entity."""
     params = MaterializeParams(dataset=dataset, start_date=start_date, end_date=end_date, every_days=every_days)
     days = params.days(flow_run.scheduled_start_time)
     log = get_run_logger()
@@ -176,6 +204,7 @@ def materialize(
     with run_dir(runs, flow_run.id) as rdir:
         gate_inputs({"searchers": data.searchers, "documents": data.documents, "sessions": data.sessions},
                     gates or GateConfig(), runs, rdir, params.dataset)
+    data = feature_inputs(data)  # the gates have seen the whole tables; the features need less of them
     communities: dict = {}  # one community detection per anchor period across the range
     counts = []
     for day in tqdm(days, desc="materialize: days", unit="day"):
@@ -184,12 +213,13 @@ def materialize(
         write_day(root, searchers, documents, day)
         counts.append(DayCounts(day=day, searchers=len(searchers), documents=len(documents),
                                 seconds=time.perf_counter() - t0))
+    del data, searchers, documents  # the online load reads the written snapshots, not these
     apply_repo(root)
     t0 = time.perf_counter()
-    start, end = materialize_online(root, days[0], days[-1])
+    online = materialize_online(root, days[0], days[-1], full_online)
     report = MaterializeReport(
-        dataset=params.dataset, root=root, days=counts, window_start=start, window_end=end,
-        materialize_seconds=time.perf_counter() - t0,
+        dataset=params.dataset, root=root, days=counts, window_start=online.window_start,
+        window_end=online.window_end, materialize_seconds=time.perf_counter() - t0, online=online.entities,
     )
     publish_report(report)
     return report

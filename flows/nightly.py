@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from infra.resources import StepFigures, measured
 from infra.retries import retry_transient
 from flows.evaluate import evaluate
 from flows.materialize import materialize
@@ -38,6 +39,7 @@ class NightlyReport(BaseModel):
     retrain_reason: str = ""
     index: str
     metrics: dict[str, float]
+    steps: list[StepFigures] = []
 
     def to_markdown(self) -> str:
         ks = [k for k in self.metrics if k.startswith(("recall@", "mrr", "ndcg"))]
@@ -56,6 +58,12 @@ class NightlyReport(BaseModel):
                 "",
                 head,
                 row,
+                "",
+                "| step | wall time (s) | peak memory of the run (GB) |",
+                "|---|---:|---:|",
+                *[f"| {s.step} | {s.seconds:.1f} | {s.peak_rss_gb:.2f} |" for s in self.steps],
+                f"| whole chain | {sum(s.seconds for s in self.steps):.1f} | "
+                f"{max((s.peak_rss_gb for s in self.steps), default=0.0):.2f} |",
                 "",
             ]
         )
@@ -132,30 +140,35 @@ def nightly(
     due, why = retrain_decision(retrain, has_registered_model(model_name), run_day, retrain_weekday)
     log.info("retrain: %s (%s)", "yes" if due else "no", why)
 
+    steps: list[StepFigures] = []  # wall time and peak memory per step, in the report
     step = "materialize"
+
+    def run(name: str, fn, *args, **kwargs):
+        nonlocal step
+        step = name
+        with measured(name) as fig:
+            steps.append(fig)
+            return fn(*args, **kwargs)
+
     try:
         gates = GateConfig(accept_changes=True) if accept_changes else None
-        report = materialize(dataset, start_date, end_date, every_days, gates=gates)
+        report = run("materialize", materialize, dataset, start_date, end_date, every_days, gates=gates)
         days = [d.day for d in report.days]
         data_params = TrainingDataParams(gates=GateConfig(accept_changes=True)) if accept_changes else None
-        step = "training data"
-        examples = training_data(dataset, end_date=days[-1], params=data_params)
+        examples = run("training data", training_data, dataset, end_date=days[-1], params=data_params)
         if accept_changes:
             rebuild_params = rebuild_params or RebuildParams()
             rebuild_params = rebuild_params.model_copy(
                 update={"validation": rebuild_params.validation.model_copy(update={"accept_drop": True}),
                         "gates": rebuild_params.gates.model_copy(update={"accept_changes": True})})
-        step = "train"
         if due:
-            model = train(dataset, train_params)
+            model = run("train", train, dataset, train_params)
         else:
             model = f"model/{model_name} (current)"
             log.info("not retraining (%s): serving the current %s", why, model_name)
-
-        step = "rebuild-index"
-        index = rebuild_index(dataset, model_name=model_name, as_of=days[-1], params=rebuild_params)
-        step = "evaluate"
-        metrics = evaluate(dataset, model_name=model_name)
+        index = run("rebuild-index", rebuild_index, dataset, model_name=model_name, as_of=days[-1],
+                    params=rebuild_params)
+        metrics = run("evaluate", evaluate, dataset, model_name=model_name)
     except Exception as exc:
         # The failure, and the gate or validation report behind it, on the nightly run itself: one click
         # from the run list in the UI, not two levels down in a subflow.
@@ -164,7 +177,7 @@ def nightly(
         raise
     result = NightlyReport(
         dataset=dataset, days=days, examples=examples, model=model, retrained=due, retrain_reason=why, index=index,
-        metrics={k: float(v) for k, v in metrics.items()},
+        metrics={k: float(v) for k, v in metrics.items()}, steps=steps,
     )
     create_markdown_artifact(markdown=result.to_markdown(), key=artifact_key("nightly", dataset),
                              description=f"nightly chain of {dataset}")

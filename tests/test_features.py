@@ -270,3 +270,17 @@ def test_time_helpers_and_input_checks(data):
         FeatureConfig(cluster_period_days=0)
     with pytest.raises(ValueError, match="algorithm"):
         CommunityConfig(algorithm="spectral")
+
+
+def test_feature_inputs_drop_only_what_the_features_do_not_read(data):
+    """The materialize flow computes from a slimmer copy of the sessions: the snapshots must not change."""
+    from features.compute import feature_inputs
+
+    slim = feature_inputs(data)
+    assert list(slim.sessions.columns) == ["searcher_id", "ts", "clicked"]
+    for day in ("2024-01-20", "2024-01-25"):
+        full_s, full_d = compute_features(data, T(day), DAILY)
+        slim_s, slim_d = compute_features(slim, T(day), DAILY)
+        pd.testing.assert_frame_equal(full_s, slim_s)
+        pd.testing.assert_frame_equal(full_d, slim_d)
+

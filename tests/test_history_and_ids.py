@@ -43,6 +43,25 @@ def test_history_is_strictly_before_newest_first_and_weighted_by_recency():
     assert w[1][1] > w[1][0]
 
 
+
+def test_history_weights_stay_bit_identical_until_the_searcher_acts_again():
+    """The nightly online load writes only the searchers whose features changed: a searcher who did nothing
+    since yesterday must have exactly yesterday's weights, not weights that differ in the last bit."""
+    ev = interactions(sessions([("a", "2024-01-01 08:00", ["x"]), ("a", "2024-01-05 17:30", ["y", "x"]),
+                                ("a", "2024-01-09 03:10", ["w"])]))
+    days = [T("2024-01-10") + pd.Timedelta(days=d) for d in range(40)]
+    hist, w = recent_documents(ev, ["a"] * len(days), days, HistoryConfig(half_life_days=30))
+    assert all(h == hist[0] for h in hist) and all(x == w[0] for x in w)  # exact equality, every day
+    # and they are the definition's: 0.5 ** (age / half-life), summed per document, renormalized
+    at = T("2024-01-10")
+    age = {k: (at - T(v)) / pd.Timedelta(days=1) for k, v in
+           {"x1": "2024-01-01 08:00", "x2": "2024-01-05 17:30", "y": "2024-01-05 17:30", "w": "2024-01-09 03:10"}.items()}
+    raw = {"w": 0.5 ** (age["w"] / 30), "x": 0.5 ** (age["x1"] / 30) + 0.5 ** (age["x2"] / 30),
+           "y": 0.5 ** (age["y"] / 30)}
+    assert hist[0] == ["w", "x", "y"]  # newest first, ties by id
+    assert np.allclose(w[0], [raw[d] / sum(raw.values()) for d in hist[0]], rtol=1e-12)
+
+
 def test_history_of_an_example_is_what_the_daily_snapshot_serves_and_held_out_rows_stop_at_the_cutoff():
     ev = interactions(sessions([("a", "2024-01-01 10:00", ["x"]), ("a", "2024-01-05 11:00", ["y"]),
                                 ("a", "2024-01-09 00:00", ["z"])]))

@@ -1,0 +1,134 @@
+"""The nightly at scale: a synthetic world through the whole chain, with each step's wall time and peak
+memory next to the goals.
+
+    python -m bench.nightly_scale --preset 1m        # 500k searchers, 1M documents; about 1.5 h on 2 cores
+    python -m bench.nightly_scale --preset tiny      # the same path in a few minutes
+
+Every step is the ``ebr`` command an operator types, in its own process, with its own ``EBR_HOME``
+(``--home``, default ``<EBR_HOME>/bench-nightly/<preset>``) and measured with ``os.wait4`` (wall time, and
+the process's peak resident memory):
+
+- setup, once (a re-run skips what is done): generate the world; backfill weekly feature snapshots up to
+  three days before its end (a full online load); training data; the weekly training (``ebr train``);
+- two nightly runs, ``ebr nightly --retrain never`` for each of the next two days: materialize one day (only
+  what changed reaches the online store), training data, rebuild the index (selection, embedding, IVF-PQ,
+  ANN tuning, validation, publish), evaluate. Their per-step figures come from the nightly's own report
+  (``--report-json``): the step's wall time and the nightly process's peak memory during it.
+
+The table is printed and saved to ``bench/results/nightly_scale[_<preset>].md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# the goals of the 1M nightly (2 cores): materialize one day <= 5 min and 4 GB, rebuild <= 10 min,
+# the whole nightly without retraining <= 30 min
+GOALS = {"materialize": "<= 300 s, <= 4 GB", "rebuild-index": "<= 600 s", "whole chain": "<= 1800 s"}
+
+
+def run(cmd: list[str], env: dict, log: Path) -> dict:
+    """Run one command; its wall time and peak RSS (of the process itself, from wait4)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}; the end of {log}:\n{tail}")
+    return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="1m", help="synthetic world preset (tiny, default, large, 1m)")
+    ap.add_argument("--home", type=Path, default=None, help="EBR_HOME of the benchmark (kept between runs)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of every step")
+    ap.add_argument("--out", type=Path, default=None, help="result file (default: bench/results/nightly_scale*.md)")
+    args = ap.parse_args(argv)
+
+    from infra.settings import get_settings
+    from ingest.synthetic import WorldConfig
+
+    world = WorldConfig.preset(args.preset)
+    dataset = f"synthetic-{args.preset}"
+    home = (args.home or get_settings().home / "bench-nightly" / args.preset).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    env = {**os.environ, "EBR_HOME": str(home), "OMP_NUM_THREADS": str(args.threads),
+           "MKL_NUM_THREADS": str(args.threads), "EBR_STORAGE_URL": str(home / "artifacts")}
+    ebr = [sys.executable, "-m", "cli.main"]
+    first, end = world.start.date(), (world.end - timedelta(days=1)).date()
+    backfill_end = end - timedelta(days=2)
+    nights = [end - timedelta(days=1), end]
+
+    figures: list[tuple[str, str, dict]] = []  # (phase, step, figures)
+    done_file = home / "setup.json"
+    done = json.loads(done_file.read_text()) if done_file.exists() else {}
+    setup = [
+        ("generate the world", [*ebr, "generate", "--preset", args.preset, "--name", dataset]),
+        (f"backfill weekly snapshots {first} .. {backfill_end} (full online load)",
+         [*ebr, "materialize", "--dataset", dataset, "--start", str(first), "--end", str(backfill_end),
+          "--every-days", "7"]),
+        ("training data", [*ebr, "training-data", "--dataset", dataset, "--end", str(backfill_end)]),
+        ("weekly training (ebr train)", [*ebr, "train", "--dataset", dataset]),
+    ]
+    for name, cmd in setup:
+        if name not in done:
+            print(f"setup: {name} ...", flush=True)
+            done[name] = run(cmd, env, logs / f"setup-{len(done)}.log")
+            done_file.write_text(json.dumps(done, indent=1))
+        print(f"setup: {name}: {done[name]['seconds']:.0f} s, peak {done[name]['peak_rss_gb']:.2f} GB", flush=True)
+        figures.append(("setup", name, done[name]))
+
+    for night in nights:
+        report_file = logs / f"nightly-{night}.json"
+        print(f"nightly {night} ...", flush=True)
+        whole = run([*ebr, "nightly", "--dataset", dataset, "--start", str(night), "--end", str(night),
+                     "--retrain", "never", "--report-json", str(report_file)], env, logs / f"nightly-{night}.log")
+        report = json.loads(report_file.read_text())
+        for s in report["steps"]:
+            figures.append((f"nightly {night}", s["step"], s))
+        figures.append((f"nightly {night}", "whole chain (the command)", whole))
+        print(f"nightly {night}: {whole['seconds']:.0f} s, peak {whole['peak_rss_gb']:.2f} GB", flush=True)
+
+    text = render(args, dataset, figures)
+    out = args.out or RESULTS / ("nightly_scale.md" if args.preset == "1m" else f"nightly_scale_{args.preset}.md")
+    out.write_text(text)
+    print(text)
+    print(f"saved to {out}")
+
+
+def render(args, dataset: str, figures: list[tuple[str, str, dict]]) -> str:
+    lines = [
+        f"# The nightly at scale: `{dataset}`",
+        "",
+        f"`python -m bench.nightly_scale --preset {args.preset} --threads {args.threads}`, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d}, Python {platform.python_version()}, {os.cpu_count()} cores. "
+        "Each command runs in its own process; setup rows are the command's wall time and peak memory (wait4), "
+        "nightly step rows come from the nightly's report (the step's wall time, the nightly process's peak "
+        "memory during it). The machine may be shared: compare rows of one run.",
+        "",
+        "| phase | step | wall time (s) | peak memory (GB) | goal |",
+        "|---|---|---:|---:|---|",
+    ]
+    for phase, step, f in figures:
+        goal = GOALS.get(step.split(" (")[0], "") if phase != "setup" else ""
+        lines.append(f"| {phase} | {step} | {f['seconds']:.0f} | {f['peak_rss_gb']:.2f} | {goal} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
