@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", default="1m", help="synthetic world preset (tiny, default, large, 1m)")
     ap.add_argument("--home", type=Path, default=None, help="EBR_HOME of the benchmark (kept between runs)")
     ap.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of every step")
+    ap.add_argument("--train-epochs", type=int, default=2, help="epoch budget of the weekly training")
     ap.add_argument("--out", type=Path, default=None, help="result file (default: bench/results/nightly_scale*.md)")
     args = ap.parse_args(argv)
 
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
          [*ebr, "materialize", "--dataset", dataset, "--start", str(first), "--end", str(backfill_end),
           "--every-days", "7"]),
         ("training data", [*ebr, "training-data", "--dataset", dataset, "--end", str(backfill_end)]),
-        ("weekly training (ebr train)", [*ebr, "train", "--dataset", dataset]),
+        (f"weekly training (ebr train --epochs {args.train_epochs})",
+         [*ebr, "train", "--dataset", dataset, "--epochs", str(args.train_epochs)]),
     ]
     for name, cmd in setup:
         if name not in done:
@@ -115,7 +117,8 @@ def render(args, dataset: str, figures: list[tuple[str, str, dict]]) -> str:
     lines = [
         f"# The nightly at scale: `{dataset}`",
         "",
-        f"`python -m bench.nightly_scale --preset {args.preset} --threads {args.threads}`, "
+        f"`python -m bench.nightly_scale --preset {args.preset} --threads {args.threads} "
+        f"--train-epochs {args.train_epochs}`, "
         f"{datetime.now(timezone.utc):%Y-%m-%d}, Python {platform.python_version()}, {os.cpu_count()} cores. "
         "Each command runs in its own process; setup rows are the command's wall time and peak memory (wait4), "
         "nightly step rows come from the nightly's report (the step's wall time, the nightly process's peak "

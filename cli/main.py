@@ -221,6 +221,9 @@ def train(
         "corpora; needs the 'pretrained' extra, ~8 ms per online query)",
     ),
     pretrained_weight: float = typer.Option(4.0, min=0.01, max=100.0, help="its weight in the concatenation"),
+    epochs: Optional[int] = typer.Option(
+        None, min=1, max=1000, help="most epochs (default: the recipe's 6; early stopping on validation may "
+        "stop sooner): the training budget of a large corpus"),
 ) -> None:
     """Train the unified two-tower model, evaluate it on held-out sessions and register it."""
     from models.pretrained import ENCODERS
@@ -234,6 +237,8 @@ def train(
     if pretrained_text is not None:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"pretrained_text": pretrained_text, "pretrained_weight": pretrained_weight})})
+    if epochs is not None:
+        cfg = cfg.model_copy(update={"epochs": epochs})
     typer.echo(f"registered {flow(dataset, TrainParams(config=cfg))}")
 
 

@@ -24,11 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from infra.retries import retry_transient
-from flows.gates import gate_inputs
+from flows.gates import INPUT_TABLES, gate_inputs
 from flows.housekeeping import clean_up_leftovers
 from infra.run_dirs import run_dir
 from validation.suites import GateConfig
-from features.compute import FeatureConfig, as_of_for_day, compute_features, days_between, feature_inputs
+from features.compute import (
+    FEATURE_TABLES, SESSION_COLUMNS, FeatureConfig, as_of_for_day, compute_features, days_between,
+)
 from features.store import FeatureRepo
 from infra.settings import get_settings
 from ingest.contract import CanonicalDataset, read_dataset
@@ -134,9 +136,9 @@ class MaterializeReport(BaseModel):
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def read_canonical(dataset: str) -> CanonicalDataset:
-    path = get_settings().dataset_path(dataset)
-    return read_dataset(path, tables=("searchers", "documents", "friendships", "memberships", "sessions"))
+def read_canonical(dataset: str, tables: tuple[str, ...] = FEATURE_TABLES,
+                   columns: dict[str, tuple[str, ...]] | None = None) -> CanonicalDataset:
+    return read_dataset(get_settings().dataset_path(dataset), tables=tables, columns=columns)
 
 
 @task(cache_policy=NO_CACHE)
@@ -198,13 +200,18 @@ def materialize(
     root = str(FeatureRepo.for_dataset(params.dataset).root)
     log.info("materializing %s for %s .. %s into %s", params.dataset, days[0], days[-1], root)
 
-    data = read_canonical(params.dataset)
+    gated = read_canonical(params.dataset, INPUT_TABLES)
     runs = runs_root(params.dataset)
     clean_up_leftovers(runs)
     with run_dir(runs, flow_run.id) as rdir:
-        gate_inputs({"searchers": data.searchers, "documents": data.documents, "sessions": data.sessions},
-                    gates or GateConfig(), runs, rdir, params.dataset)
-    data = feature_inputs(data)  # the gates have seen the whole tables; the features need less of them
+        gate_inputs(gated.tables(), gates or GateConfig(), runs, rdir, params.dataset)
+    # The gates saw the whole tables; the features read a fraction of them (a fresh read: memory that the
+    # whole sessions table held is not given back in a form the computation can reuse).
+    manifest = gated.manifest
+    del gated
+    data = read_canonical(params.dataset, FEATURE_TABLES, {"sessions": SESSION_COLUMNS})
+    if data.manifest != manifest:
+        raise RuntimeError(f"dataset {params.dataset} was replaced while this run read it; run it again")
     communities: dict = {}  # one community detection per anchor period across the range
     counts = []
     for day in tqdm(days, desc="materialize: days", unit="day"):

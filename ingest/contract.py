@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -457,14 +457,14 @@ def write_dataset(
     return manifest
 
 
-def read_table(path: str | os.PathLike, name: str) -> pd.DataFrame:
-    """Read one canonical table of a dataset written by :func:`write_dataset`."""
+def read_table(path: str | os.PathLike, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read one canonical table of a dataset written by :func:`write_dataset` (only ``columns`` if given)."""
     if name not in SCHEMAS:
         raise ValueError(f"unknown table {name!r}; allowed tables: {sorted(SCHEMAS)}")
     f = Path(path) / f"{name}.parquet"
     if not f.exists():
         raise FileNotFoundError(f"no table {name!r} in dataset {path} (looked for {f})")
-    df = pq.read_table(f).to_pandas()
+    df = pq.read_table(f, columns=list(columns) if columns is not None else None).to_pandas()
     schema = SCHEMAS[name]
     for c in (*schema.columns, *schema.optional):
         if c.kind == "list_string" and c.name in df.columns:  # arrow gives numpy arrays: lists, as written
@@ -472,8 +472,10 @@ def read_table(path: str | os.PathLike, name: str) -> pd.DataFrame:
     return df
 
 
-def read_dataset(path: str | os.PathLike, tables: Iterable[str] | None = None) -> CanonicalDataset:
-    """Read a dataset directory; ``tables`` limits which tables are loaded (others are empty)."""
+def read_dataset(path: str | os.PathLike, tables: Iterable[str] | None = None,
+                 columns: Mapping[str, Sequence[str]] | None = None) -> CanonicalDataset:
+    """Read a dataset directory; ``tables`` limits which tables are loaded (others are empty), ``columns``
+    which columns of a table (e.g. what feature computation reads: a fraction of the memory)."""
     root = Path(path)
     if not (root / MANIFEST).exists():
         raise FileNotFoundError(
@@ -485,7 +487,7 @@ def read_dataset(path: str | os.PathLike, tables: Iterable[str] | None = None) -
     for name in SCHEMAS:
         exists = (root / f"{name}.parquet").exists()
         if name in wanted and exists:
-            loaded[name] = read_table(root, name)
+            loaded[name] = read_table(root, name, (columns or {}).get(name))
         elif name in REQUIRED_TABLES:
             loaded[name] = empty_table(name)
         else:

@@ -101,13 +101,19 @@ def drop_excluded(top: np.ndarray, exclude_rows: Sequence[np.ndarray] | None, k:
     return out
 
 
+SCORE_BLOCK = 2**26  # scores per block of queries (256 MB of float32): bounded whatever the corpus size
+
+
 def top_k(
     query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: int = 2048,
     exclude_rows: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Exact inner-product KNN: (n_queries, k) document rows, best first; ``exclude_rows[i]`` are never
-    returned for query i (-1 pads a row when fewer than k documents remain)."""
+    returned for query i (-1 pads a row when fewer than k documents remain). Queries go in blocks of at most
+    ``chunk``, fewer on a large corpus, so the score matrix stays within :data:`SCORE_BLOCK` (at 1M
+    documents a block of 2,048 queries would be 8 GB)."""
     k = min(k, len(doc_emb))
+    chunk = max(1, min(chunk, SCORE_BLOCK // max(len(doc_emb), 1)))
     d = torch.from_numpy(np.ascontiguousarray(doc_emb, dtype=np.float32))
     out = np.empty((len(query_emb), k), np.int64)
     for s in range(0, len(query_emb), chunk):

@@ -272,12 +272,13 @@ def test_time_helpers_and_input_checks(data):
         CommunityConfig(algorithm="spectral")
 
 
-def test_feature_inputs_drop_only_what_the_features_do_not_read(data):
+def test_the_session_columns_the_features_read_are_enough(data):
     """The materialize flow computes from a slimmer copy of the sessions: the snapshots must not change."""
-    from features.compute import feature_inputs
+    import dataclasses
 
-    slim = feature_inputs(data)
-    assert list(slim.sessions.columns) == ["searcher_id", "ts", "clicked"]
+    from features.compute import SESSION_COLUMNS
+
+    slim = dataclasses.replace(data, sessions=data.sessions[list(SESSION_COLUMNS)])
     for day in ("2024-01-20", "2024-01-25"):
         full_s, full_d = compute_features(data, T(day), DAILY)
         slim_s, slim_d = compute_features(slim, T(day), DAILY)

@@ -86,3 +86,22 @@ def test_exact_knn_and_markdown_table():
     with pytest.raises(ValueError, match="no evaluation sessions"):
         retrieval_metrics(q[:0], d, [str(i) for i in range(50)], session_targets(pd.DataFrame(
             {"session_id": [], "query": [], "doc_id": []})))
+
+
+def test_exact_knn_bounds_its_score_matrix_on_a_large_corpus(monkeypatch):
+    """At 1M documents a block of 2,048 queries is an 8 GB score matrix (it killed training on the 1M world):
+    blocks shrink with the corpus, and the results do not change."""
+    import torch
+
+    import models.evaluate as ev
+
+    rng = np.random.default_rng(1)
+    q, d = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(300, 8)).astype(np.float32)
+    expected = top_k(q, d, 10)
+    shapes = []
+    real_topk = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **k: shapes.append(tuple(self.shape)) or real_topk(self, *a, **k))
+    monkeypatch.setattr(ev, "SCORE_BLOCK", 300 * 7)  # room for 7 queries' scores
+    assert np.array_equal(top_k(q, d, 10), expected)
+    assert max(s[0] for s in shapes) == 7 and sum(s[0] for s in shapes) == 40
+
