@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.retries import retry_transient
+from flows.housekeeping import prune_resumable_runs
 from flows.train import (
     NAME_PATTERN, artifact_key, documents_as_of, evaluate_model, fetch_examples, fit, laptop_config,
     publish_report, read_document_snapshots, register, servable_index,
@@ -306,6 +307,7 @@ def mine(dataset: str = "synthetic-default", params: MineParams | None = None) -
     key = run_key(dataset=dataset, start=start_av.ref, examples=examples_ref,
                   params=params.model_dump(mode="json", exclude={"rounds", "stop_early", "min_gain", "promote"}))
     run_dir = runs_root(dataset) / key
+    prune_resumable_runs(runs_root(dataset), key)
 
     train_end, test_as_of = split_cutoff(parts, "valid"), split_cutoff(parts, "test")
     snapshots = read_document_snapshots(dataset, min(train_end, test_as_of))

@@ -260,6 +260,8 @@ def report_markdown(dataset: str, outcome: str, manifest: IndexManifest, selecti
         "",
         tuning.to_markdown() if tuning else "ANN tuning: off or not applicable (an exact index).",
         "",
+        tuning.to_markdown_image() if tuning else "",
+        "",
         validation.to_markdown(),
         "",
         f"Term index: {manifest.terms['terms']:,} terms, {manifest.terms['postings']:,} postings, "
@@ -325,6 +327,8 @@ def rebuild_index(
             index.set_default_nprobe(tuning.chosen_nprobe)
         terms = build_terms(corpus)
         staged = stage(index, corpus, run_dir / "artifact", rescore, terms)
+        if tuning is not None:  # the curve as a picture, published with the index it tuned
+            (staged / "ann_tuning.svg").write_text(tuning.to_svg())
         type_counts = {str(k): int(v) for k, v in corpus["doc_type"].fillna("").astype(str).value_counts().items()}
         validation = validate(index, vectors, queries, source, params.validation, len(corpus), staged, dataset,
                               type_counts)

@@ -107,4 +107,30 @@ def sweep_run_dirs(root: Path, retention: Retention | None = None) -> list[Path]
     return removed
 
 
-__all__ = ["MARKER", "Retention", "finish_run_dir", "killed", "new_run_dir", "run_dir", "sweep_run_dirs"]
+def prune_keyed_dirs(root: Path, retention: Retention | None = None, keep: frozenset[str] | set[str] = frozenset()
+                     ) -> list[Path]:
+    """Prune directories named by what they compute (a mining run, which a re-run resumes): they have no
+    marker and no time in their name, so the ``retention.keep`` most recently modified ones and those named
+    in ``keep`` stay, and the others go once untouched for ``retention.max_age_days``."""
+    retention = retention or Retention()
+    root = Path(root)
+    if not root.is_dir():
+        return []
+
+    def touched(path: Path) -> float:
+        return max([path.stat().st_mtime, *(c.stat().st_mtime for c in path.iterdir())])
+
+    dirs = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in keep), key=touched, reverse=True)
+    cutoff = time.time() - retention.max_age_days * 86_400
+    removed = []
+    for path in dirs[retention.keep:]:
+        if touched(path) < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            log.info("removed %s: past retention (%d newest kept, %.0f days)", path, retention.keep,
+                     retention.max_age_days)
+    return removed
+
+
+__all__ = ["MARKER", "Retention", "finish_run_dir", "killed", "new_run_dir", "prune_keyed_dirs", "run_dir",
+           "sweep_run_dirs"]

@@ -853,6 +853,30 @@ class ArtifactStore:
                 log.info("pruned %s", av.ref)
         return out
 
+    def prune_cache(self, keep: int = 2) -> list[str]:
+        """Delete fetched copies under :attr:`cache_dir` beyond the newest ``keep`` of each artifact, never the
+        current version's; returns the refs removed. A fetch fills the cache with every version it loads
+        (each index of a nightly, hundreds of MB at 1M documents), and nothing else ever empties it."""
+        removed: list[str] = []
+        root = self.cache_dir
+        for kind_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+            for name_dir in sorted(p for p in kind_dir.iterdir() if p.is_dir()):
+                versions = sorted((p for p in name_dir.iterdir() if p.is_dir() and VERSION_RE.match(p.name)),
+                                  key=lambda p: p.name, reverse=True)
+                if len(versions) <= keep:
+                    continue
+                try:
+                    current = self._current_version_id(kind_dir.name, name_dir.name)
+                except Exception:  # an unreachable store: keep everything rather than guess
+                    continue
+                for path in versions[keep:]:
+                    if path.name != current:
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(f"{kind_dir.name}/{name_dir.name}@{path.name}")
+        if removed:
+            log.info("pruned %d cached version(s): %s", len(removed), removed)
+        return removed
+
     def gc_incomplete(self, min_age: timedelta = timedelta(hours=1)) -> list[str]:
         """Delete versions without a manifest that are older than ``min_age``; returns their refs.
 

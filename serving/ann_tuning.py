@@ -61,6 +61,58 @@ class TuningResult(BaseModel):
                           f"| nprobe | recall@{self.k} | ms/query (batch, 1 thread) |", "|---:|---:|---:|", *rows])
 
 
+    def to_svg(self, width: int = 560, height: int = 300) -> str:
+        """The curve as a picture: recall@k against nprobe (log scale), the target as a dashed line, the
+        chosen nprobe marked, each point labelled with its cost. Plain SVG, no plotting library."""
+        left, right, top, bottom = 56, 20, 28, 44
+        w, h = width - left - right, height - top - bottom
+        xs = [p.nprobe for p in self.curve]
+        lo_x, hi_x = np.log2(min(xs)), np.log2(max(xs))
+        lo_y = min(0.5, min(p.recall for p in self.curve), self.target_recall) // 0.1 * 0.1
+
+        def x(n: float) -> float:
+            return left + (w * (np.log2(n) - lo_x) / (hi_x - lo_x) if hi_x > lo_x else w / 2)
+
+        def y(r: float) -> float:
+            return top + h * (1 - (r - lo_y) / (1 - lo_y))
+
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                 f'font-family="sans-serif" font-size="11">',
+                 f'<rect width="{width}" height="{height}" fill="white"/>',
+                 f'<text x="{left}" y="16" font-size="13">ANN tuning: recall@{self.k} vs nprobe '
+                 f'({self.n_queries} held-out queries)</text>',
+                 f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="black"/>',
+                 f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="black"/>']
+        for tick in np.arange(lo_y, 1.0001, 0.1):
+            parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.1f}</text>')
+            parts.append(f'<line x1="{left}" y1="{y(tick):.1f}" x2="{left + w}" y2="{y(tick):.1f}" '
+                         'stroke="#eee"/>')
+        for n in xs:
+            parts.append(f'<text x="{x(n):.1f}" y="{top + h + 16}" text-anchor="middle">{n}</text>')
+        parts.append(f'<text x="{left + w / 2}" y="{height - 8}" text-anchor="middle">nprobe (IVF lists '
+                     'scanned per query)</text>')
+        parts.append(f'<line x1="{left}" y1="{y(self.target_recall):.1f}" x2="{left + w}" '
+                     f'y2="{y(self.target_recall):.1f}" stroke="#c00" stroke-dasharray="6 4"/>')
+        parts.append(f'<text x="{left + w}" y="{y(self.target_recall) - 5:.1f}" text-anchor="end" '
+                     f'fill="#c00">target {self.target_recall:.3f}</text>')
+        points = " ".join(f"{x(p.nprobe):.1f},{y(p.recall):.1f}" for p in self.curve)
+        parts.append(f'<polyline points="{points}" fill="none" stroke="#1f5fa8" stroke-width="2"/>')
+        for p in self.curve:
+            chosen = p.nprobe == self.chosen_nprobe
+            parts.append(f'<circle cx="{x(p.nprobe):.1f}" cy="{y(p.recall):.1f}" r="{6 if chosen else 3}" '
+                         f'fill="{"#c00" if chosen else "#1f5fa8"}"/>')
+            parts.append(f'<text x="{x(p.nprobe):.1f}" y="{y(p.recall) + 16:.1f}" text-anchor="middle" '
+                         f'fill="#555">{p.ms_per_query:.2f} ms</text>')
+        return "\n".join([*parts, "</svg>"]) + "\n"
+
+    def to_markdown_image(self) -> str:
+        """The SVG inline in markdown (a data URI), for the run's report."""
+        import base64
+
+        data = base64.b64encode(self.to_svg().encode()).decode()
+        return f"![ANN tuning: recall@{self.k} vs nprobe](data:image/svg+xml;base64,{data})"
+
+
 def nprobe_ladder(nlist: int, max_nprobe: int) -> list[int]:
     """1, 2, 4, ... up to min(nlist, max_nprobe), the last value included."""
     top = max(1, min(nlist, max_nprobe))

@@ -269,6 +269,20 @@ def test_a_killed_runs_directory_is_swept_and_retention_keeps_the_newest(tmp_pat
     assert not p.exists()  # removed on failure too
     finish_run_dir(live)
 
+    # mining runs are named by their inputs (a re-run resumes them): kept by last touch, not by name
+    from infra.run_dirs import prune_keyed_dirs
+
+    mining = tmp_path / "mine"
+    dirs = {}
+    for i, age_days in enumerate([40, 30, 20, 1, 50]):
+        d = mining / f"key{i}" / "round-1"
+        d.mkdir(parents=True)
+        for path in (d, d.parent):
+            os.utime(path, (time.time() - age_days * 86_400,) * 2)
+        dirs[i] = d.parent
+    removed = prune_keyed_dirs(mining, Retention(keep=2, max_age_days=14), keep={"key4"})
+    assert set(removed) == {dirs[0], dirs[1]}  # key3 and key2 are the newest two; key4 is the run resuming
+
 
 
 # --------------------------------------------------------------------------- a failed nightly says why

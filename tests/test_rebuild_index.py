@@ -299,7 +299,13 @@ def test_rebuild_tunes_nprobe_and_the_gate_checks_it(published):
     assert curve[t["chosen_nprobe"]] >= 0.91 and all(r < 0.91 for n, r in curve.items() if n < t["chosen_nprobe"])
     assert loaded.index.config.nprobe == t["chosen_nprobe"] == v["nprobe"] == loaded.manifest.stats["nprobe"]
     assert v["recall_at_k"] >= 0.9 and v["failures"] == []  # the gate, on other queries, agrees
-    assert "ANN tuning on" in _markdown_artifact(artifact_key(DATASET))
+    report = _markdown_artifact(artifact_key(DATASET))
+    assert "ANN tuning on" in report and "data:image/svg+xml;base64," in report  # the curve as a picture too
+    import xml.etree.ElementTree as ET
+
+    svg = ET.fromstring((loaded.path / "ann_tuning.svg").read_text())  # published with the index
+    circles = [c for c in svg.iter("{http://www.w3.org/2000/svg}circle")]
+    assert len(circles) == len(t["curve"]) and sum(c.get("r") == "6" for c in circles) == 1  # the choice marked
 
     explicit = RebuildParams(index=IndexConfig(kind="ivfpq", nlist=32, pq_m=8, nprobe=32), query_source="documents")
     rebuild_index(dataset=DATASET, params=explicit)

@@ -276,6 +276,19 @@ def test_tampered_cache_is_refetched(store: ArtifactStore, tmp_path: Path) -> No
     assert read_tree(store.fetch("dataset", "toy")) == read_tree(tmp_path / "src")
 
 
+
+def test_the_fetch_cache_keeps_the_newest_copies_and_the_current_one(store: ArtifactStore, tmp_path: Path) -> None:
+    published = [store.publish("dataset", "toy", generation_tree(tmp_path / f"g{g}", g)) for g in range(4)]
+    for av in published:
+        store.fetch("dataset", "toy", av.version)
+    store.set_current("dataset", "toy", published[0].version)  # a rollback: the oldest copy is served
+    cached = store.cache_dir / "dataset" / "toy"
+    assert store.prune_cache(keep=2) == [f"dataset/toy@{published[1].version}"]
+    assert sorted(p.name for p in cached.iterdir()) == sorted(
+        [published[0].version, published[2].version, published[3].version])
+    assert store.prune_cache(keep=2) == []
+    assert read_tree(store.fetch("dataset", "toy", published[1].version)) == read_tree(tmp_path / "g1")  # refetched
+
 def test_concurrent_readers_see_old_or_new(store: ArtifactStore, tmp_path: Path) -> None:
     generations = 4
     srcs = [generation_tree(tmp_path / f"g{g}", g) for g in range(generations)]
