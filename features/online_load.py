@@ -1,21 +1,19 @@
 """Loading a feature snapshot into the online store: in bounded memory, and only what changed.
 
 Feast's ``materialize`` converts every row of a feature view to protobufs at once, with per-value type
-dispatch: on the 1M world one day took over ten minutes and 15.8 GB. This loader writes through the same
-provider call (``online_write_batch``, so it works for every online store Feast supports, SQLite and Redis
-here) with three differences:
+dispatch, which on the 1M world held about 16 GB for one day. This loader writes through the same
+provider call (``online_write_batch``: any online store Feast supports; tested on SQLite and Redis) with
+three differences:
 
 - a converter per column type that builds the same protobufs as Feast (byte for byte: tested), with one
   shared proto per repeated scalar value;
 - chunks of ``chunk_rows`` entities, so memory stays bounded whatever the corpus size;
 - incremental writes: a marker in the online store records which snapshot file it holds (its day and
-  digest). When tonight's snapshot follows it, only the entities whose values
-  differ are written (a new entity, a new click in the history, a new member). ``feature_ts`` is not
+  digest). When tonight's snapshot follows it, only the entities whose values differ are written (a new entity, a new click in the history, a new member). ``feature_ts`` is not
   compared: an unchanged row keeps the time of the snapshot it was written from, whose values it still has.
 
 A full write happens when there is no marker (a new, recreated or flushed store), when the marked file is
-gone or was rewritten, or on request (``full=True``). A crash between chunks
-leaves some entities at tonight's values and the rest at the marked snapshot's; the marker is written last,
+gone or was rewritten, or on request (``full=True``). A crash between chunks leaves some entities at tonight's values and the rest at the marked snapshot's; the marker is written last,
 so the re-run diffs against the same snapshot and writes the same rows again.
 """
 
