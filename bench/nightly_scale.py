@@ -1,7 +1,7 @@
 """The nightly at scale: a synthetic world through the whole chain, with each step's wall time and peak
 memory next to the goals.
 
-    python -m bench.nightly_scale --preset 1m        # 500k searchers, 1M documents; about 1.5 h on 2 cores
+    python -m bench.nightly_scale --preset 1m        # 500k searchers, 1M documents; about 55 min on 2 cores
     python -m bench.nightly_scale --preset tiny      # the same path in a few minutes
 
 Every step is the ``ebr`` command an operator types, in its own process, with its own ``EBR_HOME``

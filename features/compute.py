@@ -391,7 +391,7 @@ def _stamp(df: pd.DataFrame, ts: pd.Timestamp, columns: tuple[str, ...]) -> pd.D
 
 
 # What compute_features reads of each canonical table: the materialize flow reads only this once the gates
-# have seen the whole tables (at 1M documents the impressions alone hold about 0.9 GB).
+# have seen the whole tables (the impressions and queries are most of the sessions' memory).
 FEATURE_TABLES = ("searchers", "documents", "friendships", "memberships", "sessions")
 SESSION_COLUMNS = (SEARCHER_KEY, "ts", "clicked")
 

@@ -1,20 +1,21 @@
 """Loading a feature snapshot into the online store: in bounded memory, and only what changed.
 
 Feast's ``materialize`` converts every row of a feature view to protobufs at once, with per-value type
-dispatch, which on the 1M world held about 16 GB for one day. This loader writes through the same
-provider call (``online_write_batch``: any online store Feast supports; tested on SQLite and Redis) with
-three differences:
+dispatch: its memory grows with the corpus. This loader writes through the same provider call
+(``online_write_batch``: any online store Feast supports; tested on SQLite and Redis) with three differences:
 
 - a converter per column type that builds the same protobufs as Feast (byte for byte: tested), with one
   shared proto per repeated scalar value;
 - chunks of ``chunk_rows`` entities, so memory stays bounded whatever the corpus size;
 - incremental writes: a marker in the online store records which snapshot file it holds (its day and
-  digest). When tonight's snapshot follows it, only the entities whose values differ are written (a new entity, a new click in the history, a new member). ``feature_ts`` is not
-  compared: an unchanged row keeps the time of the snapshot it was written from, whose values it still has.
+  digest). When tonight's snapshot follows it, only the entities whose values differ are written (a new
+  entity, a new click in the history, a new member). ``feature_ts`` is not compared: an unchanged row keeps
+  the time of the snapshot it was written from, whose values it still has.
 
 A full write happens when there is no marker (a new, recreated or flushed store), when the marked file is
-gone or was rewritten, or on request (``full=True``). A crash between chunks leaves some entities at tonight's values and the rest at the marked snapshot's; the marker is written last,
-so the re-run diffs against the same snapshot and writes the same rows again.
+gone or was rewritten, or on request (``full=True``). A crash between chunks leaves some entities at
+tonight's values and the rest at the marked snapshot's; the marker is written last, so the re-run diffs
+against the same snapshot and writes the same rows again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from features.store import FeatureRepo
@@ -45,9 +46,8 @@ _TABLE = "ebr_online_snapshot"  # in the SQLite online store, next to Feast's ta
 NOT_COMPARED = frozenset({"feature_ts"})  # the snapshot's own time: it changes every day by definition
 
 
-@dataclass(frozen=True)
-class OnlineLoad:
-    """What one load wrote for one entity."""
+class OnlineLoad(BaseModel):
+    """What one load wrote for one entity (also a row of the materialize flow's report)."""
 
     entity: str
     day: date
@@ -192,20 +192,14 @@ def read_marker(repo: FeatureRepo) -> dict:
         return {e: json.loads(m) for e, m in conn.execute(f"SELECT entity, marker FROM {_TABLE}")}
 
 
-def _write_marker(repo: FeatureRepo, entity: str, value: dict | None) -> None:
+def _write_marker(repo: FeatureRepo, entity: str, value: dict) -> None:
     if repo.online_store:
-        marker = read_marker(repo)
-        marker.pop(entity, None)
-        if value is not None:
-            marker[entity] = value
+        marker = {**read_marker(repo), entity: value}
         _redis(repo.online_store).set(f"ebr:{repo.project}:{MARKER}", json.dumps(marker, sort_keys=True))
         return
     with sqlite3.connect(repo.online_store_path) as conn:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} (entity TEXT PRIMARY KEY, marker TEXT)")
-        if value is None:
-            conn.execute(f"DELETE FROM {_TABLE} WHERE entity = ?", (entity,))
-        else:
-            conn.execute(f"INSERT OR REPLACE INTO {_TABLE} VALUES (?, ?)", (entity, json.dumps(value, sort_keys=True)))
+        conn.execute(f"INSERT OR REPLACE INTO {_TABLE} VALUES (?, ?)", (entity, json.dumps(value, sort_keys=True)))
 
 
 # --------------------------------------------------------------------------- the load
@@ -231,7 +225,8 @@ def load_snapshot(repo: FeatureRepo, entity: str, day: date, *, full: bool = Fal
     elif not held:
         reason = "the online store holds no recorded snapshot"
     elif held.get("day") == day.isoformat() and held.get("digest") == digest:
-        old, reason = table, "the online store already holds this snapshot"
+        return OnlineLoad(entity=entity, day=day, rows=table.num_rows, written=0, full=False,
+                          reason="the online store already holds this snapshot", seconds=time.perf_counter() - t0)
     else:
         held_path = repo.source_dir(entity) / f"{held.get('day')}.parquet"
         if held_path.exists() and _digest(held_path) == held.get("digest"):
@@ -262,7 +257,7 @@ def load_snapshot(repo: FeatureRepo, entity: str, day: date, *, full: bool = Fal
                                  "loaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     result = OnlineLoad(entity=entity, day=day, rows=table.num_rows, written=int(written.sum()),
                         full=old is None, reason=reason, seconds=time.perf_counter() - t0)
-    log.info("online store: %s", asdict(result))
+    log.info("online store: %s", result)
     return result
 
 

@@ -31,6 +31,7 @@ from validation.suites import GateConfig
 from features.compute import (
     FEATURE_TABLES, SESSION_COLUMNS, FeatureConfig, as_of_for_day, compute_features, days_between,
 )
+from features.online_load import OnlineLoad
 from features.store import FeatureRepo
 from infra.settings import get_settings
 from ingest.contract import CanonicalDataset, read_dataset
@@ -86,24 +87,6 @@ class DayCounts(BaseModel):
     seconds: float
 
 
-class OnlineCounts(BaseModel):
-    """One entity's online load: how many entities its snapshot has, how many were written, and why."""
-
-    entity: str
-    day: date
-    rows: int
-    written: int
-    full: bool
-    reason: str
-    seconds: float
-
-
-class OnlineLoads(BaseModel):
-    window_start: datetime
-    window_end: datetime
-    entities: list[OnlineCounts]
-
-
 class MaterializeReport(BaseModel):
     dataset: str
     root: str
@@ -111,7 +94,7 @@ class MaterializeReport(BaseModel):
     window_start: datetime
     window_end: datetime
     materialize_seconds: float
-    online: list[OnlineCounts] = []
+    online: list[OnlineLoad] = []
 
     def to_markdown(self) -> str:
         lines = [
@@ -157,16 +140,15 @@ def apply_repo(root: str) -> None:
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def materialize_online(root: str, first_day: date, last_day: date, full: bool = False) -> OnlineLoads:
+def materialize_online(root: str, first_day: date, last_day: date,
+                       full: bool = False) -> tuple[datetime, datetime, list[OnlineLoad]]:
     """Load the range into the online store, up to the newest written day: the online store keeps one row
     per key, so a backfill of an old range must not leave older values there. Only the entities that changed
     since the snapshot the store holds are written (``full``: all of them)."""
     repo = FeatureRepo(root)
     newest = max([last_day, *repo.source_days("searcher"), *repo.source_days("document")])
     start, end = as_of_for_day(first_day), as_of_for_day(newest)
-    loads = repo.materialize(start, end, full=full, progress=True)
-    return OnlineLoads(window_start=start, window_end=end,
-                       entities=[OnlineCounts(**{k: getattr(x, k) for k in OnlineCounts.model_fields}) for x in loads])
+    return start, end, repo.materialize(start, end, full=full, progress=True)
 
 
 @task(cache_policy=NO_CACHE)
@@ -223,10 +205,10 @@ def materialize(
     del data, searchers, documents  # the online load reads the written snapshots, not these
     apply_repo(root)
     t0 = time.perf_counter()
-    online = materialize_online(root, days[0], days[-1], full_online)
+    start, end, online = materialize_online(root, days[0], days[-1], full_online)
     report = MaterializeReport(
-        dataset=params.dataset, root=root, days=counts, window_start=online.window_start,
-        window_end=online.window_end, materialize_seconds=time.perf_counter() - t0, online=online.entities,
+        dataset=params.dataset, root=root, days=counts, window_start=start, window_end=end,
+        materialize_seconds=time.perf_counter() - t0, online=online,
     )
     publish_report(report)
     return report

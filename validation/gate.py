@@ -257,7 +257,7 @@ def run_gate(
         result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
     finally:
         # GE keeps its newest context as a process-wide project context, whose data source caches the batch:
-        # without this the validated frame (1.3 GB of sessions at 1M documents) stays alive after the gate.
+        # without this the validated frame stays alive after the gate.
         context.data_sources.delete(f"{name}-source")
     missing = {
         r.expectation_config.kwargs["column"]
