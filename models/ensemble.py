@@ -44,6 +44,25 @@ def concat_constant(weights: Sequence[float]) -> float:
     return math.sqrt(sum(w * w for w in weights)) * math.sqrt(len(weights))
 
 
+def shared_embeddings(members: Sequence[Any], frame: pd.DataFrame | Records, side: str, batch_size: int
+                      ) -> list[np.ndarray]:
+    """Each member's embeddings of ``frame``, featurized once per distinct featurizer (members trained on one
+    training set featurize alike: on one online query, featurization costs more than a tower's forward pass)."""
+    tables: dict[str, Any] = {}
+    out = []
+    for m in members:
+        featurizer = getattr(m, "query_featurizer" if side == "query" else "doc_featurizer", None)
+        if featurizer is None:  # a nested ensemble: its own path
+            out.append(m.embed_queries(frame, batch_size=batch_size) if side == "query"
+                       else m.embed_documents(frame, batch_size=batch_size))
+            continue
+        key = featurizer.signature
+        if key not in tables:
+            tables[key] = m.featurize_queries(frame) if side == "query" else m.featurize_documents(frame)
+        out.append(m.embed_table(tables[key], side, batch_size))
+    return out
+
+
 class WeightedConcat:
     """Weighted concatenation of member embeddings (see the module docstring)."""
 
@@ -64,11 +83,11 @@ class WeightedConcat:
         return sum(m.output_dim for m in self.members)
 
     def embed_queries(self, frame: pd.DataFrame | Records, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
-        parts = [w * m.embed_queries(frame, batch_size=batch_size) for m, w in zip(self.members, self.weights)]
+        parts = [w * e for e, w in zip(shared_embeddings(self.members, frame, "query", batch_size), self.weights)]
         return (np.concatenate(parts, axis=1) * self._q_scale).astype(np.float32)
 
     def embed_documents(self, frame: pd.DataFrame, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
-        parts = [m.embed_documents(frame, batch_size=batch_size) for m in self.members]
+        parts = shared_embeddings(self.members, frame, "document", batch_size)
         return (np.concatenate(parts, axis=1) * self._d_scale).astype(np.float32)
 
     def spec(self) -> dict:

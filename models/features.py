@@ -13,6 +13,8 @@ Every tower reads two embedding tables through ``EmbeddingBag(mode="sum", per_sa
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -231,11 +233,34 @@ class Featurizer:
     """Turns frames into :class:`FeatureTable` for one tower; its state is the config plus the
     :class:`FittedInputs` that training sets (``fitted``; empty before: every id known, counts unscaled)."""
 
+    # The config fields featurization reads (the rest shape the towers): two featurizers with equal values,
+    # columns and fitted state give equal tables (``signature``).
+    CONFIG_FIELDS = ("word_ngrams", "max_text_chars", "max_body_chars", "trigram_buckets", "word_buckets",
+                     "bigram_buckets", "context_buckets", "pretrained_text")
+
     def __init__(self, cfg: ModelConfig, columns: TowerColumns, what: str):
         self.cfg, self.columns, self.what = cfg, columns, what
         self.n_text_kinds = 3 if cfg.word_ngrams else 1
         self.fitted = FittedInputs({}, {})
         self._encoder = None  # the pretrained text encoder, loaded on first use
+
+    @property
+    def fitted(self) -> FittedInputs:
+        return self._fitted
+
+    @fitted.setter
+    def fitted(self, value: FittedInputs) -> None:
+        self._fitted, self._signature = value, None
+
+    @property
+    def signature(self) -> str:
+        """A digest of everything the tables depend on: an ensemble whose members featurize alike (members
+        trained on one training set) featurizes a query once for all of them."""
+        if self._signature is None:
+            state = {"config": {f: getattr(self.cfg, f) for f in self.CONFIG_FIELDS}, "what": self.what,
+                     "columns": repr(self.columns), "fitted": self._fitted.as_dict()}
+            self._signature = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+        return self._signature
 
     @property
     def encoder(self):

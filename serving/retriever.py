@@ -75,15 +75,17 @@ class Retriever:
         self.features = features
         self.service_name = features.service_name("searcher", self.manifest.feature_service or None, "serving")
         try:
-            # Parsed once; per query the retriever asks Feast for one row as a dict (no DataFrame round trip).
+            # Resolved once; per query the reader (features.online_read) asks the online store for the rows.
             self._service = features.store.get_feature_service(self.service_name)
         except Exception as e:  # feast raises FeatureServiceNotFoundException
             raise FeatureStoreNotFoundError(
                 f"the feature store of dataset {dataset!r} has no service {self.service_name!r}, which model "
                 f"{self.manifest.model.ref} needs; run the materialize flow (it applies the repository) ({e})"
             ) from e
-        self._names = [f.name for p in self._service.feature_view_projections for f in p.features
-                       if f.name != FEATURE_TS]
+        from features.online_read import OnlineReader
+
+        self._reader = OnlineReader(features, self._service, SEARCHER_KEY)
+        self._names = [n for n in self._reader.names if n != FEATURE_TS]
         # A cascade model: the index holds its first stage; the second re-scores the first stage's top N.
         from models.ensemble import is_cascade
 
@@ -121,6 +123,9 @@ class Retriever:
         fastest (a multi-threaded forward pass or search over one row mostly waits on its threads). None
         leaves them alone (a process that also trains or builds indexes keeps its own setting).
         """
+        from infra.serving_imports import without_runtime_type_checks
+
+        without_runtime_type_checks()  # Feast's development-time checks cost ~2 s of its import
         from features.store import FeatureRepo
         from infra.storage import ArtifactNotFoundError, ArtifactStore
         from training.registry import load_registered_model
@@ -285,17 +290,15 @@ class Retriever:
     def searchers_features(self, searcher_ids: Sequence[str]) -> list[dict]:
         """The online features of each searcher, in one online read; :class:`UnknownSearcherError` names
         the first searcher without any."""
-        rows = self.features.store.get_online_features(
-            features=self._service, entity_rows=[{SEARCHER_KEY: s} for s in searcher_ids]
-        ).to_dict()
-        missing = [s for s, t in zip(searcher_ids, rows.get(FEATURE_TS, [None] * len(searcher_ids))) if t is None]
+        rows = self._reader.rows(searcher_ids)
+        missing = [s for s, r in zip(searcher_ids, rows) if r.get(FEATURE_TS) is None]
         if missing:
             raise UnknownSearcherError(
                 f"searcher {missing[0]!r}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} has no "
                 f"features in the online store of dataset {self.dataset!r}; check the id (it must be in the "
                 "dataset's searchers table) or run the materialize flow for the days since the searcher joined"
             )
-        return [{n: rows[n][i] for n in self._names} for i in range(len(searcher_ids))]
+        return [{n: r[n] for n in self._names} for r in rows]
 
     def positions_of(self, doc_ids: Sequence[str]) -> np.ndarray:
         """Index ids (int64 positions) of the given doc_ids that are in the index."""

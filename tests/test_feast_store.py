@@ -179,6 +179,22 @@ def check_online_reads(repo):
     docs = repo.online_features(["g1"], "document")
     assert "title" not in docs.columns and docs["member_count"].iloc[0] == 5
     assert repo.online_features([], "searcher").empty
+    check_direct_reads(repo)
+
+
+def check_direct_reads(repo):
+    """The query path's reader (one provider read per view, no Feast response) gives Feast's own rows."""
+    from features.online_read import OnlineReader
+
+    for entity, key, ids in (("searcher", "searcher_id", ["z1", "ghost", "a1", "z1"]),
+                             ("document", "doc_id", ["g1", "nope"])):
+        svc = repo._service(entity, None, "serving")
+        reader = OnlineReader(repo, svc, key)
+        feast_rows = repo.store.get_online_features(features=svc, entity_rows=[{key: i} for i in ids]).to_dict()
+        assert sorted(reader.names) == sorted(n for n in feast_rows if n != key)
+        got = reader.rows(ids)
+        assert got == [{n: feast_rows[n][i] for n in reader.names} for i in range(len(ids))]
+        assert any(v is not None for v in got[0].values()) and all(v is None for v in got[1].values())
 
 
 def test_write_sources_is_idempotent_and_checks_days(repo, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from serving.index import IndexConfig
 from models.batches import TrainingData
@@ -185,6 +186,41 @@ def test_weighted_concat_cosine_is_the_weighted_sum_of_member_cosines(task, base
     cos = [m.embed_queries(q_frame) @ m.embed_documents(d_frame).T for m in (base.model, text_only.model)]
     expected = (weights[0] * cos[0] + weights[1] * cos[1]) / concat_constant(weights)
     assert np.allclose(q @ d.T, expected, atol=1e-5)
+
+
+def test_members_that_featurize_alike_share_one_featurization(task, base, text_only, monkeypatch):
+    """An ensemble featurizes a query once per distinct featurizer (featurization costs more than a tower
+    on the online path); the vectors are those of each member alone."""
+    import copy
+
+    from models.features import FittedInputs
+
+    examples, documents = task
+    q_frame, d_frame = examples.head(20), documents.head(30)
+    twin = copy.deepcopy(base.model)  # another member trained on the same data: same inputs, other weights
+    with torch.no_grad():
+        for w in twin.parameters():
+            w.mul_(-1.0)
+    assert twin.query_featurizer.signature == base.model.query_featurizer.signature
+    assert text_only.model.query_featurizer.signature != base.model.query_featurizer.signature  # no context
+    calls = {"query": 0, "document": 0}
+    for m in (base.model, twin, text_only.model):
+        for side, name in (("query", "featurize_queries"), ("document", "featurize_documents")):
+            def counted(frame, _f=getattr(m, name), _side=side):
+                calls[_side] += 1
+                return _f(frame)
+            monkeypatch.setattr(m, name, counted)
+    ens = WeightedConcat([base.model, twin, text_only.model], [1.0, 0.5, 0.25])
+    q, d = ens.embed_queries(q_frame), ens.embed_documents(d_frame)
+    assert calls == {"query": 2, "document": 2}
+    parts = [w * m.embed_queries(q_frame) for m, w in zip(ens.members, ens.weights)]
+    assert np.allclose(q, np.concatenate(parts, axis=1) / np.sqrt(1 + 0.25 + 0.0625), atol=1e-6)
+    assert np.allclose(d, np.concatenate([m.embed_documents(d_frame) for m in ens.members], axis=1) / np.sqrt(3),
+                       atol=1e-6)
+    # another fitted state (another training set's vocabulary) is another signature
+    before = twin.query_featurizer.signature
+    twin.set_fitted(FittedInputs({"doc": pd.Index(["d1"], dtype=object)}, {}))
+    assert twin.query_featurizer.signature != before
 
 
 def test_a_cascade_of_a_model_with_itself_is_the_model(task, base):

@@ -257,3 +257,29 @@ def test_hybrid_errors_are_clear(retriever, searcher_id):
         retriever.search(QUERY, searcher_id, expression="(and (term type:group)")
     with pytest.raises(UnknownModelKeyError, match="known keys"):
         retriever.search(QUERY, searcher_id, expression="(nn nope :k 3)")
+
+
+SERVING_IMPORT = """
+import sys
+from infra.serving_imports import without_runtime_type_checks
+first = without_runtime_type_checks()
+import feast.feature_service as fs
+again = without_runtime_type_checks()  # feast is imported now: too late, nothing to do
+checked = "check_argument_types_internal" in fs.FeatureService.__init__.__code__.co_names
+print(first, again, checked)
+"""
+
+
+@pytest.mark.parametrize("env, expected", [("", "True False False"), ("1", "False False True")])
+def test_a_serving_process_imports_feast_without_its_development_type_checks(env, expected):
+    """typeguard's decorator recompiles Feast's classes at import (~2 s of every `ebr search`); a serving
+    process skips it, as `python -O` would, unless EBR_FEAST_TYPECHECKS=1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", SERVING_IMPORT], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "EBR_FEAST_TYPECHECKS": env})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == expected
