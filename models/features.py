@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
 from typing import Any
@@ -79,9 +79,18 @@ class FeatureTable:
     n_ctx_fields: int
     numeric: np.ndarray | None  # (n_rows, n_numeric) float32
     pretrained: np.ndarray | None = None  # (n_rows, encoder dim) float32: the frozen text sub-model's vectors
+    _all: TowerInputs | None = field(default=None, repr=False, compare=False)  # take() of every row, kept
 
     def take(self, rows: np.ndarray | None = None) -> TowerInputs:
-        rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        """The tower inputs of ``rows`` (all rows when None: made once, then shared by the towers of an
+        ensemble's members; towers only read their inputs)."""
+        if rows is None:
+            if self._all is None:
+                self._all = self._take(np.arange(self.n_rows))
+            return self._all
+        return self._take(np.asarray(rows, dtype=np.int64))
+
+    def _take(self, rows: np.ndarray) -> TowerInputs:
         k = self.n_text_kinds
         tb = (self.text_index[rows][:, :, None] * k + np.arange(k)).reshape(-1)
         ti, to, tw = gather_bags(self.text, tb)

@@ -104,6 +104,7 @@ class Retriever:
             self.engine = Engine(published.terms, self.index, self.model_keys)
         self._doc_ids = published.doc_map["doc_id"].to_numpy(dtype=object)
         self._titles = published.doc_map["title"].to_numpy(dtype=object)
+        self._doc_id_list, self._title_list = self._doc_ids.tolist(), self._titles.tolist()  # faster to index
         self._position = pd.Index(self._doc_ids)
 
     # ------------------------------------------------------------------------------------------- loading
@@ -306,12 +307,11 @@ class Retriever:
         return pos[pos >= 0].astype(np.int64)
 
     def _candidates(self, ids: np.ndarray, scores: np.ndarray) -> list[Candidate]:
-        out: list[Candidate] = []
-        for i, s in zip(ids.tolist(), scores.tolist()):
-            if i < 0:
-                break  # FAISS pads missing results at the end
-            out.append(Candidate(self._doc_ids[i], self._titles[i], float(s), len(out) + 1))
-        return out
+        ids_list = ids.tolist()
+        n = ids_list.index(-1) if -1 in ids_list else len(ids_list)  # FAISS pads missing results at the end
+        doc_ids, titles = self._doc_id_list, self._title_list
+        return [Candidate(doc_ids[i], titles[i], s, rank)
+                for rank, (i, s) in enumerate(zip(ids_list[:n], scores[:n].tolist()), 1)]
 
 
 __all__ = ["Candidate", "HybridResult", "NNRequest", "Retriever", "set_threads"]
