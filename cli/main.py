@@ -171,6 +171,9 @@ def materialize(
     full_online: bool = typer.Option(
         False, "--full-online", help="write every entity to the online store, not only those that changed "
         "since the snapshot it holds"),
+    partitions: int = typer.Option(
+        1, min=1, max=256, help="compute the days as this many mapped tasks (whole community periods each); "
+        "they run on a Dask cluster when EBR_DASK_ADDRESS is set"),
 ) -> None:
     """Compute feature snapshots for a range of days and load them into Feast (a backfill when dated)."""
     from flows.materialize import materialize as flow
@@ -178,7 +181,7 @@ def materialize(
 
     gates = GateConfig(accept_changes=True) if accept_changes else None
     report = flow(dataset, _parse_day(start, "--start"), _parse_day(end, "--end"), every_days, gates=gates,
-                  full_online=full_online)
+                  full_online=full_online, partitions=partitions)
     typer.echo(f"materialized {len(report.days)} snapshot(s) of {dataset} into {report.root}")
     for o in report.online:
         typer.echo(f"online store: {o.entity} snapshot {o.day}: {o.written:,} of {o.rows:,} written "

@@ -1,8 +1,8 @@
 """The materialize flow: canonical tables -> daily feature snapshots -> Feast offline sources -> online store.
 
-Steps: read the dataset -> for each day, compute the snapshot as of the end of the day and write it (one
-parquet file per entity and day, replaced atomically) -> apply the feature repository -> materialize into
-the online store -> publish per-day row counts as a markdown artifact.
+Steps: gate the canonical tables -> for each day, compute the snapshot as of the end of the day and write it
+(one parquet file per entity and day, replaced atomically; a backfill's days in ``partitions`` mapped tasks)
+-> apply the feature repository -> load the online store -> publish per-day row counts as a markdown artifact.
 
 Nightly runs (no dates) take yesterday relative to the run's scheduled start; a backfill passes any range.
 Re-running a range rewrites the same files with the same content, so a run that crashed half way is
@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 import time
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -29,8 +31,9 @@ from flows.housekeeping import clean_up_leftovers
 from infra.run_dirs import run_dir
 from validation.suites import GateConfig
 from features.compute import (
-    FEATURE_TABLES, SESSION_COLUMNS, FeatureConfig, as_of_for_day, compute_features, days_between,
+    FEATURE_TABLES, SESSION_COLUMNS, FeatureConfig, as_of_for_day, cluster_anchor, compute_features, days_between,
 )
+from flows.runners import task_runner
 from features.online_load import OnlineLoad
 from features.store import FeatureRepo
 from infra.settings import get_settings
@@ -56,6 +59,8 @@ class MaterializeParams(BaseModel):
     # Snapshot cadence of a backfill: 1 = daily; up to the feature views' 7-day TTL, so that every event in
     # the range still finds a snapshot (a long history can be backfilled weekly in a seventh of the time).
     every_days: int = Field(1, ge=1, le=7)
+    # Mapped tasks computing the days (flows.runners: threads here, a Dask cluster with EBR_DASK_ADDRESS).
+    partitions: int = Field(1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _ordered(self) -> MaterializeParams:
@@ -119,19 +124,52 @@ class MaterializeReport(BaseModel):
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def read_canonical(dataset: str, tables: tuple[str, ...] = FEATURE_TABLES,
-                   columns: dict[str, tuple[str, ...]] | None = None) -> CanonicalDataset:
-    return read_dataset(get_settings().dataset_path(dataset), tables=tables, columns=columns)
+def read_canonical(dataset: str, tables: tuple[str, ...] = FEATURE_TABLES) -> CanonicalDataset:
+    return read_dataset(get_settings().dataset_path(dataset), tables=tables)
 
 
-@task(cache_policy=NO_CACHE)
-def compute_day(data: CanonicalDataset, day: date, communities: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return compute_features(data, as_of_for_day(day), FeatureConfig(), communities)
+def day_partitions(days: list[date], n: int, config: FeatureConfig | None = None) -> list[list[date]]:
+    """``days`` in at most ``n`` partitions of consecutive days, each a whole number of community periods
+    (one community detection per period, never repeated in two partitions), near-equal in days."""
+    config = config or FeatureConfig()
+    groups: list[list[date]] = []
+    for day in days:
+        anchor = cluster_anchor(as_of_for_day(day), config.cluster_period_days)
+        if groups and cluster_anchor(as_of_for_day(groups[-1][0]), config.cluster_period_days) == anchor:
+            groups[-1].append(day)
+        else:
+            groups.append([day])
+    n = max(1, min(n, len(groups)))
+    parts: list[list[date]] = [[]]
+    placed = 0
+    for i, group in enumerate(groups):
+        # the next partition starts when this group would fill this one past its share more than it lacks
+        # without it, or when every group left is needed to give each partition still to start one
+        share_reached = placed + len(group) / 2 >= len(days) * len(parts) / n
+        if parts[-1] and len(parts) < n and (share_reached or len(groups) - i <= n - len(parts)):
+            parts.append([])
+        parts[-1].extend(group)
+        placed += len(group)
+    return parts
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def write_day(root: str, searchers: pd.DataFrame, documents: pd.DataFrame, day: date) -> None:
-    FeatureRepo(root).write_sources(searchers, documents, day)
+def compute_partition(dataset_path: str, manifest: Any, root: str, days: list[date]) -> list[DayCounts]:
+    """Compute and write the snapshots of ``days`` (one partition): in this process, or on a Dask worker
+    that shares the file system (it reads the canonical tables itself; only the counts travel back)."""
+    data = read_dataset(Path(dataset_path), tables=FEATURE_TABLES, columns={"sessions": SESSION_COLUMNS})
+    if data.manifest != manifest:
+        raise RuntimeError(f"dataset {dataset_path} was replaced while this run read it; run it again")
+    repo = FeatureRepo(root)
+    communities: dict = {}  # one community detection per anchor period across the partition
+    counts = []
+    for day in tqdm(days, desc="materialize: days", unit="day"):
+        t0 = time.perf_counter()
+        searchers, documents = compute_features(data, as_of_for_day(day), FeatureConfig(), communities)
+        repo.write_sources(searchers, documents, day)
+        counts.append(DayCounts(day=day, searchers=len(searchers), documents=len(documents),
+                                seconds=time.perf_counter() - t0))
+    return counts
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -163,7 +201,7 @@ def publish_report(report: MaterializeReport) -> None:
 # --------------------------------------------------------------------------- flow
 
 
-@flow(name="materialize", log_prints=True)
+@flow(name="materialize", log_prints=True, task_runner=task_runner())
 def materialize(
     dataset: str = "synthetic-default",
     start_date: date | None = None,
@@ -171,12 +209,16 @@ def materialize(
     every_days: int = 1,
     gates: GateConfig | None = None,
     full_online: bool = False,
+    partitions: int = 1,
 ) -> MaterializeReport:
     """Compute, write and materialize the feature snapshots of ``dataset`` for a range of days (daily, or
     every ``every_days`` days for a long backfill). The canonical tables pass the input gates first: nothing
     reaches the feature sources or the online store from a table that fails them. The online store gets
-    only what changed since the snapshot it holds; ``full_online`` rewrites every entity."""
-    params = MaterializeParams(dataset=dataset, start_date=start_date, end_date=end_date, every_days=every_days)
+    only what changed since the snapshot it holds; ``full_online`` rewrites every entity. ``partitions`` > 1
+    computes the days of a backfill as that many mapped tasks (whole community periods each), on a Dask
+    cluster with ``EBR_DASK_ADDRESS``: the same snapshots as one partition."""
+    params = MaterializeParams(dataset=dataset, start_date=start_date, end_date=end_date, every_days=every_days,
+                               partitions=partitions)
     days = params.days(flow_run.scheduled_start_time)
     log = get_run_logger()
     root = str(FeatureRepo.for_dataset(params.dataset).root)
@@ -187,22 +229,19 @@ def materialize(
     clean_up_leftovers(runs)
     with run_dir(runs, flow_run.id) as rdir:
         gate_inputs(gated.tables(), gates or GateConfig(), runs, rdir, params.dataset)
-    # The gates saw the whole tables; the features read a fraction of them (a fresh read: memory that the
-    # whole sessions table held is not given back in a form the computation can reuse).
+    # The gates saw the whole tables; each partition reads the fraction the features use (a fresh read:
+    # memory that the whole sessions table held is not given back in a form the computation can reuse) and
+    # checks that it is the dataset the gates passed.
     manifest = gated.manifest
     del gated
-    data = read_canonical(params.dataset, FEATURE_TABLES, {"sessions": SESSION_COLUMNS})
-    if data.manifest != manifest:
-        raise RuntimeError(f"dataset {params.dataset} was replaced while this run read it; run it again")
-    communities: dict = {}  # one community detection per anchor period across the range
-    counts = []
-    for day in tqdm(days, desc="materialize: days", unit="day"):
-        t0 = time.perf_counter()
-        searchers, documents = compute_day(data, day, communities)
-        write_day(root, searchers, documents, day)
-        counts.append(DayCounts(day=day, searchers=len(searchers), documents=len(documents),
-                                seconds=time.perf_counter() - t0))
-    del data, searchers, documents  # the online load reads the written snapshots, not these
+    parts = day_partitions(days, params.partitions)
+    dataset_path = str(get_settings().dataset_path(params.dataset))
+    if len(parts) == 1:
+        counts = compute_partition(dataset_path, manifest, root, parts[0])
+    else:
+        log.info("computing %d days in %d partitions on %s", len(days), len(parts), type(task_runner()).__name__)
+        futures = compute_partition.map(unmapped(dataset_path), unmapped(manifest), unmapped(root), parts)
+        counts = [c for f in futures for c in f.result()]
     apply_repo(root)
     t0 = time.perf_counter()
     start, end, online = materialize_online(root, days[0], days[-1], full_online)

@@ -1,9 +1,10 @@
 """Where a flow's tasks run: in this process (the laptop default) or on a Dask cluster.
 
-``EBR_DASK_ADDRESS=tcp://scheduler:8786`` sends the heavy mapped steps (today: the nightly's document
-embedding, one task per shard) to that cluster through prefect-dask's ``DaskTaskRunner``; results are the same
-as in process (shards start on batch boundaries, so the same batches meet the same model). A flow can also be
-given a runner per call: ``rebuild_index.with_options(task_runner=DaskTaskRunner(address=...))``.
+``EBR_DASK_ADDRESS=tcp://scheduler:8786`` sends the heavy mapped steps to that cluster through prefect-dask's
+``DaskTaskRunner``: the nightly's document embedding (one task per shard; shards start on batch boundaries,
+so the same batches meet the same model) and a backfill's feature computation (one task per partition of
+days). Results are the same as in process. A flow can also be given a runner per call:
+``rebuild_index.with_options(task_runner=DaskTaskRunner(address=...))``.
 """
 
 from __future__ import annotations
