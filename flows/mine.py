@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from infra.retries import retry_transient
 from flows.housekeeping import prune_resumable_runs
+from flows.runners import task_runner
 from flows.train import (
     NAME_PATTERN, artifact_key, documents_as_of, evaluate_model, fetch_examples, fit, laptop_config,
     publish_report, read_document_snapshots, register, servable_index,
@@ -73,6 +74,8 @@ class MineParams(BaseModel):
     examples_version: str | None = Field(None, description="None: the current version")
     promote: bool = Field(True, description="register the best round as the new current base model")
     max_eval_sessions: int = Field(10_000, ge=1, le=1_000_000)
+    search_shards: int = Field(1, ge=1, le=256, description="mapped tasks searching the sessions' ANN top-K "
+                               "(on a Dask cluster with EBR_DASK_ADDRESS); the same negatives for any value")
 
     def hard_config(self) -> TrainConfig:
         loss = LossConfig.model_validate({
@@ -128,10 +131,39 @@ def load_model_file(path: Path):
 
 
 @task(cache_policy=NO_CACHE)
-def mine_negatives(model, examples: pd.DataFrame, corpus: pd.DataFrame, config: MiningConfig):
-    from models.mining import mine_hard_negatives
+def plan_negatives(model, examples: pd.DataFrame, corpus: pd.DataFrame, config: MiningConfig):
+    from models.mining import plan_mining
 
-    return mine_hard_negatives(model, examples, corpus, config)
+    return plan_mining(model, examples, corpus, config)
+
+
+@task(cache_policy=NO_CACHE)
+def search_negatives(space, start: int, end: int):
+    from models.mining import search_sessions
+
+    return search_sessions(space, start, end)
+
+
+@task(cache_policy=NO_CACHE)
+def finish_negatives(plan, searched: list):
+    from models.mining import finish_mining
+
+    return finish_mining(plan, searched)
+
+
+def mine_negatives(model, examples: pd.DataFrame, corpus: pd.DataFrame, config: MiningConfig, shards: int):
+    """Embed and index (one task), search the sessions in ``shards`` mapped tasks (threads here, a Dask
+    cluster with EBR_DASK_ADDRESS; batch-aligned ranges, so the same negatives as one search), then gather."""
+    from prefect import unmapped
+
+    plan = plan_negatives(model, examples, corpus, config)
+    ranges = plan.ranges(shards)
+    if len(ranges) == 1:
+        searched = [search_negatives(plan.space, *ranges[0])]
+    else:
+        futures = search_negatives.map(unmapped(plan.space), [a for a, _ in ranges], [b for _, b in ranges])
+        searched = [f.result() for f in futures]
+    return finish_negatives(plan, searched)
 
 
 @task(cache_policy=NO_CACHE)
@@ -235,7 +267,7 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
         log.info("round %d: reusing the published examples %s", round_no, mined_ref)
     else:
         model = load_model_file(model_path)
-        mined = mine_negatives(model, parts["train"], corpus, params.mining)
+        mined = mine_negatives(model, parts["train"], corpus, params.mining, params.search_shards)
         gate_mined(mined.examples, params, mined.report.false_negative_share, run_dir, dataset, round_no)
         mined_parts = {"train": mined.examples, **{s: parts[s].assign(**{HARD_NEGATIVES: [[]] * len(parts[s])})
                                                   for s in ("valid", "test")}}
@@ -291,7 +323,7 @@ def _round_markdown(record, mining_md: str, metric: str, before: dict) -> str:
 # --------------------------------------------------------------------------- flow
 
 
-@flow(name="mine", log_prints=True)
+@flow(name="mine", log_prints=True, task_runner=task_runner())
 def mine(dataset: str = "synthetic-default", params: MineParams | None = None) -> str:
     """Offline hard-negative mining rounds from the current model of ``dataset``; returns the best model ref."""
     from evaluation.protocol import split_cutoff
@@ -305,7 +337,8 @@ def mine(dataset: str = "synthetic-default", params: MineParams | None = None) -
     feature_service = str(examples_meta.get("feature_service") or "")
     # What the rounds compute from (not how many run or which is promoted): more rounds continue a run.
     key = run_key(dataset=dataset, start=start_av.ref, examples=examples_ref,
-                  params=params.model_dump(mode="json", exclude={"rounds", "stop_early", "min_gain", "promote"}))
+                  params=params.model_dump(mode="json", exclude={"rounds", "stop_early", "min_gain", "promote",
+                                                                  "search_shards"}))
     run_dir = runs_root(dataset) / key
     prune_resumable_runs(runs_root(dataset), key)
 

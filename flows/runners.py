@@ -2,8 +2,8 @@
 
 ``EBR_DASK_ADDRESS=tcp://scheduler:8786`` sends the heavy mapped steps to that cluster through prefect-dask's
 ``DaskTaskRunner``: the nightly's document embedding (one task per shard; shards start on batch boundaries,
-so the same batches meet the same model) and a backfill's feature computation (one task per partition of
-days). Results are the same as in process. A flow can also be given a runner per call:
+so the same batches meet the same model), a backfill's feature computation (one task per partition of
+days) and mining's ANN search (one task per range of sessions). Results are the same as in process. A flow can also be given a runner per call:
 ``rebuild_index.with_options(task_runner=DaskTaskRunner(address=...))``.
 """
 

@@ -230,11 +230,63 @@ def select_candidates(
     return frame[["session", "rank", "row"]].reset_index(drop=True), stats
 
 
-def mine_hard_negatives(model, examples: pd.DataFrame, documents: pd.DataFrame,
-                        config: MiningConfig | None = None, progress: bool = False) -> MiningResult:
-    """One mining round over the ``train`` examples (``split`` column; all rows when absent) against
-    ``documents`` (the corpus the model trains on). See the module docstring."""
-    config = config or MiningConfig()
+@dataclass
+class SearchSpace:
+    """What searching a range of sessions needs. Picklable (the index travels as FAISS's serialized bytes):
+    a mapped task on a Dask worker searches its range of sessions with it."""
+
+    index: EmbeddingIndex  # over the searched documents; ids are positions in ``shard``
+    shard: np.ndarray  # corpus rows of the searched documents
+    q_emb: np.ndarray  # (sessions, dim) query embeddings
+    q_searcher: np.ndarray  # per session: its searcher's code in searcher_keys (-1: none)
+    q_query: np.ndarray  # per session: its normalized query's code in query_keys (-1: none)
+    searcher_keys: np.ndarray  # sorted searcher * n_docs + row keys of known positives
+    query_keys: np.ndarray
+    best_positive: np.ndarray  # per session: its best positive's cosine (NaN: none in the corpus)
+    n_docs: int
+    k: int
+    config: MiningConfig
+
+    def __getstate__(self):
+        return {**self.__dict__, "index": self.index.to_bytes()}
+
+    def __setstate__(self, state):
+        self.__dict__.update({**state, "index": EmbeddingIndex.from_bytes(state["index"])})
+
+
+@dataclass
+class SearchedRange:
+    """The candidates kept for a range of sessions, with its counts and ANN time."""
+
+    selected: pd.DataFrame
+    totals: dict[str, int]
+    ann_seconds: float
+
+
+@dataclass
+class MiningPlan:
+    """A round after embedding and indexing (:func:`plan_mining`), before the search."""
+
+    space: SearchSpace
+    examples: pd.DataFrame
+    is_train: np.ndarray
+    codes: np.ndarray  # per training example: its session
+    doc_ids: np.ndarray
+    index_kind: str
+    embed_seconds: float
+    shard_emb: np.ndarray
+
+    def ranges(self, shards: int = 1) -> list[tuple[int, int]]:
+        """Session ranges for ``shards`` searches, on batch boundaries: each batch keeps its seeded draw, so
+        any split selects the same negatives."""
+        from serving.embedding import shard_bounds
+
+        return shard_bounds(len(self.space.q_emb), shards, self.space.config.batch_size)
+
+
+def plan_mining(model, examples: pd.DataFrame, documents: pd.DataFrame, config: MiningConfig) -> MiningPlan:
+    """Embed the training sessions' queries and the corpus, index the searched shard of it, and collect the
+    known positives: everything the search needs."""
     if DOC_ID not in documents.columns or documents.empty:
         raise ValueError("mining needs a non-empty document table with a doc_id column")
     is_train = (examples["split"] == "train").to_numpy() if "split" in examples.columns else np.ones(
@@ -272,34 +324,54 @@ def mine_hard_negatives(model, examples: pd.DataFrame, documents: pd.DataFrame,
     best_positive = pd.Series(pos_score).groupby(codes).max().reindex(range(len(first))).to_numpy()
     q_searcher = np.array([s_code.get(s, -1) for s in q_frame["searcher_id"].astype(str)], np.int64)
     q_query = np.array([q_code.get(q, -1) for q in normalize_query(q_frame["query"]).to_numpy(object)], np.int64)
+    space = SearchSpace(index, shard, q_emb, q_searcher, q_query, searcher_keys, query_keys, best_positive,
+                        n_docs, k, config)
+    return MiningPlan(space, examples, is_train, codes, doc_ids, index_cfg.kind, embed_seconds, shard_emb)
 
+
+def search_sessions(space: SearchSpace, start: int, end: int) -> SearchedRange:
+    """Candidates of sessions ``start``..``end`` (batch-aligned): ANN top-K, known positives and the margin
+    removed, negatives drawn per batch with the batch's own seed."""
+    config, index, n_docs = space.config, space.index, space.n_docs
     selected, totals, ann_seconds = [], {"candidates": 0, "removed_known_positives": 0, "removed_by_margin": 0}, 0.0
-    n_q = len(q_emb)
-    for s in range(0, n_q, config.batch_size):
-        e = min(n_q, s + config.batch_size)
+    for s in range(start, end, config.batch_size):
+        e = min(end, s + config.batch_size)
         t = time.perf_counter()
-        scores, hits = _search(index, shard_emb, q_emb[s:e], k, config.nprobe)
+        scores, hits = _search(index, None, space.q_emb[s:e], space.k, config.nprobe)
         ann_seconds += time.perf_counter() - t
-        rows = np.where(hits >= 0, shard[np.clip(hits, 0, None)], -1)
-        known = (_member(q_searcher[s:e, None] * n_docs + rows, searcher_keys) & (q_searcher[s:e, None] >= 0)) | (
-            _member(q_query[s:e, None] * n_docs + rows, query_keys) & (q_query[s:e, None] >= 0))
-        frame, stats = select_candidates(rows, scores, np.arange(s, e), known, best_positive[s:e], config,
+        rows = np.where(hits >= 0, space.shard[np.clip(hits, 0, None)], -1)
+        q_searcher, q_query = space.q_searcher[s:e, None], space.q_query[s:e, None]
+        known = (_member(q_searcher * n_docs + rows, space.searcher_keys) & (q_searcher >= 0)) | (
+            _member(q_query * n_docs + rows, space.query_keys) & (q_query >= 0))
+        frame, stats = select_candidates(rows, scores, np.arange(s, e), known, space.best_positive[s:e], config,
                                          np.random.default_rng([config.seed, s]))
         selected.append(frame)
         for key in totals:
             totals[key] += stats[key]
-    chosen = pd.concat(selected, ignore_index=True)
+    return SearchedRange(pd.concat(selected, ignore_index=True), totals, ann_seconds)
+
+
+def finish_mining(plan: MiningPlan, searched: list[SearchedRange]) -> MiningResult:
+    """The ranges' candidates back to the examples, the ANN-vs-exact check on a sample, the report."""
+    space, config = plan.space, plan.space.config
+    chosen = pd.concat([r.selected for r in searched], ignore_index=True)
+    totals = {key: sum(r.totals[key] for r in searched) for key in searched[0].totals}
+    ann_seconds = sum(r.ann_seconds for r in searched)
+    k, n_q = space.k, len(space.q_emb)
 
     # ANN vs exact on a sample of the queries: cost per query and overlap of the candidate pools.
     overlap = exact_per_query = ann_per_query = None
     n_check = min(config.exact_check_queries, n_q)
     if n_check:
+        rng = np.random.default_rng(config.seed)
+        if config.corpus_share < 1.0:  # the draw of the corpus shard came first from this generator
+            rng.choice(space.n_docs, size=max(1, round(space.n_docs * config.corpus_share)), replace=False)
         sample = np.sort(rng.choice(n_q, size=n_check, replace=False))
         t = time.perf_counter()
-        _, ann_hits = _search(index, shard_emb, q_emb[sample], k, config.nprobe)
+        _, ann_hits = _search(space.index, plan.shard_emb, space.q_emb[sample], k, config.nprobe)
         ann_per_query = (time.perf_counter() - t) / n_check
         t = time.perf_counter()
-        _, exact_hits = _search(None, shard_emb, q_emb[sample], k, None)
+        _, exact_hits = _search(None, plan.shard_emb, space.q_emb[sample], k, None)
         exact_per_query = (time.perf_counter() - t) / n_check
         lo = config.rank_window[0] if config.strategy == "window" else 1
         shared = [len(np.intersect1d(a[lo - 1:], b[lo - 1:])) / max(len(b[lo - 1:]), 1)
@@ -307,6 +379,7 @@ def mine_hard_negatives(model, examples: pd.DataFrame, documents: pd.DataFrame,
         overlap = float(np.mean(shared))
 
     # Back to examples: every example of a session gets the session's negatives.
+    doc_ids, examples, is_train, codes = plan.doc_ids, plan.examples, plan.is_train, plan.codes
     per_session = chosen.groupby("session")["row"].agg(list)
     lists = per_session.reindex(range(n_q)).to_numpy(object)
     neg_ids = [[doc_ids[r] for r in v] if isinstance(v, list) else [] for v in lists]
@@ -321,18 +394,28 @@ def mine_hard_negatives(model, examples: pd.DataFrame, documents: pd.DataFrame,
     edges = [e for e in RANK_BINS if e <= k] + [k + 1]
     hist = np.histogram(chosen["rank"].to_numpy(), bins=edges)[0] if len(chosen) else np.zeros(len(edges) - 1)
     report = MiningReport(
-        strategy=config.strategy, rank_window=config.rank_window, sessions=n_q, examples=len(train),
-        corpus_documents=n_docs, searched_documents=len(shard), retrieve_k=k, index_kind=index_cfg.kind,
-        **totals, selected_per_session=len(chosen) / max(n_q, 1),
+        strategy=config.strategy, rank_window=config.rank_window, sessions=n_q, examples=int(is_train.sum()),
+        corpus_documents=space.n_docs, searched_documents=len(space.shard), retrieve_k=k,
+        index_kind=plan.index_kind, **totals, selected_per_session=len(chosen) / max(n_q, 1),
         examples_with_negatives=int((counts > 0).sum()),
         negatives_per_example={"min": float(counts.min()), "mean": float(counts.mean()), "max": float(counts.max())},
         rank_histogram={f"{a}-{b - 1}": int(c) for a, b, c in zip(edges[:-1], edges[1:], hist)},
-        embed_seconds=round(embed_seconds, 3), ann_seconds=round(ann_seconds, 3), exact_check_queries=n_check,
+        embed_seconds=round(plan.embed_seconds, 3), ann_seconds=round(ann_seconds, 3), exact_check_queries=n_check,
         ann_seconds_per_query=ann_per_query, exact_seconds_per_query=exact_per_query,
         pool_overlap_with_exact=overlap,
     )
     return MiningResult(out, report)
 
 
-__all__ = ["HARD_NEGATIVES", "MiningConfig", "MiningReport", "MiningResult", "mine_hard_negatives",
+def mine_hard_negatives(model, examples: pd.DataFrame, documents: pd.DataFrame,
+                        config: MiningConfig | None = None, progress: bool = False) -> MiningResult:
+    """One mining round over the ``train`` examples (``split`` column; all rows when absent) against
+    ``documents`` (the corpus the model trains on), in this process. See the module docstring; a flow maps
+    :func:`search_sessions` over :meth:`MiningPlan.ranges` instead (the same result)."""
+    plan = plan_mining(model, examples, documents, config or MiningConfig())
+    return finish_mining(plan, [search_sessions(plan.space, a, b) for a, b in plan.ranges()])
+
+
+__all__ = ["HARD_NEGATIVES", "MiningConfig", "MiningPlan", "MiningReport", "MiningResult", "SearchSpace",
+           "SearchedRange", "finish_mining", "mine_hard_negatives", "plan_mining", "search_sessions",
            "select_candidates"]

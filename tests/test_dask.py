@@ -119,3 +119,48 @@ def partition_tasks_ran() -> bool:
     import sys
 
     return "flows.materialize" in sys.modules
+
+
+def test_mining_searches_its_sessions_on_a_dask_cluster_with_the_same_negatives(tmp_path, prefect_harness):
+    """Mining's ANN search as mapped tasks (batch-aligned session ranges, the index shipped as FAISS bytes)
+    on a LocalCluster's worker processes selects exactly the negatives of the one-process round."""
+    from distributed import LocalCluster
+    from prefect import flow
+    from prefect_dask import DaskTaskRunner
+
+    from flows.mine import mine_negatives
+    from models.config import LossConfig, ModelConfig, TrainConfig
+    from models.mining import HARD_NEGATIVES, MiningConfig, mine_hard_negatives
+    from models.toy import location_task
+    from models.train import train
+    from serving.index import IndexConfig
+
+    examples, documents = location_task(n_names=10, n_cities=40, n_examples=1500, seed=5)
+    cfg = TrainConfig(model=ModelConfig(trigram_buckets=2048, word_buckets=1024, bigram_buckets=1024,
+                                        context_buckets=512, embedding_dim=16, hidden_dims=(32,), output_dim=16),
+                      loss=LossConfig(n_corpus_negatives=64), batch_size=128, epochs=1, progress=False,
+                      num_threads=1)
+    model = train(examples[examples["split"] == "train"].reset_index(drop=True), None, documents, cfg,
+                  tmp_path / "model").model
+    config = MiningConfig(rank_window=(5, 60), batch_size=128, exact_check_queries=0,
+                          index=IndexConfig(kind="ivfpq", nlist=16, nprobe=8, pq_m=8))
+    reference = mine_hard_negatives(model, examples, documents, config).examples[HARD_NEGATIVES].tolist()
+    assert sum(map(len, reference)) > 0
+
+    @flow
+    def mine_on(shards: int):
+        return mine_negatives(model, examples, documents, config, shards)
+
+    assert mine_on(3).examples[HARD_NEGATIVES].tolist() == reference  # mapped, default (thread) runner
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = mine_on.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        assert on_dask(3).examples[HARD_NEGATIVES].tolist() == reference
+        with cluster.get_client() as client:
+            ran = client.run(mining_tasks_ran)
+    assert len(ran) == 2 and any(ran.values())
+
+
+def mining_tasks_ran() -> bool:
+    import sys
+
+    return "models.mining" in sys.modules

@@ -304,3 +304,27 @@ def test_mining_runs_when_every_searcher_is_a_pseudo_searcher(task, base):
                        pseudo_searcher_share=1e-9)  # no searcher keys at all: only same-query positives count
     result = mine_hard_negatives(base.model, examples, documents, cfg)
     assert result.report.examples_with_negatives > 0 and result.report.removed_known_positives > 0
+
+
+def test_the_search_split_in_ranges_and_pickled_selects_the_same_negatives(task, base):
+    """A round searched as batch-aligned session ranges, each with a pickled copy of the search space (what a
+    Dask worker gets), selects exactly the negatives of the one-process round, with the same counts."""
+    import pickle
+
+    from models.mining import finish_mining, plan_mining, search_sessions
+
+    examples, documents = task
+    config = MiningConfig(rank_window=(5, 60), batch_size=64, corpus_share=0.8, exact_check_queries=32,
+                          index=IndexConfig(kind="ivfpq", nlist=16, nprobe=8, pq_m=8))
+    whole = mine_hard_negatives(base.model, examples, documents, config)
+    plan = plan_mining(base.model, examples, documents, config)
+    ranges = plan.ranges(3)
+    assert len(ranges) == 3 and ranges[0][0] == 0 and ranges[-1][1] == len(plan.space.q_emb)
+    assert all(a % 64 == 0 for a, _ in ranges)  # batch boundaries: each batch keeps its seeded draw
+    searched = [search_sessions(pickle.loads(pickle.dumps(plan.space)), a, b) for a, b in ranges]
+    split = finish_mining(plan, searched)
+    assert split.examples[HARD_NEGATIVES].tolist() == whole.examples[HARD_NEGATIVES].tolist()
+    assert sum(len(v) for v in whole.examples[HARD_NEGATIVES]) > 0
+    keep = {"candidates", "removed_known_positives", "removed_by_margin", "rank_histogram", "sessions",
+            "examples_with_negatives", "pool_overlap_with_exact"}
+    assert split.report.model_dump(include=keep) == whole.report.model_dump(include=keep)
