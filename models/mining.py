@@ -11,6 +11,11 @@ positive minus ``false_negative_margin``. The result is the examples' ``hard_neg
 (training examples only; held-out examples keep empty lists) and a :class:`MiningReport`: counts, the rank
 distribution of what was kept, and what the ANN search cost next to exact KNN on a sample of the queries,
 with the overlap of the two mined pools.
+
+A round has three phases, so that a flow can spread the search: :func:`plan_mining` (embed, index, known
+positives), :func:`search_sessions` over batch-aligned ranges of the sessions (each batch draws with its own
+seed: any split selects the same negatives; the search space pickles, its index as FAISS bytes) and
+:func:`finish_mining`. :func:`mine_hard_negatives` runs the three in this process.
 """
 
 from __future__ import annotations
