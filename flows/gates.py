@@ -19,6 +19,7 @@ from validation.gate import GateReport, latest_report
 from validation.suites import GateConfig
 
 INPUT_TABLES = ("searchers", "documents", "sessions")
+RELATION_TABLES = ("memberships", "friendships")  # gated against the ids of the searchers and documents
 
 
 @task(cache_policy=NO_CACHE)
@@ -41,16 +42,18 @@ def gate(name: str, df: pd.DataFrame, config: GateConfig, previous: GateReport |
 
 
 def references_of(tables: dict[str, pd.DataFrame]) -> dict[str, pd.Index]:
-    """The ids the sessions must refer to: those of the searchers and documents tables."""
-    return {"searcher_id": pd.Index(tables["searchers"]["searcher_id"]),
-            "doc_id": pd.Index(tables["documents"]["doc_id"])}
+    """The ids the sessions, memberships and friendships must refer to: those of the searchers and documents
+    tables."""
+    return {"searcher_id": pd.Index(tables["searchers"]["searcher_id"].astype(str)),
+            "doc_id": pd.Index(tables["documents"]["doc_id"].astype(str))}
 
 
 def gate_inputs(tables: dict[str, pd.DataFrame], config: GateConfig, runs_root: Path, run_dir: Path,
-                dataset: str) -> None:
-    """The input gates of the given canonical tables (searchers, documents, sessions), each compared with the
-    newest accepted report of the same flow under ``runs_root``."""
-    refs = references_of(tables) if {"searchers", "documents"} <= set(tables) else None
-    for name in INPUT_TABLES:
+                dataset: str, references: dict[str, pd.Index] | None = None) -> None:
+    """The input gates of the given canonical tables (searchers, documents, sessions, memberships,
+    friendships), each compared with the newest accepted report of the same flow under ``runs_root``.
+    ``references``: the ids of the run's searchers and documents, when ``tables`` does not hold them."""
+    refs = references_of(tables) if {"searchers", "documents"} <= set(tables) else references
+    for name in (*INPUT_TABLES, *RELATION_TABLES):
         if name in tables:
             gate(name, tables[name], config, latest_report(runs_root, name), run_dir, dataset, refs)

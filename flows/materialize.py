@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from infra.retries import retry_transient
-from flows.gates import INPUT_TABLES, gate_inputs
+from flows.gates import INPUT_TABLES, RELATION_TABLES, gate_inputs, references_of
 from flows.housekeeping import clean_up_leftovers
 from infra.run_dirs import run_dir
 from validation.suites import GateConfig
@@ -224,16 +224,25 @@ def materialize(
     root = str(FeatureRepo.for_dataset(params.dataset).root)
     log.info("materializing %s for %s .. %s into %s", params.dataset, days[0], days[-1], root)
 
-    gated = read_canonical(params.dataset, INPUT_TABLES)
     runs = runs_root(params.dataset)
     clean_up_leftovers(runs)
+    # Two reads, one released before the next: the relation tables (friendships: ~7M rows at 1M documents)
+    # are gated against the ids of the searchers and documents, not next to the whole sessions table.
+    gated = read_canonical(params.dataset, INPUT_TABLES)
+    manifest, references = gated.manifest, references_of(gated.tables())
     with run_dir(runs, flow_run.id) as rdir:
-        gate_inputs(gated.tables(), gates or GateConfig(), runs, rdir, params.dataset)
+        gate_inputs({n: getattr(gated, n) for n in INPUT_TABLES}, gates or GateConfig(), runs, rdir,
+                    params.dataset)
+        del gated
+        relations = read_canonical(params.dataset, RELATION_TABLES)
+        if relations.manifest != manifest:
+            raise RuntimeError(f"dataset {params.dataset} was replaced while this run read it; run it again")
+        gate_inputs({n: getattr(relations, n) for n in RELATION_TABLES}, gates or GateConfig(), runs, rdir,
+                    params.dataset, references)
+        del relations
     # The gates saw the whole tables; each partition reads the fraction the features use (a fresh read:
     # memory that the whole sessions table held is not given back in a form the computation can reuse) and
     # checks that it is the dataset the gates passed.
-    manifest = gated.manifest
-    del gated
     parts = day_partitions(days, params.partitions)
     dataset_path = str(get_settings().dataset_path(params.dataset))
     if len(parts) == 1:

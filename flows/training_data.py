@@ -28,7 +28,7 @@ from infra.settings import get_settings
 from training.examples import ExampleConfig, SplitConfig
 from validation.suites import GateConfig
 
-GATES = (*INPUT_TABLES, "examples")
+GATES = (*INPUT_TABLES, "memberships", "examples")
 
 
 class TrainingDataParams(BaseModel):
@@ -123,9 +123,10 @@ def training_data(
     try:
         data = read_canonical(dataset)
         sessions = sessions_until(data.sessions, end_date)
-        inputs = {"searchers": data.searchers, "documents": data.documents, "sessions": sessions}
+        inputs = {"searchers": data.searchers, "documents": data.documents, "sessions": sessions,
+                  "memberships": data.memberships}  # the history feature reads the memberships
         references = references_of(inputs)
-        for name in INPUT_TABLES:
+        for name in inputs:
             gate(name, inputs[name], params.gates, previous[name], run_dir, dataset, references)
 
         examples = make_examples(sessions, data.documents, params)

@@ -277,3 +277,37 @@ def test_row_counts_compare_rows_per_day_so_a_backfill_does_not_break_the_nightl
     only_failure(report, "expect_table_row_count_to_be_between", None)
     assert gate("sessions", validate_table(lost.reset_index(drop=True), SCHEMAS["sessions"]),
                 GateConfig(accept_changes=True), previous=nightly).passed
+
+
+def test_memberships_and_friendships_are_gated_on_the_ids_they_name(tables):
+    """Every id column is checked against the table it refers to: a membership of a missing document and a
+    friendship with an unknown searcher fail, named; a source without a social graph (empty tables) passes,
+    and a previous run that had rows bounds the next one."""
+    from ingest.contract import empty_table
+
+    memberships = validate_table(pd.DataFrame({
+        "searcher_id": ["u1", "u2", "u3"], "doc_id": ["d1", "d2", "d3"],
+        "created_at": [T("2023-05-01"), T("2023-05-02"), T("2023-05-03")]}), SCHEMAS["memberships"])
+    friendships = validate_table(pd.DataFrame({
+        "searcher_id": ["u1", "u2"], "friend_id": ["u2", "u1"],
+        "created_at": [T("2023-05-01"), T("2023-05-01")]}), SCHEMAS["friendships"])
+    for name, df in (("memberships", memberships), ("friendships", friendships)):
+        assert run_gate(name, df, input_suite(name, df.columns, None, refs(tables))).passed, name
+    bad = memberships.copy()
+    bad.loc[1, "doc_id"] = "d404"
+    bad.loc[2, "searcher_id"] = "ghost"
+    report = run_gate("memberships", bad, input_suite("memberships", bad.columns, None, refs(tables)))
+    assert only_failure(report, "expect_column_values_to_be_in_set", "_unknown_doc_id").examples == ["d404"]
+    who = only_failure(report, "expect_column_values_to_be_in_set", "_unknown_searcher_id")
+    assert who.examples == ["ghost"] and "memberships.searcher_id is in the searchers table" in who.detail
+    stranger = friendships.copy()
+    stranger.loc[1, "friend_id"] = "u404"
+    report = run_gate("friendships", stranger, input_suite("friendships", stranger.columns, None, refs(tables)))
+    assert only_failure(report, "expect_column_values_to_be_in_set", "_unknown_friend_id").examples == ["u404"]
+
+    none = empty_table("friendships")
+    first = run_gate("friendships", none, input_suite("friendships", none.columns, None, refs(tables)))
+    assert first.passed  # a source without friendships
+    previous = run_gate("friendships", friendships, input_suite("friendships", friendships.columns, None, refs(tables)))
+    gone = run_gate("friendships", none, input_suite("friendships", none.columns, None, refs(tables)), previous)
+    assert only_failure(gone, "expect_table_row_count_to_be_between", None)  # the graph vanished since

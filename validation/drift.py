@@ -29,7 +29,8 @@ PROFILED = {
 }
 TOP_VALUES = 50  # most common values kept per column (their coverage is compared, whatever the table's size)
 MIN_COVERAGE = 0.2  # the coverage check applies where the top values cover at least this share of rows
-TIME_COLUMN = {"searchers": "created_at", "documents": "created_at", "sessions": "ts", "examples": "ts"}
+TIME_COLUMN = {"searchers": "created_at", "documents": "created_at", "sessions": "ts", "examples": "ts",
+               "memberships": "created_at", "friendships": "created_at"}
 
 
 class DriftBounds(BaseModel):

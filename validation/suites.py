@@ -24,7 +24,18 @@ from validation.gate import GateSuite
 HAS_CLICK = "_has_click"  # derived: 1.0 when a session has at least one click
 UNKNOWN_SEARCHER = "_unknown_searcher"  # derived: the session's searcher_id when it is not a searcher, else ""
 UNKNOWN_DOCS = "_unknown_doc_ids"  # derived: impressed or clicked doc_ids that are not documents, else ""
-_GATED_TABLES = ("searchers", "documents", "sessions")
+_GATED_TABLES = ("searchers", "documents", "sessions", "memberships", "friendships")
+# Scalar id columns of the relation tables and the table they refer to (the sessions' ids: above).
+ID_REFERENCES = {
+    "memberships": {"searcher_id": "searcher_id", "doc_id": "doc_id"},
+    "friendships": {"searcher_id": "searcher_id", "friend_id": "searcher_id"},
+}
+OPTIONAL_TABLES = ("memberships", "friendships")  # a source may have none (no social graph, no joins)
+
+
+def unknown_column(column: str) -> str:
+    """Derived: the row's ``column`` value when it is not in the table it refers to, else ""."""
+    return f"_unknown_{column}"
 _RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "age": (0, 150)}
 _GE_TYPES = {"string": "str", "int64": "int64", "float64": "float64", "timestamp": "Timestamp"}
 
@@ -174,6 +185,29 @@ def _derive_sessions(references: dict[str, pd.Index] | None):
     return derive
 
 
+def _derive_references(table: str, references: dict[str, pd.Index]):
+    """Derived columns of a relation table: each id that the searchers or documents of the run do not hold."""
+    def derive(df: pd.DataFrame) -> pd.DataFrame:
+        out = {}
+        for column, kind in ID_REFERENCES[table].items():
+            if column in df.columns and kind in references:
+                ids = df[column].astype(str)
+                known = ids.isin(references[kind]).to_numpy()
+                out[unknown_column(column)] = np.where(known, "", ids.to_numpy(dtype=object))
+        return df.assign(**out)
+
+    return derive
+
+
+def _relation_expectations(table: str, references: dict[str, pd.Index]) -> list:
+    E = _gx()
+    what = {"searcher_id": "searchers", "doc_id": "documents"}
+    return [E.ExpectColumnValuesToBeInSet(
+        column=unknown_column(column), value_set=[""],
+        description=f"every {table}.{column} is in the {what[kind]} table (referential integrity)")
+        for column, kind in ID_REFERENCES[table].items() if kind in references]
+
+
 def _reference_expectations(references: dict[str, pd.Index] | None) -> list:
     E = _gx()
     out = []
@@ -190,18 +224,26 @@ def _reference_expectations(references: dict[str, pd.Index] | None) -> list:
 
 def input_suite(table: str, columns: Iterable[str], config: GateConfig | None = None,
                 references: dict[str, pd.Index] | None = None) -> GateSuite:
-    """The gate of one canonical input table (searchers, documents or sessions). ``references``: the ids
-    that the sessions' searcher_id and doc_ids must refer to (the searchers and documents of the run)."""
+    """The gate of one canonical input table (searchers, documents, sessions, memberships or friendships).
+    ``references``: the ids that the sessions', memberships' and friendships' id columns must refer to (the
+    searchers and documents of the run). Memberships and friendships may be empty (a source without them);
+    against a previous run that had rows, the row-count bound still applies."""
     if table not in _GATED_TABLES:
         raise ValueError(f"no input gate for table {table!r}; gated tables: {list(_GATED_TABLES)}")
     config = config or GateConfig()
     columns = list(columns)
     schema = SCHEMAS[table]
-    refs = references if table == "sessions" else None
+    if table in ID_REFERENCES:
+        refs = references or {}
+        expectations = lambda: table_expectations(schema, columns, config) + _relation_expectations(table, refs)  # noqa: E731
+        derive = _derive_references(table, refs) if refs else None
+    else:
+        refs = references if table == "sessions" else None
+        expectations = lambda: table_expectations(schema, columns, config) + _reference_expectations(refs)  # noqa: E731
+        derive = _derive_sessions(refs) if table == "sessions" else None
     return GateSuite(
-        name=table,
-        expectations=lambda: table_expectations(schema, columns, config) + _reference_expectations(refs),
-        derive=_derive_sessions(refs) if table == "sessions" else None,
+        name=table, expectations=expectations, derive=derive,
+        min_rows=0 if table in OPTIONAL_TABLES else 1,
         row_count_tolerance=config.row_count_tolerance,
         table=table, drift=config.drift, accept_changes=config.accept_changes,
     )
