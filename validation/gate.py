@@ -232,6 +232,9 @@ def run_gate(
     from validation.drift import coverage, describe, drift, profile, time_span_days
 
     frame = suite.derive(df) if suite.derive is not None else df
+    # One consolidated block per dtype: GE's metrics otherwise make pandas merge the object blocks again and
+    # again (6.4M friendship rows at 1M documents: 40 s of validation, 24 s after this copy).
+    frame = frame.copy()
     days = time_span_days(df, suite.table) if suite.table else None
     lo, hi = suite.row_bounds(previous, days)
     accepted: list[str] = []
