@@ -174,7 +174,7 @@ def test_flow_builds_gates_and_publishes(prefect_api, tiny):
     assert av.metadata["rows"] == {s: len(p) for s, p in parts.items()}
 
     run = sorted(runs_root(tiny).iterdir())[-1]
-    for name in ("searchers", "documents", "sessions", "examples"):
+    for name in ("searchers", "documents", "sessions", "memberships", "examples"):
         report = GateReport.load(run / "gates" / f"{name}.json")
         assert report.passed and (run / "gates" / f"{name}.md").exists()
     assert GateReport.load(run / "gates" / "examples.json").row_count == len(allex)
@@ -186,6 +186,25 @@ def test_flow_builds_gates_and_publishes(prefect_api, tiny):
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"gate-{tiny}-examples"])))
     assert arts and arts[0].type == "markdown" and "PASSED" in arts[0].data
+
+
+def test_a_backfill_and_then_the_scheduled_run_both_pass_the_gates(prefect_api, tiny):
+    """A backfill of the first days, then the nightly over the whole history: the row-count bounds compare
+    rows per day, so the nightly after a backfill is not stopped by the backfill's smaller tables."""
+    from flows.training_data import TrainingDataParams, runs_root, training_data
+
+    params = TrainingDataParams(examples=ExampleConfig(random_negatives=3),
+                                split=SplitConfig(test_fraction=0.2, valid_fraction=0.2))
+    training_data(dataset=tiny, end_date=START + timedelta(days=2), params=params)
+    backfill = sorted(runs_root(tiny).iterdir())[-1]
+    small = GateReport.load(backfill / "gates" / "sessions.json").row_count
+    training_data(dataset=tiny, params=params)  # the scheduled run: every session so far
+    nightly = sorted(runs_root(tiny).iterdir())[-1]
+    sessions = GateReport.load(nightly / "gates" / "sessions.json")
+    assert sessions.passed and sessions.previous_row_count == small and sessions.row_count > 2 * small
+    assert not sessions.accepted  # nothing had to be accepted by hand
+    for name in ("searchers", "documents", "memberships", "examples"):
+        assert GateReport.load(nightly / "gates" / f"{name}.json").passed, name
 
 
 def test_corrupted_input_stops_the_flow_and_publishes_nothing(prefect_api, home):
