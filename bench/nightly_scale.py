@@ -10,6 +10,8 @@ the process's peak resident memory):
 
 - setup, once (a re-run skips what is done): generate the world; backfill weekly feature snapshots up to
   three days before its end (a full online load); training data; the weekly training (``ebr train``);
+- the feature store as the setup left it (saved once, copied back before the nights: a re-run's nights find
+  the same work as the first run's);
 - two nightly runs, ``ebr nightly --retrain never`` for each of the next two days: materialize one day (only
   what changed reaches the online store), training data, rebuild the index (selection, embedding, IVF-PQ,
   ANN tuning, validation, publish), evaluate. Their per-step figures come from the nightly's own report
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +51,33 @@ def run(cmd: list[str], env: dict, log: Path) -> dict:
         tail = log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}; the end of {log}:\n{tail}")
     return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
+
+
+def restore_setup_features(home: Path, dataset: str, nights: list, backfill_end, env: dict, ebr: list[str],
+                           logs: Path) -> None:
+    """Put the feature store (sources and online store) back in the state the setup left, so that a re-run's
+    nights find the same work as the first run's: the online load writes what changed since the backfill's
+    newest snapshot, not nothing. The state is saved once after the setup and copied back before the nights.
+    A home whose nights already ran before the state was saved gets it rebuilt first: the nights' snapshot
+    files are removed and the backfill's newest day is loaded again in full."""
+    from features.store import FeatureRepo
+
+    state, saved = home / "features" / dataset, home / "setup-features" / dataset
+    if saved.exists():
+        shutil.rmtree(state)
+        shutil.copytree(saved, state)
+        return
+    repo = FeatureRepo(state)
+    stale = [p for entity in ("searcher", "document") for night in nights
+             if (p := repo.source_dir(entity) / f"{night}.parquet").exists()]
+    if stale:
+        print(f"setup: resetting the feature store to {backfill_end} (nights ran before) ...", flush=True)
+        for p in stale:
+            p.unlink()
+        run([*ebr, "materialize", "--dataset", dataset, "--start", str(backfill_end), "--end", str(backfill_end),
+             "--full-online"], env, logs / "setup-reset-features.log")
+    shutil.copytree(state, saved.with_name(saved.name + ".tmp"), dirs_exist_ok=True)
+    saved.with_name(saved.name + ".tmp").rename(saved)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"setup: {name}: {done[name]['seconds']:.0f} s, peak {done[name]['peak_rss_gb']:.2f} GB", flush=True)
         figures.append(("setup", name, done[name]))
 
+    restore_setup_features(home, dataset, nights, backfill_end, env, [*ebr], logs)
     for night in nights:
         report_file = logs / f"nightly-{night}.json"
         print(f"nightly {night} ...", flush=True)
