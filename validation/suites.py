@@ -31,13 +31,13 @@ ID_REFERENCES = {
     "friendships": {"searcher_id": "searcher_id", "friend_id": "searcher_id"},
 }
 OPTIONAL_TABLES = ("memberships", "friendships")  # a source may have none (no social graph, no joins)
+_RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "age": (0, 150)}
+_GE_TYPES = {"string": "str", "int64": "int64", "float64": "float64", "timestamp": "Timestamp"}
 
 
 def unknown_column(column: str) -> str:
     """Derived: the row's ``column`` value when it is not in the table it refers to, else ""."""
     return f"_unknown_{column}"
-_RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "age": (0, 150)}
-_GE_TYPES = {"string": "str", "int64": "int64", "float64": "float64", "timestamp": "Timestamp"}
 
 
 class GateConfig(BaseModel):
