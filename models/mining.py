@@ -280,6 +280,7 @@ class MiningPlan:
     index_kind: str
     embed_seconds: float
     shard_emb: np.ndarray
+    check_sample: np.ndarray  # sessions also searched exactly, for the ANN-vs-exact figures
 
     def ranges(self, shards: int = 1) -> list[tuple[int, int]]:
         """Session ranges for ``shards`` searches, on batch boundaries: each batch keeps its seeded draw, so
@@ -331,7 +332,9 @@ def plan_mining(model, examples: pd.DataFrame, documents: pd.DataFrame, config: 
     q_query = np.array([q_code.get(q, -1) for q in normalize_query(q_frame["query"]).to_numpy(object)], np.int64)
     space = SearchSpace(index, shard, q_emb, q_searcher, q_query, searcher_keys, query_keys, best_positive,
                         n_docs, k, config)
-    return MiningPlan(space, examples, is_train, codes, doc_ids, index_cfg.kind, embed_seconds, shard_emb)
+    n_check = min(config.exact_check_queries, len(q_emb))
+    check = np.sort(rng.choice(len(q_emb), size=n_check, replace=False)) if n_check else np.zeros(0, np.int64)
+    return MiningPlan(space, examples, is_train, codes, doc_ids, index_cfg.kind, embed_seconds, shard_emb, check)
 
 
 def search_sessions(space: SearchSpace, start: int, end: int) -> SearchedRange:
@@ -366,12 +369,9 @@ def finish_mining(plan: MiningPlan, searched: list[SearchedRange]) -> MiningResu
 
     # ANN vs exact on a sample of the queries: cost per query and overlap of the candidate pools.
     overlap = exact_per_query = ann_per_query = None
-    n_check = min(config.exact_check_queries, n_q)
+    sample = plan.check_sample
+    n_check = len(sample)
     if n_check:
-        rng = np.random.default_rng(config.seed)
-        if config.corpus_share < 1.0:  # the draw of the corpus shard came first from this generator
-            rng.choice(space.n_docs, size=max(1, round(space.n_docs * config.corpus_share)), replace=False)
-        sample = np.sort(rng.choice(n_q, size=n_check, replace=False))
         t = time.perf_counter()
         _, ann_hits = _search(space.index, plan.shard_emb, space.q_emb[sample], k, config.nprobe)
         ann_per_query = (time.perf_counter() - t) / n_check
