@@ -17,7 +17,6 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from infra.retries import retry_transient
-from flows.gates import INPUT_TABLES, RELATION_TABLES, gate_inputs, references_of
+from flows.gates import gate_dataset
 from flows.housekeeping import clean_up_leftovers
 from infra.run_dirs import run_dir
 from validation.suites import GateConfig
@@ -37,7 +36,7 @@ from flows.runners import task_runner
 from features.online_load import OnlineLoad
 from features.store import FeatureRepo
 from infra.settings import get_settings
-from ingest.contract import CanonicalDataset, read_dataset
+from ingest.contract import read_dataset
 
 MAX_DAYS = 3660
 
@@ -61,6 +60,8 @@ class MaterializeParams(BaseModel):
     every_days: int = Field(1, ge=1, le=7)
     # Mapped tasks computing the days (flows.runners: threads here, a Dask cluster with EBR_DASK_ADDRESS).
     partitions: int = Field(1, ge=1, le=256)
+    # Validate the input tables in a child process (None: when they are large; see flows.gates).
+    isolate_gates: bool | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> MaterializeParams:
@@ -121,11 +122,6 @@ class MaterializeReport(BaseModel):
 
 
 # --------------------------------------------------------------------------- tasks
-
-
-@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def read_canonical(dataset: str, tables: tuple[str, ...] = FEATURE_TABLES) -> CanonicalDataset:
-    return read_dataset(get_settings().dataset_path(dataset), tables=tables)
 
 
 def day_partitions(days: list[date], n: int, config: FeatureConfig | None = None) -> list[list[date]]:
@@ -210,15 +206,17 @@ def materialize(
     gates: GateConfig | None = None,
     full_online: bool = False,
     partitions: int = 1,
+    isolate_gates: bool | None = None,
 ) -> MaterializeReport:
     """Compute, write and materialize the feature snapshots of ``dataset`` for a range of days (daily, or
     every ``every_days`` days for a long backfill). The canonical tables pass the input gates first: nothing
     reaches the feature sources or the online store from a table that fails them. The online store gets
     only what changed since the snapshot it holds; ``full_online`` rewrites every entity. ``partitions`` > 1
     computes the days of a backfill as that many mapped tasks (whole community periods each), on a Dask
-    cluster with ``EBR_DASK_ADDRESS``: the same snapshots as one partition."""
+    cluster with ``EBR_DASK_ADDRESS``: the same snapshots as one partition. ``isolate_gates``: validate the
+    tables in a child process that returns its memory when it exits (default: when they are large)."""
     params = MaterializeParams(dataset=dataset, start_date=start_date, end_date=end_date, every_days=every_days,
-                               partitions=partitions)
+                               partitions=partitions, isolate_gates=isolate_gates)
     days = params.days(flow_run.scheduled_start_time)
     log = get_run_logger()
     root = str(FeatureRepo.for_dataset(params.dataset).root)
@@ -226,23 +224,10 @@ def materialize(
 
     runs = runs_root(params.dataset)
     clean_up_leftovers(runs)
-    # Two reads, one released before the next: the relation tables (friendships: ~7M rows at 1M documents)
-    # are gated against the ids of the searchers and documents, not next to the whole sessions table.
-    gated = read_canonical(params.dataset, INPUT_TABLES)
-    manifest, references = gated.manifest, references_of(gated.tables())
     with run_dir(runs, flow_run.id) as rdir:
-        gate_inputs({n: getattr(gated, n) for n in INPUT_TABLES}, gates or GateConfig(), runs, rdir,
-                    params.dataset)
-        del gated
-        relations = read_canonical(params.dataset, RELATION_TABLES)
-        if relations.manifest != manifest:
-            raise RuntimeError(f"dataset {params.dataset} was replaced while this run read it; run it again")
-        gate_inputs({n: getattr(relations, n) for n in RELATION_TABLES}, gates or GateConfig(), runs, rdir,
-                    params.dataset, references)
-        del relations
-    # The gates saw the whole tables; each partition reads the fraction the features use (a fresh read:
-    # memory that the whole sessions table held is not given back in a form the computation can reuse) and
-    # checks that it is the dataset the gates passed.
+        manifest = gate_dataset(params.dataset, gates or GateConfig(), runs, rdir, params.isolate_gates)
+    # The gates saw the whole tables; each partition reads the fraction the features use and checks that it
+    # is the dataset the gates passed.
     parts = day_partitions(days, params.partitions)
     dataset_path = str(get_settings().dataset_path(params.dataset))
     if len(parts) == 1:

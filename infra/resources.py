@@ -1,7 +1,9 @@
 """Wall time and peak memory of a step, for the reports of long flows (the nightly shows them per step).
 
 Peak memory is the largest resident set size sampled while the step runs (every ``interval`` seconds, and
-at its end), so it is the process's footprint during the step, including what earlier steps still hold.
+at its end): the process's, including what earlier steps still hold, plus that of the processes the step
+started (e.g. the gates' child process), summed at each sample. Processes that were already running when the
+step began (Prefect's temporary API server) are not the step's and are left out.
 """
 
 from __future__ import annotations
@@ -26,13 +28,25 @@ def measured(step: str, interval: float = 0.2):
     """``with measured("rebuild") as fig: ...``; ``fig`` holds the figures once the block exits (also when
     it raises)."""
     proc = psutil.Process()
+    before = {p.pid for p in proc.children(recursive=True)}
     fig = StepFigures(step)
-    peak = [proc.memory_info().rss]
     stop = threading.Event()
+
+    def rss() -> int:
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            if child.pid not in before:
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:  # it ended between the listing and the reading
+                    pass
+        return total
+
+    peak = [rss()]
 
     def sample() -> None:
         while not stop.wait(interval):
-            peak[0] = max(peak[0], proc.memory_info().rss)
+            peak[0] = max(peak[0], rss())
 
     sampler = threading.Thread(target=sample, name=f"measure-{step}", daemon=True)
     t0 = time.perf_counter()
@@ -42,7 +56,7 @@ def measured(step: str, interval: float = 0.2):
     finally:
         stop.set()
         sampler.join()
-        peak[0] = max(peak[0], proc.memory_info().rss)
+        peak[0] = max(peak[0], rss())
         fig.seconds = time.perf_counter() - t0
         fig.peak_rss_gb = peak[0] / 1e9
 

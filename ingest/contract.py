@@ -472,16 +472,22 @@ def read_table(path: str | os.PathLike, name: str, columns: Sequence[str] | None
     return df
 
 
-def read_dataset(path: str | os.PathLike, tables: Iterable[str] | None = None,
-                 columns: Mapping[str, Sequence[str]] | None = None) -> CanonicalDataset:
-    """Read a dataset directory; ``tables`` limits which tables are loaded (others are empty), ``columns``
-    which columns of a table (e.g. what feature computation reads: a fraction of the memory)."""
+def read_manifest(path: str | os.PathLike) -> DatasetManifest:
+    """The manifest of a dataset directory (its source, parameters and row counts), without its tables."""
     root = Path(path)
     if not (root / MANIFEST).exists():
         raise FileNotFoundError(
             f"{root} is not a canonical dataset (no {MANIFEST}); create one with 'ebr generate' or 'ebr ingest'"
         )
-    manifest = DatasetManifest.from_json((root / MANIFEST).read_text())
+    return DatasetManifest.from_json((root / MANIFEST).read_text())
+
+
+def read_dataset(path: str | os.PathLike, tables: Iterable[str] | None = None,
+                 columns: Mapping[str, Sequence[str]] | None = None) -> CanonicalDataset:
+    """Read a dataset directory; ``tables`` limits which tables are loaded (others are empty), ``columns``
+    which columns of a table (e.g. what feature computation reads: a fraction of the memory)."""
+    root = Path(path)
+    manifest = read_manifest(root)
     wanted = set(tables) if tables is not None else set(SCHEMAS)
     loaded: dict[str, pd.DataFrame | None] = {}
     for name in SCHEMAS:
