@@ -250,6 +250,14 @@ def test_drift_against_the_previous_run_fails_unless_accepted(tables):
     accepted = gate("searchers", moved, GateConfig(accept_changes=True), previous=first)
     assert accepted.passed and any("city top_share" in a for a in accepted.accepted)
     assert "Accepted by the operator" in accepted.to_markdown()
+    # the city column half turned free text (a source changed its export): no city dominates and most rows
+    # still hold the old values, but ten cities became 24 values
+    variants = df.assign(city=[c if i < 16 else f"{c} (zone {i})" for i, c in enumerate(df["city"])])
+    report = gate("searchers", variants, previous=first)
+    assert first.profile["city"]["distinct"] == 10
+    assert "city distinct 10 -> 24" in only_failure(report, "drift_against_previous_run", "city").detail
+    grown = df.assign(city=[f"c{i % 12}" for i in range(len(df))])  # two new cities: within bounds
+    assert gate("searchers", grown, previous=first).passed
 
     sessions = pd.concat([tables["sessions"]] * 5, ignore_index=True).assign(
         session_id=[f"s{i}" for i in range(20)])

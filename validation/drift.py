@@ -3,8 +3,9 @@
 A table can satisfy every expectation of its schema and still be wrong: every searcher moved to one city,
 queries scrambled, a feed that lost half its rows. The gate therefore keeps a small profile of each table
 in its report (per column: share of nulls, share of the most common value, the most common values and the
-share of rows they cover; for text: mean length in words; rows per day of the time column) and the next run compares its profile with
-the previous accepted one, within the bounds of :class:`DriftBounds`.
+share of rows they cover; for a vocabulary column such as a city, its number of distinct values; for text: mean
+length in words; rows per day of the time column) and the next run compares its profile with the previous
+accepted one, within the bounds of :class:`DriftBounds`.
 
 Row counts are compared as rows per day of the table's own time span, so that a backfill over a short range
 and the nightly over the whole history meet the same bound (a raw count differs by the ratio of the ranges).
@@ -27,6 +28,9 @@ PROFILED = {
     "sessions": {"categorical": ("searcher_id", "query"), "text": ("query",)},
     "examples": {"categorical": ("searcher_id", "doc_id"), "text": ("query",)},
 }
+# Columns whose values come from a vocabulary that does not grow with the table (unlike ids or queries): their
+# number of distinct values is compared too (a city column turned free text, or collapsed to a few values).
+VOCABULARY = {"searchers": ("city", "region", "country", "language"), "documents": ("doc_type", "city", "country")}
 TOP_VALUES = 50  # most common values kept per column (their coverage is compared, whatever the table's size)
 MIN_COVERAGE = 0.2  # the coverage check applies where the top values cover at least this share of rows
 TIME_COLUMN = {"searchers": "created_at", "documents": "created_at", "sessions": "ts", "examples": "ts",
@@ -45,6 +49,9 @@ class DriftBounds(BaseModel):
         2.0, ge=1, description="largest factor by which the share of rows holding one of the previous run's "
                                "most common values may fall (e.g. scrambled queries, renamed ids)")
     text_length_ratio: float = Field(1.5, ge=1, description="largest factor of change of mean text length")
+    distinct_ratio: float = Field(
+        2.0, ge=1, description="largest factor of change of the number of distinct values of a vocabulary column "
+                               "(cities, countries, languages, document types)")
 
 
 def time_span_days(df: pd.DataFrame, table: str) -> float | None:
@@ -78,6 +85,8 @@ def profile(df: pd.DataFrame, table: str) -> dict[str, dict[str, float]]:
             "top_values": [str(v) for v in top.index],
             "top_values_share": round(float(top.sum()) / len(present), 6) if len(present) else 0.0,
         }
+        if col in VOCABULARY.get(table, ()):
+            out[col]["distinct"] = int(len(counts))
     for col in spec["text"]:
         if col not in df.columns or not n:
             continue
@@ -118,6 +127,9 @@ def drift(previous: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]
         if a and a >= MIN_COVERAGE and b is not None and b < a / bounds.top_values_coverage_ratio:
             out.append({"column": col, "measure": "rows holding the previous run's top values", "previous": a,
                         "current": b, "bound": f">= x{1 / bounds.top_values_coverage_ratio:.2f}"})
+        a, b = prev.get("distinct"), cur.get("distinct")
+        if a and b is not None and not (1 / bounds.distinct_ratio <= b / a <= bounds.distinct_ratio):
+            add("distinct", f"x{1 / bounds.distinct_ratio:.2f} .. x{bounds.distinct_ratio:.2f}")
         a, b = prev.get("mean_words"), cur.get("mean_words")
         if a and b and not (1 / bounds.text_length_ratio <= b / a <= bounds.text_length_ratio):
             add("mean_words", f"x{1 / bounds.text_length_ratio:.2f} .. x{bounds.text_length_ratio:.2f}")
@@ -129,4 +141,4 @@ def describe(change: dict[str, Any]) -> str:
             f"(allowed {change['bound']})")
 
 
-__all__ = ["DriftBounds", "PROFILED", "TIME_COLUMN", "coverage", "describe", "drift", "profile", "time_span_days"]
+__all__ = ["DriftBounds", "PROFILED", "TIME_COLUMN", "VOCABULARY", "coverage", "describe", "drift", "profile", "time_span_days"]
