@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     s3_connect_timeout: float = Field(default=5.0, gt=0, le=300, description="seconds to open an S3 connection")
     s3_read_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds to wait for S3's answer")
     s3_attempts: int = Field(default=3, ge=1, le=10, description="tries per S3 call (transient errors only)")
+    s3_deadline: float = Field(default=900.0, gt=0, le=86400,
+                               description="seconds one S3 call (a file's transfer included) may take overall")
 
     @property
     def data_dir(self) -> Path:

@@ -25,9 +25,11 @@ import os
 import re
 import secrets
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -45,6 +47,7 @@ CURRENT_NAME = "CURRENT"
 MANIFEST_FORMAT = 1
 MULTIPART_THRESHOLD = 8 * 1024 * 1024  # S3 uploads above this size go multipart, in parts of this size
 _CHUNK = 1024 * 1024
+_BODY_CHUNK = 256 * 1024  # an S3 body is read in chunks this size, with the call's deadline checked between them
 _TMP_MARK = ".ebr-tmp-"  # temp files of atomic local writes carry this in their name and are never listed
 
 KIND_RE = re.compile(r"^[a-z0-9_-]+$")
@@ -272,11 +275,31 @@ class LocalBackend:
 
 @dataclass(frozen=True)
 class S3Timeouts:
-    """Per-call bounds of S3 requests (``EBR_S3_CONNECT_TIMEOUT``, ``EBR_S3_READ_TIMEOUT``, ``EBR_S3_ATTEMPTS``)."""
+    """Bounds of S3 calls (``EBR_S3_CONNECT_TIMEOUT``, ``EBR_S3_READ_TIMEOUT``, ``EBR_S3_ATTEMPTS``,
+    ``EBR_S3_DEADLINE``): per request, the time to connect and to wait for each read; per call of the backend,
+    the number of attempts and an overall deadline."""
 
     connect_seconds: float = 5.0
     read_seconds: float = 30.0
     attempts: int = 3  # botocore's own retries of throttling, 5xx and connection errors, the first included
+    deadline_seconds: float = 900.0
+
+
+class S3DeadlineExceeded(TimeoutError):
+    """An S3 call went on past its overall deadline (an endpoint that answers, but too slowly)."""
+
+
+# The deadline of the backend call running in this context: checked before every HTTP request botocore sends
+# (retries, pages of a listing, parts) and between the chunks of a body, so that an endpoint trickling its
+# answers within the read timeout still ends the call. A transfer's worker threads check it in its callback.
+_DEADLINE: ContextVar[tuple[float, str, float] | None] = ContextVar("s3_deadline", default=None)
+
+
+def _check_deadline(deadline: tuple[float, str, float] | None = None, **_: Any) -> None:
+    until, what, seconds = deadline or _DEADLINE.get() or (float("inf"), "", 0.0)
+    if time.monotonic() > until:
+        raise S3DeadlineExceeded(f"S3 {what} did not finish within {seconds:g} s (EBR_S3_DEADLINE); "
+                                 "the endpoint answers too slowly")
 
 
 class S3Backend:
@@ -324,7 +347,40 @@ class S3Backend:
             self._client = boto3.session.Session().client(
                 "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
             )
+            self._client.meta.events.register("before-send.s3", _check_deadline)
         return self._client
+
+    @contextmanager
+    def _deadline(self, what: str) -> Iterator[tuple[float, str, float]]:
+        """The overall deadline of one backend call (an outer call's deadline stays when calls nest)."""
+        outer = _DEADLINE.get()
+        if outer is not None:
+            yield outer
+            return
+        seconds = self.timeouts.deadline_seconds
+        token = _DEADLINE.set((time.monotonic() + seconds, what, seconds))
+        try:
+            yield _DEADLINE.get()
+        finally:
+            _DEADLINE.reset(token)
+
+    @staticmethod
+    def _read_body(body: Any) -> Iterator[bytes]:
+        """A response body in chunks, with the deadline checked between them."""
+        with body:
+            for chunk in body.iter_chunks(_BODY_CHUNK):
+                _check_deadline()
+                yield chunk
+
+    @staticmethod
+    def _bounded_callback(deadline: tuple[float, str, float],
+                          callback: Callable[[int], None] | None) -> Callable[[int], None]:
+        def progress(n: int) -> None:
+            _check_deadline(deadline)  # runs in the transfer's worker threads: the deadline travels by closure
+            if callback is not None:
+                callback(n)
+
+        return progress
 
     def _key(self, key: str) -> str:
         _check_key(key)
@@ -343,51 +399,60 @@ class S3Backend:
         return code in ("404", "NoSuchKey", "NotFound")
 
     def read_bytes(self, key: str) -> bytes:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self.client.exceptions.ClientError as e:
-            if self._is_missing(e):
-                raise MissingKeyError(f"no key {key!r} in {self.describe()}") from e
-            raise
+        with self._deadline(f"read of {key}"):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            except self.client.exceptions.ClientError as e:
+                if self._is_missing(e):
+                    raise MissingKeyError(f"no key {key!r} in {self.describe()}") from e
+                raise
+            return b"".join(self._read_body(body))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         # A single PUT: S3 never exposes a partially written object.
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with self._deadline(f"write of {key}"):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except self.client.exceptions.ClientError as e:
-            if self._is_missing(e):
-                return False
-            raise
+        with self._deadline(f"lookup of {key}"):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+                return True
+            except self.client.exceptions.ClientError as e:
+                if self._is_missing(e):
+                    return False
+                raise
 
     def list(self, prefix: str = "") -> Keys:
         full = self._list_prefix(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         keys: Keys = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            keys.extend(self._strip(obj["Key"]) for obj in page.get("Contents", []))
+        with self._deadline(f"listing of {prefix or '/'}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(self._strip(obj["Key"]) for obj in page.get("Contents", []))
         return sorted(keys)
 
     def children(self, prefix: str = "") -> Keys:
         full = self._list_prefix(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         names: Keys = []
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
-        for page in pages:
-            names.extend(cp["Prefix"][len(full) :].rstrip("/") for cp in page.get("CommonPrefixes", []))
+        with self._deadline(f"listing of {prefix or '/'}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
+                                                                           Delimiter="/")
+            for page in pages:
+                names.extend(cp["Prefix"][len(full) :].rstrip("/") for cp in page.get("CommonPrefixes", []))
         return sorted(names)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with self._deadline(f"delete of {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def delete_prefix(self, prefix: str) -> int:
         if not prefix:
             raise InvalidArtifactNameError("refusing to delete the whole store: give a non-empty prefix")
-        keys = self.list(prefix)
-        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
-            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        with self._deadline(f"delete of {prefix}/"):
+            keys = self.list(prefix)
+            for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+                batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
     def _transfer_config(self) -> Any:
@@ -400,18 +465,18 @@ class S3Backend:
         )
 
     def upload_file(self, src: Path, key: str, callback: Callable[[int], None] | None = None) -> None:
-        self.client.upload_file(
-            str(src), self.bucket, self._key(key), Config=self._transfer_config(), Callback=callback
-        )
+        with self._deadline(f"upload of {key}") as deadline:
+            self.client.upload_file(str(src), self.bucket, self._key(key), Config=self._transfer_config(),
+                                    Callback=self._bounded_callback(deadline, callback))
 
     def download_file(self, key: str, dest: Path, callback: Callable[[int], None] | None = None) -> None:
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f"{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
         try:
-            self.client.download_file(
-                self.bucket, self._key(key), str(tmp), Config=self._transfer_config(), Callback=callback
-            )
+            with self._deadline(f"download of {key}") as deadline:
+                self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self._transfer_config(),
+                                          Callback=self._bounded_callback(deadline, callback))
             os.replace(tmp, dest)
         except self.client.exceptions.ClientError as e:
             if self._is_missing(e):
@@ -421,14 +486,14 @@ class S3Backend:
             tmp.unlink(missing_ok=True)
 
     def checksum(self, key: str) -> FileDigest:
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-        except self.client.exceptions.ClientError as e:
-            if self._is_missing(e):
-                raise MissingKeyError(f"no key {key!r} in {self.describe()}") from e
-            raise
-        with body:
-            return _digest_stream(body.iter_chunks(_CHUNK))
+        with self._deadline(f"checksum of {key}"):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            except self.client.exceptions.ClientError as e:
+                if self._is_missing(e):
+                    raise MissingKeyError(f"no key {key!r} in {self.describe()}") from e
+                raise
+            return _digest_stream(self._read_body(body))
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -570,7 +635,8 @@ class ArtifactStore:
         from infra.settings import get_settings
 
         settings = settings or get_settings()
-        timeouts = S3Timeouts(settings.s3_connect_timeout, settings.s3_read_timeout, settings.s3_attempts)
+        timeouts = S3Timeouts(settings.s3_connect_timeout, settings.s3_read_timeout, settings.s3_attempts,
+                              settings.s3_deadline)
         backend = cls.from_url(settings.artifacts_url, settings.s3_endpoint_url, settings.s3_region, timeouts).backend
         return cls(backend, cache_dir=settings.home / "cache" / "artifacts")
 

@@ -81,7 +81,81 @@ def test_a_hung_s3_endpoint_fails_fast_and_is_retryable(silent_endpoint, monkeyp
     monkeypatch.setenv("EBR_S3_READ_TIMEOUT", "2.5")
     monkeypatch.setenv("EBR_S3_ATTEMPTS", "4")
     backend = ArtifactStore.from_settings().backend
-    assert backend.timeouts == S3Timeouts(5.0, 2.5, 4)
+    assert backend.timeouts == S3Timeouts(5.0, 2.5, 4, 900.0)
+
+
+@pytest.fixture
+def trickling_endpoint():
+    """An HTTP server that answers every request at once, then sends its 4 MB body at 64 KB every 0.2 s:
+    each read is well within the read timeout, the whole answer takes 13 s."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    size, step = 4 * 1024 * 1024, 64 * 1024
+
+    class Trickle(BaseHTTPRequestHandler):
+        def _headers(self):
+            self.send_response(200)
+            for name, value in (("Content-Length", str(size)), ("ETag", '"0"'), ("Content-Type", "binary/octet-stream"),
+                                ("Last-Modified", "Thu, 01 Jan 2026 00:00:00 GMT")):
+                self.send_header(name, value)
+            self.end_headers()
+
+        def do_HEAD(self):
+            self._headers()
+
+        def do_GET(self):
+            self._headers()
+            import time
+
+            try:
+                for _ in range(size // step):
+                    self.wfile.write(b"x" * step)
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("call", ["read", "download"])
+def test_an_s3_endpoint_that_trickles_its_answer_ends_at_the_deadline(trickling_endpoint, monkeypatch, tmp_path,
+                                                                      call):
+    """The read timeout bounds each wait, not a call: an endpoint that keeps sending a little within it used to
+    hold a call for as long as it liked. The call's overall deadline ends it, with a transient error and no
+    partial file."""
+    import time
+
+    from infra.retries import is_transient
+    from infra.storage import S3Backend, S3DeadlineExceeded, S3Timeouts
+    from tests.s3_server import set_dummy_aws_env
+
+    set_dummy_aws_env(monkeypatch)
+    backend = S3Backend("bucket", endpoint_url=trickling_endpoint, region="us-east-1",
+                        timeouts=S3Timeouts(connect_seconds=1, read_seconds=2, attempts=1, deadline_seconds=2))
+    t = time.perf_counter()
+    with pytest.raises(S3DeadlineExceeded, match="did not finish within 2 s") as err:
+        if call == "read":
+            backend.read_bytes("slow/key")
+        else:
+            backend.download_file("slow/key", tmp_path / "file")
+    assert time.perf_counter() - t < 8  # the whole answer takes 13 s
+    assert is_transient(err.value)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("EBR_STORAGE_URL", "s3://bucket/x")
+    monkeypatch.setenv("EBR_S3_DEADLINE", "60")
+    from infra.storage import ArtifactStore
+
+    assert ArtifactStore.from_settings().backend.timeouts.deadline_seconds == 60
 
 
 class CuttingProxy:
@@ -308,9 +382,12 @@ def test_a_failed_nightly_shows_the_step_and_the_report_on_its_own_run(home, pre
 # --------------------------------------------------------------------------- inputs gated before serving
 
 
-def test_materialize_gates_the_canonical_tables_before_anything_reaches_the_online_store(home, prefect_harness):
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "child-process"])
+def test_materialize_gates_the_canonical_tables_before_anything_reaches_the_online_store(
+        home, prefect_harness, isolate):
     """A click on a document that does not exist (a file changed after ingestion) used to pass into features
-    and the online store; the materialize flow now stops at its input gate with nothing written."""
+    and the online store; the materialize flow now stops at its input gate with nothing written. The same when
+    the gates run in a child process (what a large world does): every table's report comes back to the run."""
     import pyarrow.parquet as pq
 
     from features.store import FeatureRepo
@@ -320,7 +397,8 @@ def test_materialize_gates_the_canonical_tables_before_anything_reaches_the_onli
     from ingest.synthetic import WorldConfig, generate_world
     from validation.gate import GateFailed
 
-    path = get_settings().data_dir / "corrupt-clicks"
+    name = f"corrupt-clicks-{'isolated' if isolate else 'inline'}"
+    path = get_settings().data_dir / name
     write_dataset(generate_world(WorldConfig.preset("tiny")), path, source="synthetic")
     table = pq.read_table(path / "sessions.parquet")
     sessions = table.to_pandas()
@@ -330,9 +408,16 @@ def test_materialize_gates_the_canonical_tables_before_anything_reaches_the_onli
 
     day = sessions["ts"].max().date()
     with pytest.raises(GateFailed, match="d404-not-a-document"):
-        materialize(dataset="corrupt-clicks", start_date=day, end_date=day)
-    repo = FeatureRepo.for_dataset("corrupt-clicks")
+        materialize(dataset=name, start_date=day, end_date=day, isolate_gates=isolate)
+    repo = FeatureRepo.for_dataset(name)
     assert repo.source_days("searcher") == [] and not repo.online_store_path.exists()
+    from flows.materialize import runs_root
+    from validation.gate import latest_report
+
+    runs = runs_root(name)
+    assert not latest_report(runs, "sessions", passed_only=False).passed
+    for table in ("searchers", "documents", "memberships", "friendships"):
+        assert latest_report(runs, table).passed  # kept, and the next run compares with them
 
 
 # --------------------------------------------------------------------------- raw files that break an adapter
