@@ -41,7 +41,9 @@ def prefect_server(request, tmp_path_factory):
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+        # the UI on a port other than 4200, as the README tells: it must call this server's API
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_UI_API_URL": api,
         "EBR_HOME": str(home / "ebr"),
     }
     pg = request.getfixturevalue("postgres") if request.param == "postgresql" else None
@@ -77,6 +79,15 @@ def _run(cmd: list[str], env: dict, timeout: float = 300) -> str:
     res = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res.stdout + res.stderr
+
+
+def test_the_ui_on_another_port_calls_its_own_api(prefect_server):
+    api, _, _ = prefect_server
+    root = api.removesuffix("/api")
+    settings = httpx.get(f"{root}/ui-settings", timeout=10).json()
+    assert settings["api_url"] == api
+    page = httpx.get(f"{root}/", headers={"accept": "text/html"}, timeout=10, follow_redirects=True)
+    assert page.status_code == 200 and "<html" in page.text.lower()
 
 
 def test_deploy_from_prefect_yaml_and_run_through_a_worker(prefect_server):

@@ -199,3 +199,42 @@ def test_a_killed_mining_run_resumes_to_the_result_of_an_uninterrupted_one(world
     for kind, name in (("model", f"{twin}-two-tower-hnm"), ("dataset", f"{twin}-examples-hnm")):
         for av in store.list_versions(kind, name):
             store.verify(av)
+
+
+def _temporary_servers(prefect_home: str) -> list:
+    """The running Prefect API servers started under ``prefect_home`` (uvicorn processes of flow commands)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "uvicorn" in " ".join(proc.info["cmdline"] or []) and proc.environ().get("PREFECT_HOME") == prefect_home:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_many_flow_commands_at_once_on_temporary_servers(world, tmp_path):
+    """Without PREFECT_API_URL each flow command starts its own temporary Prefect API server. Under load, such
+    commands used to fail with 'Timed out while attempting to connect to ephemeral Prefect API server', and a
+    killed one left its server running. Four at once on one PREFECT_HOME (one database), one of them killed:
+    the others finish, and no server outlives its command."""
+    env = {k: v for k, v in world.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    args = [sys.executable, "-m", "cli.main", "evaluate", "--dataset", DATASET]
+    procs = [subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    victim = procs[-1]
+    deadline = time.monotonic() + 300
+    while not _temporary_servers(env["PREFECT_HOME"]) and time.monotonic() < deadline:
+        time.sleep(0.5)  # kill once a server is up: its command then has one to leave behind
+    victim.send_signal(signal.SIGKILL)
+    results = [(p.wait(900), p.stderr.read()) for p in procs[:-1]]
+    victim.wait(60)
+    for code, err in results:
+        assert code == 0, err[-3000:]
+    deadline = time.monotonic() + 30  # the kernel's parent-death signal, then the server's own shutdown
+    while (left := _temporary_servers(env["PREFECT_HOME"])) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, [p.cmdline() for p in left]
