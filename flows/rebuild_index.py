@@ -218,11 +218,11 @@ def validate(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, so
              config: ValidationConfig, expected: int, staged: Path, dataset: str,
              type_counts: dict[str, int]) -> IndexValidation:
     """The publish gate, including the comparison with the version that is current now."""
-    from serving.index_store import current_type_counts, staged_size
+    from serving.index_store import current_version, staged_size
     from serving.index_validation import validate_index
 
     return validate_index(index, vectors, queries, config, source, expected, staged_size(staged), type_counts,
-                          current_type_counts(dataset))
+                          current_version(dataset))
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)

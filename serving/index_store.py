@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from infra.atomic import atomic_directory
 from serving.index import EmbeddingIndex
 from serving.terms import TERMS_FILE, TermIndex  # the term index over the same positions
 from infra.storage import ArtifactNotFoundError, ArtifactStore, ArtifactVersion
+
+if TYPE_CHECKING:
+    from serving.index_validation import CurrentVersion
 
 INDEX_KIND = "index"
 INDEX_DIR = "index"
@@ -229,15 +232,20 @@ def current_index(dataset: str, store: ArtifactStore | None = None, version: str
         raise IndexNotPublishedError(f"{not_published_message(dataset, store, version)} ({e})") from e
 
 
-def current_type_counts(dataset: str, store: ArtifactStore | None = None) -> tuple[str, dict[str, int]] | None:
-    """(ref, indexed documents per type) of the current index version; None before the first publish."""
+def current_version(dataset: str, store: ArtifactStore | None = None) -> CurrentVersion | None:
+    """What a new index is compared with (:class:`serving.index_validation.CurrentVersion`): the current
+    version's ref, indexed documents per type and validated ANN recall; None before the first publish."""
+    from serving.index_validation import CurrentVersion
+
     try:
         av = current_index(dataset, store)
     except IndexNotPublishedError:
         return None
     m = av.metadata or {}
     counts = m.get("type_counts") or {"all": int((m.get("counts") or {}).get("indexed", 0))}
-    return av.ref, {str(k): int(v) for k, v in counts.items()}
+    validation = m.get("validation") or {}
+    return CurrentVersion(av.ref, {str(k): int(v) for k, v in counts.items()}, validation.get("recall_at_k"),
+                          validation.get("k"), (m.get("stats") or {}).get("kind"))
 
 
 def load_index(dataset: str, store: ArtifactStore | None = None, version: str | None = None) -> PublishedIndex:

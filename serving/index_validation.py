@@ -7,6 +7,8 @@ exact oracle reads the embeddings file in chunks, so validation needs no more me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,8 +35,13 @@ class ValidationConfig(BaseModel):
         0.2, ge=0.0, le=1.0,
         description="largest share of documents, overall and of each document type, that a new version may "
                     "lose against the current one (a broken input, not a real change, empties a type)")
+    max_recall_drop: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="largest fall of ANN recall@k against the current version's (absolute): an index that "
+                    "serves worse than last night's is not published, even above min_recall")
     accept_drop: bool = Field(
-        False, description="publish despite a drop beyond max_drop (a legitimate change); recorded in the report")
+        False, description="publish despite a drop beyond max_drop or max_recall_drop (a legitimate change); "
+                           "recorded in the report")
     seed: int = Field(0, ge=0, description="query sample seed")
 
 
@@ -53,6 +60,8 @@ class IndexValidation(BaseModel):
     max_index_bytes: int | None
     failures: list[str]
     compared_with: str | None = None  # the version that was current
+    current_recall_at_k: float | None = None  # its ANN recall@k (same k), when its manifest has one
+    max_recall_drop: float | None = None
     count_changes: list[dict[str, Any]] = []  # per doc type (and "all"): before, after, change
     accepted: list[str] = []  # drops beyond bounds published anyway (accept_drop)
 
@@ -69,6 +78,9 @@ class IndexValidation(BaseModel):
             "|---|---:|---:|",
             f"| ANN recall@{self.k} vs exact ({self.n_queries} {self.query_source} queries, nprobe "
             f"{self.nprobe if self.nprobe is not None else '-'}) | {self.recall_at_k:.4f} | >= {self.min_recall} |",
+            *([f"| ANN recall@{self.k} of the current version `{self.compared_with}` | "
+               f"{self.current_recall_at_k:.4f} | new >= current - {self.max_recall_drop} |"]
+              if self.current_recall_at_k is not None else []),
             f"| documents indexed | {self.indexed_documents} | = {self.expected_documents} |",
             f"| index bytes | {self.index_bytes} | <= {self.max_index_bytes or 'any'} |",
             *([""] if self.compared_with else []),
@@ -98,6 +110,18 @@ def drop_failures(changes: list[dict[str, Any]], max_drop: float) -> list[str]:
         return []
     return [f"documents would drop against the current version beyond -{max_drop:.0%}: {', '.join(drops)}; "
             "if this is a real change, rebuild with accept_drop (ebr rebuild-index --accept-drop)"]
+
+
+@dataclass(frozen=True)
+class CurrentVersion:
+    """What the validation compares a new index with: the version it would replace."""
+
+    ref: str
+    type_counts: dict[str, int]
+    recall_at_k: float | None = None  # its validation's ANN recall@k
+    k: int | None = None
+    kind: str | None = None  # flat or ivfpq: recall is compared between indexes of one kind (a corpus that
+    # outgrows the exact index moves to IVF-PQ by configuration, and loses the exact index's recall of 1)
 
 
 class IndexValidationError(RuntimeError):
@@ -199,10 +223,10 @@ def validate_index(
     expected_documents: int,
     index_bytes: int,
     type_counts: dict[str, int] | None = None,
-    current: tuple[str, dict[str, int]] | None = None,
+    current: CurrentVersion | None = None,
 ) -> IndexValidation:
-    """``current``: (ref, type counts) of the version being replaced, to bound the drop of documents."""
-    """Measure the gate's figures and list every failed check (an empty list means publishable)."""
+    """Measure the gate's figures and list every failed check (an empty list means publishable).
+    ``current``: the version being replaced, to bound the drop of documents and of ANN recall."""
     if len(queries) == 0:
         raise ValueError("no validation queries")
     k = min(config.k, max(1, index.ntotal))
@@ -214,23 +238,31 @@ def validate_index(
         failures.append(f"ANN recall@{k} {recall:.4f} is below min_recall {config.min_recall}")
     if config.max_index_bytes is not None and index_bytes > config.max_index_bytes:
         failures.append(f"the index takes {index_bytes} bytes, more than max_index_bytes {config.max_index_bytes}")
-    changes, accepted = [], []
+    changes, drops = [], []
+    comparable = current is not None and current.k == k and current.kind == index.kind
+    current_recall = current.recall_at_k if comparable else None
     if current is not None and type_counts is not None:
-        changes = count_changes(current[1], type_counts)
+        changes = count_changes(current.type_counts, type_counts)
         drops = drop_failures(changes, config.max_drop)
-        if config.accept_drop:
-            accepted = drops
-        else:
-            failures += drops
+    if current_recall is not None and recall < current_recall - config.max_recall_drop:
+        drops.append(f"ANN recall@{k} would fall from {current_recall:.4f} (current version) to {recall:.4f}, "
+                     f"more than {config.max_recall_drop}; if this is a real change, rebuild with accept_drop "
+                     "(ebr rebuild-index --accept-drop)")
+    accepted = drops if config.accept_drop else []
+    if not config.accept_drop:
+        failures += drops
     return IndexValidation(
         k=k, recall_at_k=recall, min_recall=config.min_recall, n_queries=len(queries), query_source=query_source,
         nprobe=index.config.nprobe, expected_documents=expected_documents, indexed_documents=index.ntotal,
         index_bytes=index_bytes, max_index_bytes=config.max_index_bytes, failures=failures,
-        compared_with=current[0] if current is not None else None, count_changes=changes, accepted=accepted,
+        compared_with=current.ref if current is not None else None, count_changes=changes, accepted=accepted,
+        current_recall_at_k=current_recall, max_recall_drop=config.max_recall_drop if current_recall is not None
+        else None,
     )
 
 
 __all__ = [
+    "CurrentVersion",
     "IndexValidation",
     "IndexValidationError",
     "ValidationConfig",

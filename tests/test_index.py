@@ -331,3 +331,31 @@ def test_sharded_exact_search_equals_one_index(docs, doc_ids, queries):
     # fewer results than k: padded with -1 / -inf, best first, ties by id
     s, i = merge_top_k([np.array([[0.5, 0.2]]), np.array([[0.5]])], [np.array([[7, 3]]), np.array([[2]])], 4)
     assert i.tolist() == [[2, 7, 3, -1]] and np.isneginf(s[0, 3])
+
+
+def test_an_index_that_serves_worse_than_the_current_one_is_refused(docs, queries):
+    """Above min_recall is not enough: a rebuild whose ANN recall falls more than max_recall_drop below the
+    current version's (same kind of index, same k) is refused unless the operator accepts it; an exact current
+    index does not hold a new IVF-PQ one to its recall of 1 (outgrowing the flat index is configured)."""
+    from serving.index_validation import CurrentVersion, ValidationConfig, validate_index
+
+    vectors = unit(docs[:8000])
+    index = EmbeddingIndex.build(vectors, np.arange(len(vectors), dtype=np.int64),
+                                 IndexConfig(kind="ivfpq", nlist=128, pq_m=16, nprobe=1), progress=False)
+    config = ValidationConfig(min_recall=0.0)
+
+    def check(current, cfg=config):
+        return validate_index(index, vectors, queries, cfg, "documents", len(vectors), 1, {"all": len(vectors)},
+                              current)
+
+    alone = check(None)
+    assert alone.passed and alone.recall_at_k < 0.9
+    served = CurrentVersion("index/w@1", {"all": len(vectors)}, recall_at_k=0.95, k=10, kind="ivfpq")
+    worse = check(served)
+    assert not worse.passed and "would fall from 0.9500" in worse.failures[0]
+    assert worse.current_recall_at_k == 0.95 and "of the current version" in worse.to_markdown()
+    assert check(CurrentVersion("index/w@1", {"all": len(vectors)}, recall_at_k=alone.recall_at_k + 0.04,
+                                k=10, kind="ivfpq")).passed  # within max_recall_drop
+    assert check(CurrentVersion("index/w@1", {"all": len(vectors)}, recall_at_k=1.0, k=10, kind="flat")).passed
+    accepted = check(served, ValidationConfig(min_recall=0.0, accept_drop=True))
+    assert accepted.passed and "would fall" in accepted.accepted[0]
