@@ -18,7 +18,8 @@ import typer
 
 def one_line(exc: BaseException, limit: int = 600) -> str:
     """An error as one readable line: its message with whitespace runs collapsed, cut at ``limit``."""
-    text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
+    notes = getattr(exc, "__notes__", None) or []  # context added on the way up (e.g. which S3 store)
+    text = re.sub(r"\s+", " ", " ".join([str(exc), *(f"({n})" for n in notes)])).strip() or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

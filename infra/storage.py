@@ -361,6 +361,12 @@ class S3Backend:
         token = _DEADLINE.set((time.monotonic() + seconds, what, seconds))
         try:
             yield _DEADLINE.get()
+        except Exception as exc:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            if isinstance(exc, (BotoCoreError, ClientError)):  # botocore's messages do not name the bucket
+                exc.add_note(f"S3 store {self.describe()}, {what}")
+            raise
         finally:
             _DEADLINE.reset(token)
 

@@ -104,6 +104,18 @@ def test_breaks_name_table_column_and_row(table, breaker, column, words) -> None
         assert "example row" in str(err.value)
 
 
+@pytest.mark.parametrize("column, value, target", [("doc_id", "d404", "documents"),
+                                                    ("session_id", "q404", "sessions")])
+def test_relevance_labels_name_sessions_and_documents_that_exist(column, value, target) -> None:
+    tables = small_tables()
+    tables["qrels"] = pd.DataFrame({"session_id": ["q1", "q2"], "doc_id": ["d1", "d3"], "relevance": [1, 2]})
+    validate_dataset(tables)
+    tables["qrels"].loc[1, column] = value
+    with pytest.raises(ContractError, match=f"not in {target}") as err:
+        validate_dataset(tables)
+    assert (err.value.table, err.value.column) == ("qrels", column) and value in str(err.value)
+
+
 def test_missing_required_table_is_named() -> None:
     tables = small_tables()
     del tables["friendships"]

@@ -71,3 +71,35 @@ def test_copy_a_version_to_s3_keeps_its_id_and_checksums(store, s3_bucket, monke
     assert ebr("versions", "current", "model", "m", "--store", s3_bucket.url).strip() == refs["m2"]
     again = ebr("versions", "copy", "model", "m", "--to", s3_bucket.url)  # idempotent
     assert refs["m2"] in again and len(s3.list_versions("model", "m")) == 1
+
+
+def test_versions_on_s3_list_roll_back_and_collect(store, s3_bucket, monkeypatch):
+    """The same commands on an S3 store (`--store s3://...`): every version copied there is listed, a
+    rollback moves the pointer, gc keeps the current one; a bucket that does not exist is one readable line
+    (a subprocess: what an operator sees), not a traceback."""
+    import subprocess
+    import sys
+
+    from infra.settings import PROJECT_ROOT
+
+    st, refs = store
+    monkeypatch.setenv("EBR_S3_ENDPOINT_URL", s3_bucket.endpoint_url)
+    monkeypatch.setenv("EBR_S3_REGION", s3_bucket.region)
+    for key in ("m0", "m1", "m2"):
+        ebr("versions", "copy", "model", "m", refs[key].split("@")[1], "--to", s3_bucket.url)
+    ebr("versions", "rollback", "model", "m", refs["m1"].split("@")[1], "--store", s3_bucket.url)
+    lines = ebr("versions", "list", "model", "m", "--store", s3_bucket.url).strip().splitlines()
+    assert len(lines) == 3 and [line.startswith("*") for line in lines] == [False, True, False]
+    out = ebr("versions", "gc", "--keep", "1", "--store", s3_bucket.url)
+    assert f"removed {refs['m0']}" in out and refs["m1"] not in out  # m1 is current there
+    s3 = ArtifactStore.from_url(s3_bucket.url, s3_bucket.endpoint_url, s3_bucket.region)
+    assert [av.ref for av in s3.list_versions("model", "m")] == [refs["m1"], refs["m2"]]
+    assert st.get("model", "m").ref == refs["m2"]  # the local store is untouched
+
+    import os
+
+    res = subprocess.run([sys.executable, "-m", "cli.main", "versions", "list", "--store", "s3://no-such-bucket-ebr"],
+                         cwd=PROJECT_ROOT, env={**os.environ}, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no-such-bucket-ebr" in errors[0] + res.stderr, res.stderr
