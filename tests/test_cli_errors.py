@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.faults  # the fault suite: `./run test -m faults`
 
 
 def ebr(*args: str, home: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -84,3 +88,21 @@ def test_a_killed_flow_command_leaves_no_temporary_prefect_server(tmp_path):
     while server_pids() and time.time() < deadline:
         time.sleep(0.2)
     assert not server_pids(), f"the temporary server on port {port} outlived the killed command"
+
+
+def test_a_raw_file_that_breaks_an_adapter_is_named_with_its_line_by_the_command(tmp_path):
+    import shutil
+
+    from infra.settings import get_settings
+
+    root = tmp_path / "datasets"
+    shutil.copytree(get_settings().datasets_dir / "movielens_100k", root / "movielens_100k")
+    base = root / "movielens_100k" / "ua.base"
+    lines = base.read_text().splitlines()
+    lines[41] = "1\t2\tfive\t881250949"  # line 42: a rating that is not a number
+    base.write_text("\n".join(lines) + "\n")
+    out = ebr("ingest", "movielens", "--datasets-dir", str(root), home=tmp_path / "home")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "ua.base: line 42" in errors[0] and "five" in errors[0], out.stderr
+    assert not (tmp_path / "home" / "data" / "movielens").exists()  # nothing written

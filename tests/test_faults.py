@@ -27,7 +27,7 @@ from tests.test_rebuild_index import build_tiny_world
 
 DATASET = "tiny-faults"
 KILLS = 2
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.faults  # the fault suite: `./run test -m faults`
+
 
 def test_retrain_decision_says_why_and_never_means_never():
     from flows.nightly import NoModelError, retrain_decision

@@ -258,6 +258,9 @@ def test_drift_against_the_previous_run_fails_unless_accepted(tables):
     assert "city distinct 10 -> 24" in only_failure(report, "drift_against_previous_run", "city").detail
     grown = df.assign(city=[f"c{i % 12}" for i in range(len(df))])  # two new cities: within bounds
     assert gate("searchers", grown, previous=first).passed
+    blank = df.assign(city=[None if i % 2 else c for i, c in enumerate(df["city"])])  # half lost their city
+    assert "city null_share 0 -> 0.5" in only_failure(gate("searchers", blank, previous=first),
+                                                       "drift_against_previous_run", "city").detail
 
     sessions = pd.concat([tables["sessions"]] * 5, ignore_index=True).assign(
         session_id=[f"s{i}" for i in range(20)])
