@@ -513,7 +513,8 @@ def rebuild_index_command(
         0.2, min=0.0, max=1.0, help="largest share of documents (overall, per type) the new version may lose"),
     accept_drop: bool = typer.Option(
         False, "--accept-drop",
-        help="publish despite a larger drop of documents or ANN recall (a real change); recorded in the report"),
+        help="publish despite a larger drop of documents, ANN recall or held-out recall (a real change); "
+        "recorded in the report"),
     accept_changes: bool = typer.Option(
         False, "--accept-changes", help="accept drift and row-count changes of the documents table against the "
         "previous rebuild (a real change); the gate report records them"),

@@ -169,20 +169,22 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> EmbeddingIndex:
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: QuerySource,
-                       config: ValidationConfig, n: int | None = None, seed: int | None = None) -> tuple[np.ndarray, str]:
-    """Up to ``n`` (default: the gate's) queries: held-out ones through the query tower, or document vectors."""
-    from serving.index_validation import held_out_queries, sample_rows
+                       config: ValidationConfig, n: int | None = None,
+                       seed: int | None = None) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """Up to ``n`` (default: the gate's) queries: held-out ones through the query tower (with the document
+    each one clicked), or document vectors (no clicks)."""
+    from serving.index_validation import held_out_sample, sample_rows
 
     n = config.n_queries if n is None else n
     seed = config.seed if seed is None else seed
     if source != "documents":
-        queries = held_out_queries(model, model_meta, n, seed)
-        if queries is not None:
-            return queries, "held-out"
+        sample = held_out_sample(model, model_meta, n, seed)
+        if sample is not None:
+            return sample[0], "held-out", sample[1]
         if source == "held_out":
             raise ValueError(f"the model's manifest names no examples with held-out queries: {model_meta.get('examples')!r}")
     rows = sample_rows(len(vectors), n, seed)
-    return np.ascontiguousarray(vectors[rows], dtype=np.float32), "document"
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32), "document", None
 
 
 @task(cache_policy=NO_CACHE)
@@ -216,13 +218,14 @@ def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path, rescore: np.n
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def validate(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, source: str,
              config: ValidationConfig, expected: int, staged: Path, dataset: str,
-             type_counts: dict[str, int]) -> IndexValidation:
-    """The publish gate, including the comparison with the version that is current now."""
+             type_counts: dict[str, int], targets: np.ndarray | None = None) -> IndexValidation:
+    """The publish gate, including the comparison with the version that is current now. ``targets``: the
+    index positions of the held-out queries' clicked documents (-1: not indexed)."""
     from serving.index_store import current_version, staged_size
     from serving.index_validation import validate_index
 
     return validate_index(index, vectors, queries, config, source, expected, staged_size(staged), type_counts,
-                          current_version(dataset))
+                          current_version(dataset), targets)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -315,12 +318,12 @@ def rebuild_index(
         t1 = time.perf_counter()
         index = build_index(vectors, params.index)
         t2 = time.perf_counter()
-        queries, source = validation_queries(model, model_av.metadata, vectors, params.query_source,
-                                             params.validation)
+        queries, source, clicked = validation_queries(model, model_av.metadata, vectors, params.query_source,
+                                                      params.validation)
         tuning = None
         if params.tuning.enabled and index.kind != "flat" and params.index.nprobe is None:  # an explicit nprobe wins
             # another sample than the gate's, so that the gate checks the choice on fresh queries
-            tuning_queries, _ = validation_queries(model, model_av.metadata, vectors, params.query_source,
+            tuning_queries, _, _ = validation_queries(model, model_av.metadata, vectors, params.query_source,
                                                    params.validation, params.tuning.n_queries,
                                                    params.validation.seed + 1)
             tuning = tune(index, vectors, tuning_queries, params)
@@ -330,8 +333,9 @@ def rebuild_index(
         if tuning is not None:  # the curve as a picture, published with the index it tuned
             (staged / "ann_tuning.svg").write_text(tuning.to_svg())
         type_counts = {str(k): int(v) for k, v in corpus["doc_type"].fillna("").astype(str).value_counts().items()}
+        targets = (pd.Index(corpus["doc_id"].astype(str)).get_indexer(clicked) if clicked is not None else None)
         validation = validate(index, vectors, queries, source, params.validation, len(corpus), staged, dataset,
-                              type_counts)
+                              type_counts, targets)
 
         manifest = IndexManifest(
             dataset=dataset, as_of=pd.Timestamp(at).isoformat(), snapshot_day=snapshot_day.isoformat(),

@@ -244,8 +244,10 @@ def current_version(dataset: str, store: ArtifactStore | None = None) -> Current
     m = av.metadata or {}
     counts = m.get("type_counts") or {"all": int((m.get("counts") or {}).get("indexed", 0))}
     validation = m.get("validation") or {}
-    return CurrentVersion(av.ref, {str(k): int(v) for k, v in counts.items()}, validation.get("recall_at_k"),
-                          validation.get("k"), (m.get("stats") or {}).get("kind"))
+    return CurrentVersion(av.ref, {str(k): int(v) for k, v in counts.items()},
+                          recall_at_k=validation.get("recall_at_k"), k=validation.get("k"),
+                          kind=(m.get("stats") or {}).get("kind"),
+                          held_out_recall_at_k=validation.get("held_out_recall_at_k"))
 
 
 def load_index(dataset: str, store: ArtifactStore | None = None, version: str | None = None) -> PublishedIndex:

@@ -39,9 +39,13 @@ class ValidationConfig(BaseModel):
         0.05, ge=0.0, le=1.0,
         description="largest fall of ANN recall@k against the current version's (absolute): an index that "
                     "serves worse than last night's is not published, even above min_recall")
+    max_held_out_drop: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="largest relative fall of held-out recall@k (the held-out clicks the new index returns in its "
+                    "top k) against the current version's: a corpus or model that loses what searchers click")
     accept_drop: bool = Field(
-        False, description="publish despite a drop beyond max_drop or max_recall_drop (a legitimate change); "
-                           "recorded in the report")
+        False, description="publish despite a drop beyond max_drop, max_recall_drop or max_held_out_drop (a "
+                           "legitimate change); recorded in the report")
     seed: int = Field(0, ge=0, description="query sample seed")
 
 
@@ -62,6 +66,10 @@ class IndexValidation(BaseModel):
     compared_with: str | None = None  # the version that was current
     current_recall_at_k: float | None = None  # its ANN recall@k (same k), when its manifest has one
     max_recall_drop: float | None = None
+    # share of sampled held-out (query, clicked document) pairs whose document the index returns in its top k
+    held_out_recall_at_k: float | None = None
+    current_held_out_recall_at_k: float | None = None
+    max_held_out_drop: float | None = None
     count_changes: list[dict[str, Any]] = []  # per doc type (and "all"): before, after, change
     accepted: list[str] = []  # drops beyond bounds published anyway (accept_drop)
 
@@ -81,6 +89,11 @@ class IndexValidation(BaseModel):
             *([f"| ANN recall@{self.k} of the current version `{self.compared_with}` | "
                f"{self.current_recall_at_k:.4f} | new >= current - {self.max_recall_drop} |"]
               if self.current_recall_at_k is not None else []),
+            *([f"| held-out recall@{self.k} (clicked documents in the top {self.k}) | "
+               f"{self.held_out_recall_at_k:.4f} | "
+               + (f"current `{self.compared_with}`: {self.current_held_out_recall_at_k:.4f}, new >= x"
+                  f"{1 - self.max_held_out_drop:.2f} |" if self.current_held_out_recall_at_k is not None
+                  else "- |")] if self.held_out_recall_at_k is not None else []),
             f"| documents indexed | {self.indexed_documents} | = {self.expected_documents} |",
             f"| index bytes | {self.index_bytes} | <= {self.max_index_bytes or 'any'} |",
             *([""] if self.compared_with else []),
@@ -122,6 +135,7 @@ class CurrentVersion:
     k: int | None = None
     kind: str | None = None  # flat or ivfpq: recall is compared between indexes of one kind (a corpus that
     # outgrows the exact index moves to IVF-PQ by configuration, and loses the exact index's recall of 1)
+    held_out_recall_at_k: float | None = None  # its held-out recall@k (compared at the same k, any kind)
 
 
 class IndexValidationError(RuntimeError):
@@ -175,6 +189,16 @@ def recall_at_k(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray,
     return hits / truth.size if truth.size else 1.0
 
 
+def held_out_recall(index: EmbeddingIndex, queries: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Share of queries whose target position (their held-out click; -1 when the document is not indexed)
+    is among the index's top ``k``: what searchers clicked and this index would still serve."""
+    if not len(queries):
+        return 0.0
+    _, got = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    targets = np.asarray(targets, dtype=np.int64)
+    return float(((got == targets[:, None]) & (targets[:, None] >= 0)).any(axis=1).mean())
+
+
 def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
     """Sorted positions of a seeded sample of ``min(size, n)`` rows."""
     if size >= n:
@@ -186,11 +210,12 @@ class QueryEmbedder(Protocol):
     def embed_queries(self, frame: pd.DataFrame, batch_size: int = ...) -> np.ndarray: ...
 
 
-def held_out_queries(
+def held_out_sample(
     model: QueryEmbedder, model_meta: dict[str, Any], n: int, seed: int = 0, store: ArtifactStore | None = None
-) -> np.ndarray | None:
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Query embeddings of up to ``n`` distinct (searcher, query) pairs of the held-out examples the model's
-    manifest names (``examples``: ``dataset/<name>@<version>``): real queries the model did not train on.
+    manifest names (``examples``: ``dataset/<name>@<version>``): real queries the model did not train on, with
+    the document each one's example clicked (ids as strings).
 
     None when the manifest names no examples or they hold no held-out rows.
     """
@@ -210,8 +235,17 @@ def held_out_queries(
             frame = frame[frame["query"].fillna("").astype(str).str.strip() != ""]
             if len(frame):
                 frame = frame.drop_duplicates(["searcher_id", "query"]).reset_index(drop=True)
-                return model.embed_queries(frame.iloc[sample_rows(len(frame), n, seed)])
+                sample = frame.iloc[sample_rows(len(frame), n, seed)]
+                return model.embed_queries(sample), sample["doc_id"].astype(str).to_numpy()
     return None
+
+
+def held_out_queries(
+    model: QueryEmbedder, model_meta: dict[str, Any], n: int, seed: int = 0, store: ArtifactStore | None = None
+) -> np.ndarray | None:
+    """The query embeddings of :func:`held_out_sample`."""
+    sample = held_out_sample(model, model_meta, n, seed, store)
+    return sample[0] if sample is not None else None
 
 
 def validate_index(
@@ -224,9 +258,12 @@ def validate_index(
     index_bytes: int,
     type_counts: dict[str, int] | None = None,
     current: CurrentVersion | None = None,
+    targets: np.ndarray | None = None,
 ) -> IndexValidation:
     """Measure the gate's figures and list every failed check (an empty list means publishable).
-    ``current``: the version being replaced, to bound the drop of documents and of ANN recall."""
+    ``current``: the version being replaced, to bound the drop of documents, of ANN recall and of held-out
+    recall. ``targets``: per query, the index position of the document its held-out example clicked (-1: not
+    in the index, a miss)."""
     if len(queries) == 0:
         raise ValueError("no validation queries")
     k = min(config.k, max(1, index.ntotal))
@@ -248,6 +285,13 @@ def validate_index(
         drops.append(f"ANN recall@{k} would fall from {current_recall:.4f} (current version) to {recall:.4f}, "
                      f"more than {config.max_recall_drop}; if this is a real change, rebuild with accept_drop "
                      "(ebr rebuild-index --accept-drop)")
+    held_out = held_out_recall(index, queries, targets, k) if targets is not None else None
+    current_held_out = (current.held_out_recall_at_k if current is not None and current.k == k and held_out is not None
+                        else None)
+    if current_held_out is not None and held_out < current_held_out * (1 - config.max_held_out_drop):
+        drops.append(f"held-out recall@{k} would fall from {current_held_out:.4f} (current version) to "
+                     f"{held_out:.4f}, more than {config.max_held_out_drop:.0%}; if this is a real change, rebuild "
+                     "with accept_drop (ebr rebuild-index --accept-drop)")
     accepted = drops if config.accept_drop else []
     if not config.accept_drop:
         failures += drops
@@ -257,7 +301,8 @@ def validate_index(
         index_bytes=index_bytes, max_index_bytes=config.max_index_bytes, failures=failures,
         compared_with=current.ref if current is not None else None, count_changes=changes, accepted=accepted,
         current_recall_at_k=current_recall, max_recall_drop=config.max_recall_drop if current_recall is not None
-        else None,
+        else None, held_out_recall_at_k=held_out, current_held_out_recall_at_k=current_held_out,
+        max_held_out_drop=config.max_held_out_drop if current_held_out is not None else None,
     )
 
 
@@ -270,6 +315,8 @@ __all__ = [
     "drop_failures",
     "exact_top_k",
     "held_out_queries",
+    "held_out_recall",
+    "held_out_sample",
     "recall_at_k",
     "sample_rows",
     "validate_index",

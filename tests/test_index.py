@@ -359,3 +359,33 @@ def test_an_index_that_serves_worse_than_the_current_one_is_refused(docs, querie
     assert check(CurrentVersion("index/w@1", {"all": len(vectors)}, recall_at_k=1.0, k=10, kind="flat")).passed
     accepted = check(served, ValidationConfig(min_recall=0.0, accept_drop=True))
     assert accepted.passed and "would fall" in accepted.accepted[0]
+
+
+def test_an_index_that_loses_what_searchers_clicked_is_refused(docs, queries):
+    """Held-out recall: the share of held-out queries whose clicked document the index returns in its top k.
+    A rebuild that falls more than max_held_out_drop (relative) below the current version's is refused unless
+    accepted; a document missing from the index counts as a miss."""
+    from serving.index_validation import CurrentVersion, ValidationConfig, held_out_recall, validate_index
+
+    vectors = unit(docs[:2000])
+    index = EmbeddingIndex.build(vectors, np.arange(len(vectors), dtype=np.int64), IndexConfig(kind="flat"),
+                                 progress=False)
+    clicks = vectors[:100]  # each query is a document's own vector: its click is its top-1
+    found = np.arange(100)
+    assert held_out_recall(index, clicks, found, 10) == 1.0
+    half_gone = np.where(found % 2 == 0, found, -1)  # half of the clicked documents are not in the index
+    assert held_out_recall(index, clicks, half_gone, 10) == 0.5
+
+    def check(targets, current, accept=False):
+        return validate_index(index, vectors, clicks, ValidationConfig(min_recall=0.0, accept_drop=accept),
+                              "held-out", len(vectors), 1, {"all": len(vectors)}, current, targets)
+
+    served = CurrentVersion("index/w@1", {"all": len(vectors)}, recall_at_k=1.0, k=10, kind="flat",
+                            held_out_recall_at_k=0.9)
+    assert check(found, served).passed and check(found, None).held_out_recall_at_k == 1.0
+    worse = check(half_gone, served)
+    assert not worse.passed and "held-out recall@10 would fall from 0.9000" in worse.failures[0]
+    assert "held-out recall@10" in worse.to_markdown() and worse.current_held_out_recall_at_k == 0.9
+    accepted = check(half_gone, served, accept=True)
+    assert accepted.passed and "held-out recall" in accepted.accepted[0]
+    assert check(half_gone, CurrentVersion("index/w@1", {"all": len(vectors)}, k=10, held_out_recall_at_k=0.6)).passed

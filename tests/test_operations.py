@@ -274,6 +274,15 @@ def test_only_transient_errors_are_retried(s3_bucket, prefect_harness):
     with pytest.raises(Exception) as err:
         missing_bucket.publish("model", "m", __file__, {})
     assert not is_transient(err.value)  # NoSuchBucket: the same answer every time
+    from botocore.exceptions import ClientError
+
+    def s3_error(code: str, status: int) -> ClientError:  # what botocore raises for S3's answer
+        return ClientError({"Error": {"Code": code, "Message": code},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    # a denied permission (moto, which the tests use, does not enforce IAM) fails the same way every time
+    assert not is_transient(s3_error("AccessDenied", 403)) and not is_transient(s3_error("InvalidAccessKeyId", 403))
+    assert is_transient(s3_error("SlowDown", 503)) and is_transient(s3_error("InternalError", 500))
 
     calls = {"missing": 0, "flaky": 0}
 

@@ -247,6 +247,8 @@ def test_flow_publishes_the_selected_documents_with_a_manifest(published, world)
     assert m.index_config["kind"] == "flat" and m.stats["ntotal"] == int(kept.sum())
     v = m.validation
     assert v["query_source"] == "held-out" and v["recall_at_k"] == 1.0 and v["failures"] == []
+    assert 0.0 < v["held_out_recall_at_k"] <= 1.0  # held-out clicks the index serves in its top 10
+    assert v["current_held_out_recall_at_k"] is not None and v["accepted"]  # compared with the full corpus
     assert v["index_bytes"] == loaded.version.total_size
     # the vectors are the document tower's embeddings of exactly these documents
     corpus = loaded.doc_map[["doc_id"]].merge(
