@@ -13,14 +13,18 @@ from infra.retries import retry_transient
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def clean_up_leftovers(runs_root: Path) -> dict[str, list[str]]:
     """Delete killed runs' directories (and finished ones past retention) under ``runs_root``, versions
-    that a killed publish left without a manifest in the artifact store (older than an hour), and local
-    copies of artifact versions beyond the newest two of each (never the current one)."""
+    that a killed publish left without a manifest in the artifact store (older than an hour), complete
+    versions beyond the newest ``EBR_KEEP_VERSIONS`` of each artifact (never a current one nor one a kept
+    version names), and local copies of artifact versions beyond the newest two of each (never the current
+    one)."""
     from infra.run_dirs import sweep_run_dirs
+    from infra.settings import get_settings
     from infra.storage import ArtifactStore
 
     store = ArtifactStore.from_settings()
+    keep = get_settings().keep_versions
     out = {"run_dirs": [p.name for p in sweep_run_dirs(runs_root)], "store_versions": store.gc_incomplete(),
-           "cached_versions": store.prune_cache()}
+           "old_versions": store.prune(keep) if keep else [], "cached_versions": store.prune_cache()}
     if any(out.values()):
         get_run_logger().info("cleaned up leftovers: %s", out)
     return out

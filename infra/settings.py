@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     s3_attempts: int = Field(default=3, ge=1, le=10, description="tries per S3 call (transient errors only)")
     s3_deadline: float = Field(default=900.0, gt=0, le=86400,
                                description="seconds one S3 call (a file's transfer included) may take overall")
+    keep_versions: int = Field(
+        default=10, ge=0, le=100_000,
+        description="complete versions kept per artifact when a publishing flow starts (0: keep every version); "
+                    "never the current one, nor one that a kept version names (an index's model)")
 
     @property
     def data_dir(self) -> Path:

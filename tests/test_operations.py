@@ -313,6 +313,41 @@ def test_only_transient_errors_are_retried(s3_bucket, prefect_harness):
 # --------------------------------------------------------------------------- crash leftovers
 
 
+def test_publishing_flows_keep_the_newest_versions_of_each_artifact(tmp_path, monkeypatch, prefect_harness):
+    """Retention of artifact versions, applied when a publishing flow starts: beyond the newest
+    EBR_KEEP_VERSIONS of an artifact a version goes, unless it is current (a rollback) or a kept version
+    names it (the index's model); 0 keeps everything."""
+    from prefect import flow
+
+    from flows.housekeeping import clean_up_leftovers
+    from infra.storage import ArtifactStore
+
+    monkeypatch.setenv("EBR_STORAGE_URL", str(tmp_path / "artifacts"))
+    store = ArtifactStore.from_settings()
+    refs = []
+    for i in range(5):
+        f = tmp_path / f"model-{i}"
+        f.mkdir()
+        (f / "model.pt").write_bytes(b"weights %d" % i)
+        refs.append(store.publish("model", "m", f, {"i": i}).ref)
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "index.faiss").write_bytes(b"vectors")
+    store.publish("index", "d", index, {"model": {"ref": refs[0]}})
+    store.set_current("model", "m", refs[1].split("@")[1])  # rolled back
+
+    @flow
+    def housekeeping():
+        return clean_up_leftovers(tmp_path / "runs")
+
+    monkeypatch.setenv("EBR_KEEP_VERSIONS", "0")
+    assert housekeeping()["old_versions"] == [] and len(store.list_versions("model", "m")) == 5
+    monkeypatch.setenv("EBR_KEEP_VERSIONS", "2")
+    assert housekeeping()["old_versions"] == [refs[2]]
+    assert [av.ref for av in store.list_versions("model", "m")] == [refs[0], refs[1], refs[3], refs[4]]
+    assert store.get("model", "m").ref == refs[1]
+
+
 def test_a_killed_runs_directory_is_swept_and_retention_keeps_the_newest(tmp_path):
     import os
     import signal
