@@ -70,11 +70,11 @@ def references_of(tables: dict[str, pd.DataFrame]) -> dict[str, pd.Index]:
 
 
 def gate_inputs(tables: dict[str, pd.DataFrame], config: GateConfig, runs_root: Path, run_dir: Path,
-                dataset: str, references: dict[str, pd.Index] | None = None) -> None:
+                dataset: str) -> None:
     """The input gates of the given canonical tables (searchers, documents, sessions, memberships,
-    friendships), each compared with the newest accepted report of the same flow under ``runs_root``.
-    ``references``: the ids of the run's searchers and documents, when ``tables`` does not hold them."""
-    refs = references_of(tables) if {"searchers", "documents"} <= set(tables) else references
+    friendships), each compared with the newest accepted report of the same flow under ``runs_root``; id
+    references are checked when ``tables`` holds the searchers and documents."""
+    refs = references_of(tables) if {"searchers", "documents"} <= set(tables) else None
     for name in (*INPUT_TABLES, *RELATION_TABLES):
         if name in tables:
             gate(name, tables[name], config, latest_report(runs_root, name), run_dir, dataset, refs)

@@ -371,14 +371,6 @@ class S3Backend:
             _DEADLINE.reset(token)
 
     @staticmethod
-    def _read_body(body: Any) -> Iterator[bytes]:
-        """A response body in chunks, with the deadline checked between them."""
-        with body:
-            for chunk in body.iter_chunks(_BODY_CHUNK):
-                _check_deadline()
-                yield chunk
-
-    @staticmethod
     def _bounded_callback(deadline: tuple[float, str, float],
                           callback: Callable[[int], None] | None) -> Callable[[int], None]:
         def progress(n: int) -> None:
@@ -404,15 +396,22 @@ class S3Backend:
         code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
         return code in ("404", "NoSuchKey", "NotFound")
 
+    def _body(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in chunks, with the deadline checked between them (call inside ``_deadline``)."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except self.client.exceptions.ClientError as e:
+            if self._is_missing(e):
+                raise MissingKeyError(f"no key {key!r} in {self.describe()}") from e
+            raise
+        with body:
+            for chunk in body.iter_chunks(_BODY_CHUNK):
+                _check_deadline()
+                yield chunk
+
     def read_bytes(self, key: str) -> bytes:
         with self._deadline(f"read of {key}"):
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-            except self.client.exceptions.ClientError as e:
-                if self._is_missing(e):
-                    raise MissingKeyError(f"no key {key!r} in {self.describe()}") from e
-                raise
-            return b"".join(self._read_body(body))
+            return b"".join(self._body(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         # A single PUT: S3 never exposes a partially written object.
@@ -493,13 +492,7 @@ class S3Backend:
 
     def checksum(self, key: str) -> FileDigest:
         with self._deadline(f"checksum of {key}"):
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-            except self.client.exceptions.ClientError as e:
-                if self._is_missing(e):
-                    raise MissingKeyError(f"no key {key!r} in {self.describe()}") from e
-                raise
-            return _digest_stream(self._read_body(body))
+            return _digest_stream(self._body(key))
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")

@@ -240,14 +240,6 @@ def held_out_sample(
     return None
 
 
-def held_out_queries(
-    model: QueryEmbedder, model_meta: dict[str, Any], n: int, seed: int = 0, store: ArtifactStore | None = None
-) -> np.ndarray | None:
-    """The query embeddings of :func:`held_out_sample`."""
-    sample = held_out_sample(model, model_meta, n, seed, store)
-    return sample[0] if sample is not None else None
-
-
 def validate_index(
     index: EmbeddingIndex,
     vectors: np.ndarray,
@@ -314,7 +306,6 @@ __all__ = [
     "count_changes",
     "drop_failures",
     "exact_top_k",
-    "held_out_queries",
     "held_out_recall",
     "held_out_sample",
     "recall_at_k",
