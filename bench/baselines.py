@@ -39,12 +39,14 @@ import pandas as pd  # noqa: E402
 
 from evaluation.baselines import (  # noqa: E402
     ALS, ALS_GRID, BM25, FUSION_WEIGHTS, LIGHTFM_GRID, QP_ALS_WEIGHTS, DenseEncoder, Fusion, LightFMWarp,
-    NearbyPopularity, Popularity, QueryPopularity, QueryPopularityALS, fit_on_validation, holdout_sessions,
+    NearbyPopularity, Popularity, QueryPopularity, QueryPopularityALS, RECENT_DAYS, RecentPopularity,
+    fit_on_validation, holdout_sessions,
 )
 from evaluation.protocol import (  # noqa: E402
     consumed_documents, rank_sessions, split_metrics, warm_sessions,
 )
-from models.evaluate import session_targets  # noqa: E402
+from evaluation.significance import RelativeDifference, paired_bootstrap  # noqa: E402
+from models.evaluate import session_recalls, session_targets  # noqa: E402
 
 DATASETS = ("movielens", "meetup_chicago", "lastfm", "scifact")
 KS = (10, 100)
@@ -108,15 +110,28 @@ class Baselines:
         m = split_metrics(top, self.doc_ids, self.sessions, self.warm, KS)
         by_searcher = split_metrics(top, self.doc_ids, self.sessions, self.known, KS)
         m["known searcher"], m["new searcher"] = by_searcher["warm"], by_searcher["cold"]
-        self.rows[name] = {"params": params or {}, "metrics": m, "seconds": fit_seconds + time.perf_counter() - t0}
+        self.rows[name] = {"params": params or {}, "metrics": m, "seconds": fit_seconds + time.perf_counter() - t0,
+                           "per_session": session_recalls(top, self.doc_ids, self.sessions, KS)}
         a = m["all"]
         print(f"  {name:<22} R@10 {a['recall@10']:.4f}  R@100 {a['recall@100']:.4f}  nDCG@10 {a['ndcg@10']:.4f}"
               f"  {params or ''}  ({self.rows[name]['seconds']:.1f} s)", flush=True)
+
+    def compare(self, method: str, reference: str, k: int) -> RelativeDifference:
+        """recall@k of ``method`` relative to ``reference`` on the same test sessions, with its 95% interval
+        over resampled searchers (:func:`evaluation.significance.paired_bootstrap`)."""
+        rows = self.rows
+        return paired_bootstrap(rows[method]["per_session"][k], rows[reference]["per_session"][k],
+                                self.sessions.queries["searcher_id"].to_numpy())
 
     def run(self) -> None:
         train, index = self.train, self.index
         t = time.perf_counter()
         self.score("popularity", Popularity(train, index), fit_seconds=time.perf_counter() - t)
+        t = time.perf_counter()
+        fit_train = self.fit_train
+        res, recent = self.choose("recent popularity", lambda d, days: RecentPopularity(fit_train, d, days),
+                                  RECENT_DAYS, lambda d, days: RecentPopularity(train, d, days))
+        self.score("recent popularity", recent, res.params, time.perf_counter() - t)
         if not self.recommendation:
             t = time.perf_counter()
             self.score("query popularity", QueryPopularity(train, index), fit_seconds=time.perf_counter() - t)
@@ -126,7 +141,6 @@ class Baselines:
             t = time.perf_counter()
             self.score("nearby popularity", NearbyPopularity(train, index), fit_seconds=time.perf_counter() - t)
         if self.collaborative:
-            fit_train = self.fit_train
             t = time.perf_counter()
             res, als = self.choose("ALS", lambda d, **p: ALS(fit_train, d, iterations=15, **p), ALS_GRID,
                                    lambda d, **p: ALS(train, d, iterations=15, **p))

@@ -6,6 +6,7 @@ only; their hyperparameters are chosen with :func:`fit_on_validation` on a valid
 ``valid`` split, or :func:`holdout_sessions` of the training split where a source has none), never on test.
 
 - :class:`Popularity`: training clicks, the same list for everyone;
+- :class:`RecentPopularity`: training clicks of the newest days (the window chosen on validation);
 - :class:`QueryPopularity`: training clicks of the same (normalized) query text, back-filled by popularity;
 - :class:`NearbyPopularity`: popular documents of the searcher's city first, back-filled by popularity;
 - :class:`BM25`: ``bm25s`` over title + body;
@@ -129,6 +130,22 @@ class Popularity:
     def rank(self, queries: pd.DataFrame, k: int) -> np.ndarray:
         top = self.order[: min(k, len(self.order))]
         return np.broadcast_to(top, (len(queries), len(top))).copy()
+
+
+class RecentPopularity(Popularity):
+    """Documents ranked by their clicks in the newest ``days`` days of the training examples (what is
+    trending at the end of training), back-filled by all-time clicks: where tastes drift, the recent
+    clicks predict the next ones better than the whole history does."""
+
+    def __init__(self, train: pd.DataFrame, documents: pd.DataFrame, days: float):
+        if days <= 0:
+            raise ValueError(f"days must be positive, got {days}")
+        ts = pd.to_datetime(train["ts"], utc=True)
+        recent = train[(ts > ts.max() - pd.Timedelta(days=days)).to_numpy()]
+        super().__init__(recent, documents)
+        total = Popularity(train, documents).counts
+        # recent clicks first; all-time clicks break ties (and order what had none recently)
+        self.order = np.lexsort((np.arange(len(total)), -total, -self.counts))
 
 
 class QueryPopularity:
@@ -605,6 +622,7 @@ def fit_on_validation(
 
 
 ALS_GRID = {"factors": (32, 64, 128), "regularization": (0.01, 0.1), "weighting": ("bm25", "confidence")}
+RECENT_DAYS = {"days": (7.0, 30.0, 90.0, 365.0)}
 LIGHTFM_GRID = {"no_components": (32, 64), "epochs": (10, 30)}
 FUSION_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)  # the dense share; BM25 gets 1 - w
 QP_ALS_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)

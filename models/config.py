@@ -147,6 +147,11 @@ class TrainConfig(BaseModel):
         "negatives and the index (one feature distribution); example: from the example's point-in-time "
         "doc_* columns (see models.batches)",
     )
+    train_window_days: float | None = Field(
+        None, gt=0.0, description="train on the examples of the newest N days of the training split only (None: "
+        "all of them): where tastes drift (MovieLens), recent clicks predict the next ones better than a long "
+        "history does; the vocabulary and count statistics are fitted on the window too",
+    )
     lr: float = Field(2e-3, gt=0.0, description="Adam learning rate of the dense (MLP) parameters")
     sparse_lr: float = Field(1e-2, gt=0.0, description="SparseAdam learning rate of the embedding tables")
     batch_size: int = Field(512, ge=2)

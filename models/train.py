@@ -138,6 +138,7 @@ def train(
     """
     cfg = config or TrainConfig()
     _check_inputs(examples_train, documents)
+    examples_train = recent_examples(examples_train, cfg.train_window_days)
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -146,6 +147,18 @@ def train(
                       feature_service, resume, callbacks, consumed, valid_documents)
     finally:
         torch.set_num_threads(threads)
+
+
+def recent_examples(examples: pd.DataFrame, days: float | None) -> pd.DataFrame:
+    """The examples of the newest ``days`` days (measured back from the newest example's ``ts``); all of them
+    when ``days`` is None."""
+    if days is None:
+        return examples
+    if "ts" not in examples.columns:
+        raise ValueError(f"train_window_days={days} needs a 'ts' column in the training examples; present: "
+                         f"{list(examples.columns)}")
+    ts = pd.to_datetime(examples["ts"], utc=True)
+    return examples[(ts > ts.max() - pd.Timedelta(days=days)).to_numpy()].reset_index(drop=True)
 
 
 def _train(

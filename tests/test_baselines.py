@@ -11,7 +11,7 @@ import pytest
 
 from evaluation.baselines import (
     ALS, BM25, DenseEncoder, Fusion, LightFMWarp, NearbyPopularity, Popularity, QueryPopularity,
-    QueryPopularityALS, fit_on_validation, holdout_sessions, normalize_query, sentence_encoder,
+    QueryPopularityALS, RecentPopularity, fit_on_validation, holdout_sessions, normalize_query, sentence_encoder,
 )
 from evaluation.protocol import (
     consumed_documents, evaluate_ranker, rank_sessions, split_metrics, subset_sessions, warm_sessions,
@@ -76,6 +76,22 @@ def test_query_popularity_ranks_the_querys_clicks_first_and_backfills(docs):
     assert top[2].tolist() == [1, 0, 2, 3, 4]  # unseen query: popularity
     assert top[3].tolist() == top[2].tolist() and top[4].tolist() == top[2].tolist()
     assert qp.rank(pd.DataFrame({"query": ["jazz"]}), 1).tolist() == [[1]]
+
+
+def test_recent_popularity_ranks_the_newest_clicks_first_and_backfills_by_all_time(docs):
+    day = pd.Timestamp("2024-03-01", tz="UTC")
+    train = clicks([("s1", "u", "", "d1", day - pd.Timedelta(days=60)), ("s2", "u", "", "d1", day - pd.Timedelta(days=50)),
+                    ("s3", "u", "", "d1", day - pd.Timedelta(days=40)), ("s4", "u", "", "d4", day - pd.Timedelta(days=30)),
+                    ("s5", "u", "", "d3", day - pd.Timedelta(days=2)), ("s6", "v", "", "d2", day)],
+                   columns=("session_id", "searcher_id", "query", "doc_id", "ts"))
+    q = pd.DataFrame({"query": ["", ""]})
+    # the newest 7 days: d2 and d3 (one click each, then all-time order: both 1, table order), then d1 (3
+    # all-time clicks), d4 (1), d5 (0)
+    assert RecentPopularity(train, docs, 7).rank(q, 5)[0].tolist() == [1, 2, 0, 3, 4]
+    # a window covering everything is plain popularity
+    assert RecentPopularity(train, docs, 365).rank(q, 5)[0].tolist() == Popularity(train, docs).rank(q, 5)[0].tolist()
+    with pytest.raises(ValueError, match="positive"):
+        RecentPopularity(train, docs, 0)
 
 
 def test_nearby_popularity_prefers_same_city_documents(docs):

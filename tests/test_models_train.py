@@ -163,3 +163,23 @@ def test_validation_ranks_the_documents_it_is_given(task, tmp_path):
     assert valid["n_documents"] == len(served) < len(documents)
     targets_in_served = split["valid"]["doc_id"].isin(set(served["doc_id"])).mean()
     assert valid["targets_missing"] > 0 and 0.3 < targets_in_served < 0.7
+
+
+def test_a_training_window_keeps_the_newest_days_only(task, tmp_path):
+    """train_window_days: only the examples of the newest N days train (counted per epoch), the window is
+    saved with the model's config, and a frame without times is refused with the reason."""
+    from models.train import recent_examples
+
+    split, documents = task
+    train_split = split["train"]
+    ts = pd.to_datetime(train_split["ts"], utc=True)
+    newest_day = recent_examples(train_split, 1.0)
+    assert len(newest_day) == int((ts > ts.max() - pd.Timedelta(days=1)).sum())
+    assert 0 < len(newest_day) < len(train_split)
+    assert recent_examples(train_split, None) is train_split
+    with pytest.raises(ValueError, match="needs a 'ts' column"):
+        recent_examples(train_split.drop(columns=["ts"]), 1.0)
+
+    result = train(train_split, split["valid"], documents, config(epochs=1, train_window_days=1.0), tmp_path)
+    assert result.history[0]["examples"] == len(newest_day)
+    assert read_model_info(result.model_path)["train_config"]["train_window_days"] == 1.0

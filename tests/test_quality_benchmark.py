@@ -20,13 +20,14 @@ def tiny():
 
 
 def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
-    from bench.retrieval_quality import MODELS, headline, run_dataset
+    from bench.retrieval_quality import MODELS, against_each, headline, run_dataset, strongest_baseline
     from evaluation.protocol import EmbeddingRanker, rank_sessions
 
     args = argparse.Namespace(epochs=1, threads=1, no_progress=True, max_sessions=500, dense="")
     suite = run_dataset(tiny, args, MODELS)
     rows = suite.rows
-    for name in ("popularity", "query popularity", "BM25", "ALS (implicit)", "text-only", "unified"):
+    for name in ("popularity", "recent popularity", "query popularity", "BM25", "ALS (implicit)", "text-only",
+                 "unified"):
         assert name in rows, list(rows)
         m = rows[name]["metrics"]["all"]
         assert 0.0 <= m["recall@10"] <= m["recall@100"] <= 1.0
@@ -38,6 +39,10 @@ def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
     assert parts["warm"]["n_sessions"] + parts["cold"]["n_sessions"] == parts["all"]["n_sessions"]
     table = headline({"synthetic": suite})
     assert "| Synthetic world (default) |" in table and table.count("\n") == 3
+    # every comparison of the unified model comes with its interval over resampled test searchers
+    gain = suite.compare("unified", "popularity", 10)
+    assert gain.low <= gain.estimate <= gain.high and f"{gain}" in against_each(suite)
+    assert str(suite.compare("unified", strongest_baseline(suite), 10)) in table
     # a model ranks through the same protocol as a baseline: a ranker over the index, best first
     top = rank_sessions(EmbeddingRanker(_any_model(tiny), tiny.index), suite.sessions, suite.doc_ids, 10)
     assert top.shape == (len(suite.sessions.targets), 10) and (top >= -1).all()
