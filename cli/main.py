@@ -227,6 +227,9 @@ def train(
     epochs: Optional[int] = typer.Option(
         None, min=1, max=1000, help="most epochs (default: the recipe's 6; early stopping on validation may "
         "stop sooner): the training budget of a large corpus"),
+    window_days: Optional[float] = typer.Option(
+        None, min=0.01, help="train on the newest N days of the training split only (default: all of it): "
+        "where tastes drift, recent clicks predict the next ones better; compare on validation"),
 ) -> None:
     """Train the unified two-tower model, evaluate it on held-out sessions and register it."""
     from models.pretrained import ENCODERS
@@ -242,6 +245,8 @@ def train(
             update={"pretrained_text": pretrained_text, "pretrained_weight": pretrained_weight})})
     if epochs is not None:
         cfg = cfg.model_copy(update={"epochs": epochs})
+    if window_days is not None:
+        cfg = cfg.model_copy(update={"train_window_days": window_days})
     typer.echo(f"registered {flow(dataset, TrainParams(config=cfg))}")
 
 

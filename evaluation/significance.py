@@ -42,7 +42,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, groups: np.ndarray | None = N
     """The relative difference of the means of ``a`` over ``b`` (per-session values of two methods on the
     same sessions) and its ``level`` percentile interval over ``n_boot`` resamples of ``groups`` (a group
     label per session, e.g. the searcher id; None or fewer than :data:`MIN_GROUPS` groups: each session
-    alone). Resamples where ``b`` sums to 0 are left out."""
+    alone). Resamples where ``b`` has no hit are left out (a reference with hits in very few searchers: the
+    interval is then conditional on drawing one of them)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
         raise ValueError(f"need two equal, non-empty 1-d arrays of per-session values, got {a.shape} and {b.shape}")
@@ -65,7 +66,6 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, groups: np.ndarray | None = N
     draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(float)
     ta, tb = draws @ sum_a, draws @ sum_b
     ok = tb > 0
-    ratios = ta[ok] / tb[ok] - 1.0
     tail = (1.0 - level) / 2.0
-    low, high = np.quantile(ratios, [tail, 1.0 - tail])
+    low, high = np.quantile(ta[ok] / tb[ok] - 1.0, [tail, 1.0 - tail]) if ok.any() else (np.inf, np.inf)
     return RelativeDifference(float(a.mean() / b.mean() - 1.0), float(low), float(high), n_groups, level)

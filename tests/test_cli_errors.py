@@ -43,6 +43,10 @@ def test_a_failing_flow_command_prints_one_line_unless_debug(tmp_path):
     assert out.stderr.count("error: unknown artifact dataset/nope-examples") == 1
     out = ebr("--debug", "train", "--dataset", "nope", home=tmp_path)
     assert out.returncode == 1 and "Traceback" in out.stderr + out.stdout  # on request
+    out = ebr("train", "--dataset", "nope", "--window-days", "0", home=tmp_path)
+    assert out.returncode == 2 and "--window-days" in out.stderr  # a usage error, named
+    out = ebr("train", "--dataset", "nope", "--window-days", "90", home=tmp_path)
+    assert out.returncode == 1 and "unknown artifact dataset/nope-examples" in out.stderr  # accepted, then run
 
 
 def test_obvious_mistakes_are_rejected_before_the_slow_imports(tmp_path):
