@@ -35,12 +35,13 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from evaluation.baselines import (  # noqa: E402
     ALS, ALS_GRID, BM25, FUSION_WEIGHTS, LIGHTFM_GRID, QP_ALS_WEIGHTS, DenseEncoder, Fusion, LightFMWarp,
-    NearbyPopularity, Popularity, QueryPopularity, QueryPopularityALS, RECENT_DAYS, RecentPopularity,
-    fit_on_validation, holdout_sessions,
+    NearbyPopularity, PROFILE_GRID, Popularity, ProfilePopularity, QueryPopularity, QueryPopularityALS,
+    RECENT_DAYS, RecentPopularity, fit_on_validation, holdout_sessions,
 )
 from evaluation.protocol import (  # noqa: E402
     consumed_documents, rank_sessions, split_metrics, warm_sessions,
@@ -93,6 +94,13 @@ class Baselines:
         return self.train["searcher_id"].nunique() >= 10
 
     @property
+    def profiled(self) -> bool:
+        """Searchers have profile attributes (MovieLens: gender, age, occupation) on most test sessions."""
+        profile = self.test.get("searcher_profile")
+        return profile is not None and profile.map(lambda p: len(p) if isinstance(p, (list, tuple, np.ndarray))
+                                                   else 0).gt(0).mean() > 0.5
+
+    @property
     def located(self) -> bool:
         city = self.index.get("city")
         return (city is not None and "searcher_city" in self.test.columns
@@ -132,6 +140,12 @@ class Baselines:
         res, recent = self.choose("recent popularity", lambda d, days: RecentPopularity(fit_train, d, days),
                                   RECENT_DAYS, lambda d, days: RecentPopularity(train, d, days))
         self.score("recent popularity", recent, res.params, time.perf_counter() - t)
+        if self.profiled:
+            t = time.perf_counter()
+            res, by_profile = self.choose(
+                "profile popularity", lambda d, **p: ProfilePopularity(fit_train, d, **p), PROFILE_GRID,
+                lambda d, **p: ProfilePopularity(train, d, **p))
+            self.score("profile popularity", by_profile, res.params, time.perf_counter() - t)
         if not self.recommendation:
             t = time.perf_counter()
             self.score("query popularity", QueryPopularity(train, index), fit_seconds=time.perf_counter() - t)
@@ -180,8 +194,8 @@ class Baselines:
 
 def table(probe: "Baselines") -> str:
     head = ("| method | chosen on validation | R@10 | R@100 | nDCG@10 | warm R@10 / R@100 | cold R@10 / R@100 | "
-            "known searcher R@10 / R@100 |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+            "known searcher R@10 / R@100 | new searcher R@10 / R@100 |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in probe.rows.items():
         m = r["metrics"]
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
@@ -192,7 +206,7 @@ def table(probe: "Baselines") -> str:
 
         a = m["all"]
         lines.append(f"| {name} | {params} | {a['recall@10']:.3f} | {a['recall@100']:.3f} | {a['ndcg@10']:.3f} | "
-                     f"{wc('warm')} | {wc('cold')} | {wc('known searcher')} |")
+                     f"{wc('warm')} | {wc('cold')} | {wc('known searcher')} | {wc('new searcher')} |")
     return "\n".join(lines)
 
 

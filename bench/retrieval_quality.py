@@ -201,7 +201,8 @@ def details(results: dict[str, Baselines], preps: dict[str, Prepared]) -> str:
         n = " / ".join(f"{len(p.parts[s]):,}" for s in ("train", "valid", "test"))
         out += [f"### {LABELS.get(name, name)}", "",
                 f"Examples train / valid / test: {n}; {p.snapshots} feature snapshots (every {p.snapshot_step_days} "
-                f"days); {len(suite.sessions.targets):,} test sessions, {suite.warm.mean():.0%} warm, "
+                f"days); {len(suite.sessions.targets):,} test sessions from "
+                f"{suite.sessions.queries['searcher_id'].nunique():,} searchers, {suite.warm.mean():.0%} warm, "
                 f"{suite.known.mean():.0%} by a searcher seen in training; "
                 f"{'recommendation protocol (consumed excluded)' if suite.recommendation else 'search'}; settings "
                 f"chosen on {'a 20% slice of the training sessions' if suite.sliced else 'the validation split'}; "
@@ -299,7 +300,7 @@ def main_quality(args) -> str:
         "",
         "Warm: a test session one of whose (query, clicked document) pairs occurs in training (without query "
         "text: whose clicked document anyone clicked in training); cold: the others. Known searcher: the "
-        "session's searcher has training examples. Each baseline's settings are in the second column, chosen on "
+        "session's searcher has training examples; new searcher: it has none. Each baseline's settings are in the second column, chosen on "
         "validation (grids in `evaluation/baselines.py`); a model's row gives its best epoch on validation.",
         "",
         details(results, preps),

@@ -7,6 +7,7 @@ only; their hyperparameters are chosen with :func:`fit_on_validation` on a valid
 
 - :class:`Popularity`: training clicks, the same list for everyone;
 - :class:`RecentPopularity`: training clicks of the newest days (the window chosen on validation);
+- :class:`ProfilePopularity`: recent clicks of searchers of the same gender, age group or occupation;
 - :class:`QueryPopularity`: training clicks of the same (normalized) query text, back-filled by popularity;
 - :class:`NearbyPopularity`: popular documents of the searcher's city first, back-filled by popularity;
 - :class:`BM25`: ``bm25s`` over title + body;
@@ -189,6 +190,48 @@ class QueryPopularity:
         q = normalize_query(queries["query"]).to_numpy(object)
         empty = (np.zeros(0, np.int64), np.zeros(0))
         return [(self.lists[x], self.weights[x]) if x in self.lists else empty for x in q]
+
+
+def profile_token(profile, attribute: str) -> str:
+    """The searcher's ``attribute:value`` token (``gender:F``) in its profile list, or "" without one."""
+    if not isinstance(profile, (list, tuple, np.ndarray)):
+        return ""
+    prefix = f"{attribute}:"
+    return next((str(t) for t in profile if str(t).startswith(prefix)), "")
+
+
+class ProfilePopularity(_Scorer):
+    """The demographic prior of a recommender's cold start: recent clicks (the newest ``days`` of training)
+    of searchers who share the searcher's ``attribute`` (gender, age group, occupation of its profile),
+    mixed with the recent clicks of everyone (``weight`` on the segment's share), all-time clicks breaking
+    ties. A searcher without that attribute, or in a segment without recent clicks, gets the mix's second
+    part alone."""
+
+    def __init__(self, train: pd.DataFrame, documents: pd.DataFrame, attribute: str, days: float, weight: float):
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {weight}")
+        ts = pd.to_datetime(train["ts"], utc=True)
+        recent = train[(ts > ts.max() - pd.Timedelta(days=days)).to_numpy()]
+        self.attribute, self.weight, self.n_docs = attribute, weight, len(documents)
+        overall = _click_counts(recent, documents)
+        self.overall = overall / max(overall.sum(), 1.0)
+        total = _click_counts(train, documents)
+        self.tiebreak = total / (max(total.max(), 1.0) * 1e6)  # below any difference of shares
+        segment = recent["searcher_profile"].map(lambda p: profile_token(p, attribute)).to_numpy(object)
+        self.segments: dict[str, np.ndarray] = {}
+        for token, rows in pd.Series(np.arange(len(recent))).groupby(segment).indices.items():
+            if token:
+                c = _click_counts(recent.iloc[rows], documents)
+                self.segments[token] = c / c.sum() if c.sum() else c
+
+    def scores(self, queries: pd.DataFrame) -> np.ndarray:
+        tokens = queries["searcher_profile"].map(lambda p: profile_token(p, self.attribute)).to_numpy(object)
+        base = (1.0 - self.weight) * self.overall + self.tiebreak
+        out = np.empty((len(queries), self.n_docs))
+        for i, token in enumerate(tokens):
+            seg = self.segments.get(token)
+            out[i] = base + self.weight * (seg if seg is not None else self.overall)
+        return out
 
 
 class NearbyPopularity:
@@ -623,6 +666,7 @@ def fit_on_validation(
 
 ALS_GRID = {"factors": (32, 64, 128), "regularization": (0.01, 0.1), "weighting": ("bm25", "confidence")}
 RECENT_DAYS = {"days": (7.0, 30.0, 90.0, 365.0)}
+PROFILE_GRID = {"attribute": ("gender", "age", "occupation"), "days": (30.0, 90.0), "weight": (0.5, 1.0)}
 LIGHTFM_GRID = {"no_components": (32, 64), "epochs": (10, 30)}
 FUSION_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)  # the dense share; BM25 gets 1 - w
 QP_ALS_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)

@@ -11,7 +11,7 @@ import pytest
 
 from evaluation.baselines import (
     ALS, BM25, DenseEncoder, Fusion, LightFMWarp, NearbyPopularity, Popularity, QueryPopularity,
-    QueryPopularityALS, RecentPopularity, fit_on_validation, holdout_sessions, normalize_query, sentence_encoder,
+    ProfilePopularity, QueryPopularityALS, RecentPopularity, fit_on_validation, holdout_sessions, normalize_query, sentence_encoder,
 )
 from evaluation.protocol import (
     consumed_documents, evaluate_ranker, rank_sessions, split_metrics, subset_sessions, warm_sessions,
@@ -92,6 +92,27 @@ def test_recent_popularity_ranks_the_newest_clicks_first_and_backfills_by_all_ti
     assert RecentPopularity(train, docs, 365).rank(q, 5)[0].tolist() == Popularity(train, docs).rank(q, 5)[0].tolist()
     with pytest.raises(ValueError, match="positive"):
         RecentPopularity(train, docs, 0)
+
+
+def test_profile_popularity_follows_the_searchers_segment_and_falls_back_to_everyone(docs):
+    day = pd.Timestamp("2024-03-01", tz="UTC")
+    f, m = ["gender:F", "age:25-34"], ["gender:M", "age:25-34"]
+    train = pd.DataFrame({
+        "session_id": [f"s{i}" for i in range(7)], "searcher_id": ["a", "a", "b", "c", "c", "c", "d"],
+        "doc_id": ["d5", "d5", "d5", "d2", "d2", "d3", "d1"],
+        "searcher_profile": [f, f, f, m, m, m, m],
+        "ts": [day] * 6 + [day - pd.Timedelta(days=100)],  # d1: clicked long ago only
+    })
+    queries = pd.DataFrame({"searcher_profile": [f, m, ["age:25-34"], None]})
+    top = ProfilePopularity(train, docs, "gender", days=30, weight=1.0).rank(queries, 5)
+    assert top[0].tolist()[:1] == [4]  # women: d5
+    assert top[1].tolist()[:2] == [1, 2]  # men: d2, d3
+    # without the attribute: everyone's recent clicks (d5 3, d2 2, d3 1), then all-time clicks (d1)
+    assert top[2].tolist() == top[3].tolist() == [4, 1, 2, 0, 3]
+    # a shared segment (everyone is 25-34) is everyone
+    assert ProfilePopularity(train, docs, "age", 30, 1.0).rank(queries, 5)[0].tolist() == [4, 1, 2, 0, 3]
+    with pytest.raises(ValueError, match="weight"):
+        ProfilePopularity(train, docs, "gender", 30, 1.5)
 
 
 def test_nearby_popularity_prefers_same_city_documents(docs):
