@@ -307,8 +307,8 @@ def main_quality(args) -> str:
         "",
         "Warm: a test session one of whose (query, clicked document) pairs occurs in training (without query "
         "text: whose clicked document anyone clicked in training); cold: the others. Known searcher: the "
-        "session's searcher has training examples; new searcher: it has none. Each baseline's settings are in the second column, chosen on "
-        "validation (grids in `evaluation/baselines.py`); a model's row gives its best epoch on validation.",
+        "session's searcher has training examples; new searcher: it has none. Each baseline's settings are in "
+        "the second column, chosen on validation (grids in `evaluation/baselines.py`); a model's row gives its best epoch on validation.",
         "",
         details(results, preps),
         "Features: every dataset goes through the same code: `training.examples.build_examples`, then "

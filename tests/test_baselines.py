@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from evaluation.baselines import (
-    ALS, BM25, DenseEncoder, Fusion, LightFMWarp, NearbyPopularity, Popularity, QueryPopularity,
-    ProfilePopularity, QueryPopularityALS, RecentPopularity, fit_on_validation, holdout_sessions, normalize_query, sentence_encoder,
+    ALS, BM25, DenseEncoder, Fusion, LightFMWarp, NearbyPopularity, Popularity, ProfilePopularity, QueryPopularity,
+    QueryPopularityALS, RecentPopularity, fit_on_validation, holdout_sessions, normalize_query, sentence_encoder,
 )
 from evaluation.protocol import (
     consumed_documents, evaluate_ranker, rank_sessions, split_metrics, subset_sessions, warm_sessions,
@@ -80,16 +80,17 @@ def test_query_popularity_ranks_the_querys_clicks_first_and_backfills(docs):
 
 def test_recent_popularity_ranks_the_newest_clicks_first_and_backfills_by_all_time(docs):
     day = pd.Timestamp("2024-03-01", tz="UTC")
-    train = clicks([("s1", "u", "", "d1", day - pd.Timedelta(days=60)), ("s2", "u", "", "d1", day - pd.Timedelta(days=50)),
-                    ("s3", "u", "", "d1", day - pd.Timedelta(days=40)), ("s4", "u", "", "d4", day - pd.Timedelta(days=30)),
-                    ("s5", "u", "", "d3", day - pd.Timedelta(days=2)), ("s6", "v", "", "d2", day)],
+    ago = [60, 50, 40, 30, 2, 0]
+    train = clicks([(f"s{i}", "u", "", d, day - pd.Timedelta(days=a))
+                    for i, (d, a) in enumerate(zip(["d1", "d1", "d1", "d4", "d3", "d2"], ago))],
                    columns=("session_id", "searcher_id", "query", "doc_id", "ts"))
     q = pd.DataFrame({"query": ["", ""]})
     # the newest 7 days: d2 and d3 (one click each, then all-time order: both 1, table order), then d1 (3
     # all-time clicks), d4 (1), d5 (0)
     assert RecentPopularity(train, docs, 7).rank(q, 5)[0].tolist() == [1, 2, 0, 3, 4]
     # a window covering everything is plain popularity
-    assert RecentPopularity(train, docs, 365).rank(q, 5)[0].tolist() == Popularity(train, docs).rank(q, 5)[0].tolist()
+    everything = RecentPopularity(train, docs, 365).rank(q, 5)[0].tolist()
+    assert everything == Popularity(train, docs).rank(q, 5)[0].tolist()
     with pytest.raises(ValueError, match="positive"):
         RecentPopularity(train, docs, 0)
 

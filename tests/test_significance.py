@@ -56,7 +56,8 @@ def test_session_recalls_are_what_the_metrics_average():
     sessions = EvalSessions(
         queries=pd.DataFrame({"searcher_id": ["u1", "u2", "u3"]}),
         targets=[np.array(["d1"]), np.array(["d2", "d3"]), np.array(["d9"])],
-        graded=[(np.array(["d1"]), np.ones(1)), (np.array(["d2", "d3"]), np.ones(2)), (np.zeros(0, object), np.zeros(0))],
+        graded=[(np.array(["d1"]), np.ones(1)), (np.array(["d2", "d3"]), np.ones(2)),
+                (np.zeros(0, object), np.zeros(0))],
     )
     doc_ids = ["d1", "d2", "d3", "d4"]
     top = np.array([[0, 1], [2, 3], [3, -1]])
