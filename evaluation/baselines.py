@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from models.pretrained import sentence_encoder
+from training.examples import recent_examples
 
 CHUNK = 1024  # queries scored at once against all documents (a CHUNK x n_documents float32 matrix)
 _SPACE = re.compile(r"\s+")
@@ -139,11 +140,7 @@ class RecentPopularity(Popularity):
     clicks predict the next ones better than the whole history does."""
 
     def __init__(self, train: pd.DataFrame, documents: pd.DataFrame, days: float):
-        if days <= 0:
-            raise ValueError(f"days must be positive, got {days}")
-        ts = pd.to_datetime(train["ts"], utc=True)
-        recent = train[(ts > ts.max() - pd.Timedelta(days=days)).to_numpy()]
-        super().__init__(recent, documents)
+        super().__init__(recent_examples(train, days), documents)
         total = Popularity(train, documents).counts
         # recent clicks first; all-time clicks break ties (and order what had none recently)
         self.order = np.lexsort((np.arange(len(total)), -total, -self.counts))
@@ -210,8 +207,7 @@ class ProfilePopularity(_Scorer):
     def __init__(self, train: pd.DataFrame, documents: pd.DataFrame, attribute: str, days: float, weight: float):
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight must be in [0, 1], got {weight}")
-        ts = pd.to_datetime(train["ts"], utc=True)
-        recent = train[(ts > ts.max() - pd.Timedelta(days=days)).to_numpy()]
+        recent = recent_examples(train, days)
         self.attribute, self.weight, self.n_docs = attribute, weight, len(documents)
         overall = _click_counts(recent, documents)
         self.overall = overall / max(overall.sum(), 1.0)

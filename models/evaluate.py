@@ -142,16 +142,23 @@ def _padded_rows(sets: Sequence[np.ndarray], row_of: pd.Series) -> np.ndarray:
     return out
 
 
+def _row_of(doc_ids: Sequence[str]) -> pd.Series:
+    return pd.Series(np.arange(len(doc_ids)), index=pd.Index(np.asarray(doc_ids, dtype=object).astype(str)))
+
+
+def _recalls(top: np.ndarray, tgt: np.ndarray, sessions: EvalSessions, ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """Per session recall@K of ``top`` (empty slots already mapped to -3) against padded target rows."""
+    hits = (top[:, :, None] == tgt[:, None, :]).any(-1)  # (S, kmax)
+    n_t = np.array([len(t) for t in sessions.targets], float)
+    return {k: hits[:, :k].sum(1) / np.maximum(n_t, 1) for k in ks}
+
+
 def session_recalls(top: np.ndarray, doc_ids: Sequence[str], sessions: EvalSessions,
                     ks: Sequence[int] = (10, 100)) -> dict[int, np.ndarray]:
     """Per session, recall@K = |top-K ∩ clicked| / |clicked| (the paper's eq. 1) for each K: the values
     :func:`ranking_metrics` averages, kept apart for confidence intervals."""
     top = np.where(np.asarray(top) < 0, -3, top)  # never equal to a target code (-1 missing, -2 padding)
-    row_of = pd.Series(np.arange(len(doc_ids)), index=pd.Index(np.asarray(doc_ids, dtype=object).astype(str)))
-    tgt = _padded_rows(sessions.targets, row_of)  # (S, T)
-    hits = (top[:, :, None] == tgt[:, None, :]).any(-1)  # (S, kmax)
-    n_t = np.array([len(t) for t in sessions.targets], float)
-    return {k: hits[:, :k].sum(1) / np.maximum(n_t, 1) for k in ks}
+    return _recalls(top, _padded_rows(sessions.targets, _row_of(doc_ids)), sessions, ks)
 
 
 def ranking_metrics(
@@ -163,11 +170,10 @@ def ranking_metrics(
     n = len(sessions.targets)
     if n == 0 or len(top) != n:
         raise ValueError(f"need one ranking per evaluation session: {len(top)} rankings for {n} sessions")
-    out: dict[str, float] = {f"recall@{k}": float(np.mean(r)) for k, r in session_recalls(top, doc_ids, sessions,
-                                                                                           ks).items()}
-    top = np.where(np.asarray(top) < 0, -3, top)
-    row_of = pd.Series(np.arange(len(doc_ids)), index=pd.Index(np.asarray(doc_ids, dtype=object).astype(str)))
-    tgt = _padded_rows(sessions.targets, row_of)
+    top = np.where(np.asarray(top) < 0, -3, top)  # never equal to a target code (-1 missing, -2 padding)
+    row_of = _row_of(doc_ids)
+    tgt = _padded_rows(sessions.targets, row_of)  # (S, T)
+    out: dict[str, float] = {f"recall@{k}": float(np.mean(r)) for k, r in _recalls(top, tgt, sessions, ks).items()}
 
     g_rows = _padded_rows([g[0] for g in sessions.graded], row_of)  # (S, G)
     g_val = np.zeros(g_rows.shape)

@@ -32,6 +32,7 @@ from models.evaluate import retrieval_metrics, session_targets
 from models.features import FittedInputs
 from models.objective import RetrievalObjective
 from models.towers import TwoTowerModel
+from training.examples import recent_examples
 
 # Fields that may change between a run and its resumption; anything else must match.
 _RESUMABLE_CHANGES = {
@@ -147,18 +148,6 @@ def train(
                       feature_service, resume, callbacks, consumed, valid_documents)
     finally:
         torch.set_num_threads(threads)
-
-
-def recent_examples(examples: pd.DataFrame, days: float | None) -> pd.DataFrame:
-    """The examples of the newest ``days`` days (measured back from the newest example's ``ts``); all of them
-    when ``days`` is None."""
-    if days is None:
-        return examples
-    if "ts" not in examples.columns:
-        raise ValueError(f"train_window_days={days} needs a 'ts' column in the training examples; present: "
-                         f"{list(examples.columns)}")
-    ts = pd.to_datetime(examples["ts"], utc=True)
-    return examples[(ts > ts.max() - pd.Timedelta(days=days)).to_numpy()].reset_index(drop=True)
 
 
 def _train(

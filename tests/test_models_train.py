@@ -168,7 +168,7 @@ def test_validation_ranks_the_documents_it_is_given(task, tmp_path):
 def test_a_training_window_keeps_the_newest_days_only(task, tmp_path):
     """train_window_days: only the examples of the newest N days train (counted per epoch), the window is
     saved with the model's config, and a frame without times is refused with the reason."""
-    from models.train import recent_examples
+    from training.examples import recent_examples
 
     split, documents = task
     train_split = split["train"]

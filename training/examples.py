@@ -103,6 +103,19 @@ def sessions_until(sessions: pd.DataFrame, end: date | datetime | None) -> pd.Da
     return sessions[sessions["ts"] < end_of_day(end)].reset_index(drop=True)
 
 
+def recent_examples(examples: pd.DataFrame, days: float | None) -> pd.DataFrame:
+    """The examples (or click rows) of the newest ``days`` days, measured back from the newest ``ts``; all of
+    them when ``days`` is None."""
+    if days is None:
+        return examples
+    if days <= 0:
+        raise ValueError(f"days must be positive, got {days}")
+    if "ts" not in examples.columns:
+        raise ValueError(f"a window of {days} days needs a 'ts' column; present: {list(examples.columns)}")
+    ts = pd.to_datetime(examples["ts"], utc=True)
+    return examples[(ts > ts.max() - pd.Timedelta(days=days)).to_numpy()].reset_index(drop=True)
+
+
 def _newest(ts: pd.Series, fraction: float, start: datetime | None) -> pd.Series:
     """Mask of the newest rows: those at or after ``start``, or the newest ``fraction`` of them.
 
