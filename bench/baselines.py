@@ -85,6 +85,7 @@ class Baselines:
         self.known = self.sessions.queries["searcher_id"].astype(str).isin(seen).to_numpy()
         self.doc_ids = self.index["doc_id"].astype(str).to_numpy(object)
         self.rows: dict[str, dict] = {}
+        self.headline: str | None = None  # the two-tower row the headline compares (set by the benchmark)
         self.choices: dict[str, pd.DataFrame] = {}
 
     # -- what applies

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -20,10 +21,12 @@ def tiny():
 
 
 def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
-    from bench.retrieval_quality import MODELS, against_each, headline, run_dataset, strongest_baseline
+    from bench.retrieval_quality import (
+        MODELS, against_each, headline, headline_model, run_dataset, strongest_baseline,
+    )
     from evaluation.protocol import EmbeddingRanker, rank_sessions
 
-    args = argparse.Namespace(epochs=1, threads=1, no_progress=True, max_sessions=500, dense="")
+    args = argparse.Namespace(epochs=1, threads=1, no_progress=True, max_sessions=500, dense="", seeds=2)
     suite = run_dataset(tiny, args, MODELS)
     rows = suite.rows
     for name in ("popularity", "recent popularity", "query popularity", "BM25", "ALS (implicit)", "text-only",
@@ -34,16 +37,22 @@ def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
         assert m["n_sessions"] == len(suite.sessions.targets)
     assert rows["ALS (implicit)"]["params"]  # chosen on validation, and said so
     assert set(rows["unified"]["params"]) >= {"temperature", "best epoch"}
+    # the unified model's seed ensemble: a row of its own, judged on validation; the headline compares it
+    # only where validation chose it, and never counts it as a baseline
+    ensemble = rows["unified ×2"]["params"]
+    assert ensemble["members"] == "2 seeds" and ensemble["chosen"] in ("yes", "no")
+    assert headline_model(suite) == ("unified ×2" if ensemble["chosen"] == "yes" else "unified")
+    assert strongest_baseline(suite, 10) not in ("unified", "unified ×2", "text-only")
     # warm and cold partition the sessions
     parts = rows["unified"]["metrics"]
     assert parts["warm"]["n_sessions"] + parts["cold"]["n_sessions"] == parts["all"]["n_sessions"]
     table = headline({"synthetic": suite})
     assert "| Synthetic world (default) |" in table and table.count("\n") == 3
     # every comparison of the unified model comes with its interval over resampled test searchers
-    gain = suite.compare("unified", "popularity", 10)
+    gain = suite.compare(headline_model(suite), "popularity", 10)
     assert gain.low <= gain.estimate <= gain.high and f"{gain}" in against_each(suite)
     for k in (10, 100):
-        assert str(suite.compare("unified", strongest_baseline(suite, k), k)) in table
+        assert str(suite.compare(headline_model(suite), strongest_baseline(suite, k), k)) in table
     # a model ranks through the same protocol as a baseline: a ranker over the index, best first
     top = rank_sessions(EmbeddingRanker(_any_model(tiny), tiny.index), suite.sessions, suite.doc_ids, 10)
     assert top.shape == (len(suite.sessions.targets), 10) and (top >= -1).all()
@@ -92,3 +101,26 @@ def test_validation_period_data_never_reaches_the_features_of_the_validation_ind
 
     assert row(moved.corpus)["member_count"] > row(prep.corpus)["member_count"] + 20  # shared snapshots count them
     pd.testing.assert_frame_equal(moved.valid_index, prep.valid_index)  # the validation index does not
+
+
+def test_without_a_validation_split_the_seed_ensemble_is_judged_on_a_slice_then_retrained_on_everything(
+        tiny, tmp_path):
+    """SciFact's path: the members are judged on the baselines' slice of the training sessions, and the
+    ensemble served is made of members retrained on the whole training split."""
+    from bench.baselines import Baselines
+    from bench.retrieval_quality import MODEL_GRID, base_config, fit_model, fit_seed_ensemble
+
+    prep = dataclasses.replace(tiny, parts={**tiny.parts, "valid": tiny.parts["valid"].iloc[:0]}, valid_index=None)
+    suite = Baselines(prep, 300, dense=False)
+    args = argparse.Namespace(epochs=1, threads=1, no_progress=True)
+    fitted = fit_model(prep, suite, base_config(args, len(prep.parts["train"])), MODEL_GRID, tmp_path / "grid")
+    assert fitted.validated is not fitted.result  # chosen on the slice, retrained on everything
+    ensemble, choice = fit_seed_ensemble(prep, suite, fitted, 2, tmp_path / "seeds")
+    assert choice["members"] == "2 seeds" and " vs " in choice["validation R@10"]
+    first, second = ensemble.members
+    assert first is fitted.result.model
+    vocab = {m: m.fitted.vocabularies["doc"] for m in (first, second, fitted.validated.model)}
+    assert vocab[second].equals(vocab[first])  # the same whole training split
+    assert not vocab[second].equals(vocab[fitted.validated.model])  # not the slice
+    q = prep.parts["test"].head(5)
+    assert not np.allclose(first.embed_queries(q), second.embed_queries(q))  # another seed, another model
