@@ -135,7 +135,11 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
                 suite.headline = name
                 if args.seeds > 1:
                     t0 = time.perf_counter()
-                    ensemble, choice = fit_seed_ensemble(prep, suite, fitted, args.seeds, Path(tmp) / f"{name}-seeds")
+                    ensemble, choice = fit_seed_ensemble(prep, suite, fitted, args.seeds,
+                                                         Path(tmp) / f"{name}-seeds")
+                    if ensemble is None:  # rejected on the slice: said in the model's own row
+                        suite.rows[name]["params"]["seed ensemble"] = f"{choice['validation R@10']}, not kept"
+                        continue
                     label = f"{name} ×{args.seeds}"
                     suite.score(label, EmbeddingRanker(ensemble, prep.index), choice,
                                 fit_seconds=time.perf_counter() - t0)
@@ -199,13 +203,14 @@ def validation_data(prep: Prepared, suite: Baselines):
 
 
 def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: int, out: Path):
-    """(ensemble, what validation said): the chosen setting trained again with ``seeds - 1`` more seeds and the runs
-    concatenated with equal weights, the paper's weighted-concatenation ensemble (eq. 4-6: one index, one
-    inner product; members of one recipe are exchangeable, so no weight is fitted). Runs of one recipe
-    differ by their initialization and example order, and their errors partly cancel. Judged like every
-    setting: validation recall@10 of the concatenation against the single run's, both by
-    :func:`evaluation.protocol.evaluate_ranker` (on the slice of the training sessions where a source has no
-    validation split, the members then retrained on the whole training split)."""
+    """(ensemble or None, what validation said): the chosen setting trained again with ``seeds - 1`` more
+    seeds and the runs concatenated with equal weights, the paper's weighted-concatenation ensemble (eq. 4-6:
+    one index, one inner product; members of one recipe are exchangeable, so no weight is fitted). Runs of
+    one recipe differ by their initialization and example order, and their errors partly cancel. Judged like
+    every setting: validation recall@10 of the concatenation against the single run's, both by
+    :func:`evaluation.protocol.evaluate_ranker`. Where a source has no validation split the members are
+    judged on the slice of the training sessions, then retrained on the whole training split if kept (None
+    if not: what validation rejects is not paid for twice)."""
     from models.ensemble import WeightedConcat
     from models.train import train
 
@@ -216,22 +221,21 @@ def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: i
         return evaluate_ranker(EmbeddingRanker(model, documents), check, documents, ks=(10, 100),
                                max_sessions=suite.max_sessions, consumed=suite.valid_consumed)["recall@10"]
 
-    sliced = fitted.validated is not fitted.result  # no validation split: members judged on the slice
-    validated, final = [], [fitted.result.model]
-    for i in range(seeds):
-        cfg = fitted.config.model_copy(update={"seed": fitted.config.seed + i})
-        if i == 0 and fitted.validated is not None:
-            validated.append(fitted.validated.model)
-            continue
-        run = train(fit, check, prep.corpus, cfg, out / f"{i}", resume=False, consumed=suite.valid_consumed,
-                    valid_documents=valid_index)
-        validated.append(run.model)
-        if i:
-            final.append(train(prep.parts["train"], None, prep.corpus, cfg, out / f"{i}-final",
-                               resume=False).model if sliced else run.model)
-    single, concat = recall(validated[0]), recall(WeightedConcat(validated, [1.0] * seeds))
+    configs = [fitted.config.model_copy(update={"seed": fitted.config.seed + i}) for i in range(seeds)]
+    have = [fitted.validated] if fitted.validated is not None else []  # the chosen run is the first member
+    validated = have + [train(fit, check, prep.corpus, cfg, out / str(cfg.seed), resume=False,
+                              consumed=suite.valid_consumed, valid_documents=valid_index)
+                        for cfg in configs[len(have):]]
+    single = recall(validated[0].model)
+    concat = recall(WeightedConcat([r.model for r in validated], [1.0] * seeds))
     choice = {"members": f"{seeds} seeds", "validation R@10": f"{concat:.4f} vs {single:.4f} single",
               "chosen": "yes" if concat > single else "no"}
+    if fitted.validated is fitted.result:  # a validation split: the members are trained on the training split
+        return WeightedConcat([r.model for r in validated], [1.0] * seeds), choice
+    if choice["chosen"] == "no":  # judged on the slice and not kept: no members on the whole split to pay for
+        return None, choice
+    final = [fitted.result.model] + [train(prep.parts["train"], None, prep.corpus, cfg, out / f"{cfg.seed}-final",
+                                           resume=False).model for cfg in configs[1:]]
     return WeightedConcat(final, [1.0] * seeds), choice
 
 

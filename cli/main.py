@@ -230,10 +230,21 @@ def train(
     window_days: Optional[float] = typer.Option(
         None, min=0.01, help="train on the newest N days of the training split only (default: all of it): "
         "where tastes drift, recent clicks predict the next ones better; compare on validation"),
+    seed: int = typer.Option(
+        0, min=0, help="random seed of the initialization and example order: runs of one recipe with other "
+        "seeds, registered under their own --model-name, make a seed ensemble (ebr ensemble --members "
+        "unified,NAME,...)"),
+    model_name: Optional[str] = typer.Option(None, help="register under this name (default: <dataset>-two-tower)"),
 ) -> None:
     """Train the unified two-tower model, evaluate it on held-out sessions and register it."""
+    from infra.names import InvalidNameError, check_name
     from models.pretrained import ENCODERS
 
+    if model_name is not None:
+        try:
+            check_name(model_name, "model name")
+        except InvalidNameError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--model-name") from None
     if pretrained_text is not None and pretrained_text not in ENCODERS:
         raise typer.BadParameter(f"unknown encoder {pretrained_text!r}; known: {', '.join(ENCODERS)}",
                                  param_hint="--pretrained-text")
@@ -247,7 +258,8 @@ def train(
         cfg = cfg.model_copy(update={"epochs": epochs})
     if window_days is not None:
         cfg = cfg.model_copy(update={"train_window_days": window_days})
-    typer.echo(f"registered {flow(dataset, TrainParams(config=cfg))}")
+    cfg = cfg.model_copy(update={"seed": seed})
+    typer.echo(f"registered {flow(dataset, TrainParams(config=cfg, model_name=model_name))}")
 
 
 @app.command()

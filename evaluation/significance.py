@@ -34,7 +34,10 @@ class RelativeDifference:
         return self.low <= 0.0 <= self.high
 
     def __str__(self) -> str:
-        return f"{self.estimate:+.0%} [{self.low:+.0%}, {self.high:+.0%}]"
+        def pct(x: float) -> str:  # a bound near 0 keeps a decimal: "+0%" would hide which side it is on
+            return f"{x:+.1%}" if abs(x) < 0.01 else f"{x:+.0%}"
+
+        return f"{pct(self.estimate)} [{pct(self.low)}, {pct(self.high)}]" + (" (tie)" if self.tie else "")
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, groups: np.ndarray | None = None, n_boot: int = 2000,

@@ -117,6 +117,9 @@ def test_without_a_validation_split_the_seed_ensemble_is_judged_on_a_slice_then_
     assert fitted.validated is not fitted.result  # chosen on the slice, retrained on everything
     ensemble, choice = fit_seed_ensemble(prep, suite, fitted, 2, tmp_path / "seeds")
     assert choice["members"] == "2 seeds" and " vs " in choice["validation R@10"]
+    assert (ensemble is None) == (choice["chosen"] == "no")  # rejected on the slice: not retrained
+    if ensemble is None:
+        return
     first, second = ensemble.members
     assert first is fitted.result.model
     vocab = {m: m.fitted.vocabularies["doc"] for m in (first, second, fitted.validated.model)}

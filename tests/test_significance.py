@@ -21,7 +21,13 @@ def test_a_clear_gain_is_separated_and_a_coin_flip_is_a_tie():
     flip = rng.random(2000) < 0.2  # same rate, independent draws
     tie = paired_bootstrap(flip, base, searchers)
     assert tie.tie and tie.low < 0 < tie.high
-    assert str(gain).startswith("+") and "[" in str(gain)
+    assert str(gain).startswith("+") and "[" in str(gain) and "tie" not in str(gain)
+    assert str(tie).endswith(" (tie)")
+    from evaluation.significance import RelativeDifference
+
+    # a bound that rounds to 0% keeps a decimal, so that its side of 0 shows
+    assert str(RelativeDifference(0.2, 0.003, 0.45, 100, 0.95)) == "+20% [+0.3%, +45%]"
+    assert str(RelativeDifference(0.2, -0.002, 0.45, 100, 0.95)) == "+20% [-0.2%, +45%] (tie)"
 
 
 def test_resampling_searchers_widens_the_interval_when_their_sessions_agree():
