@@ -171,7 +171,6 @@ def test_ensemble_flow_registers_a_model_that_rebuild_and_search_serve(world, mi
         assert retriever.index.dim == 64  # two 32-d members side by side
 
 
-
 def test_a_seed_ensemble_of_two_runs_of_one_recipe_registers(world):
     """`ebr train --seed 1 --model-name NAME`, then `ebr ensemble --members unified,NAME`: the second run is
     another model of the same recipe, and the weighted concatenation of both registers."""
