@@ -233,7 +233,7 @@ def train(
     seed: int = typer.Option(
         0, min=0, help="random seed of the initialization and example order: runs of one recipe with other "
         "seeds, registered under their own --model-name, make a seed ensemble (ebr ensemble --members "
-        "unified,NAME,...)"),
+        "unified,NAME,...; the aliases seed1, seed2, ... train them)"),
     model_name: Optional[str] = typer.Option(None, help="register under this name (default: <dataset>-two-tower)"),
 ) -> None:
     """Train the unified two-tower model, evaluate it on held-out sessions and register it."""
@@ -302,8 +302,9 @@ def ensemble(
     dataset: str = typer.Option("synthetic-default"),
     kind: str = typer.Option("weighted_concat", help="weighted_concat or cascade"),
     members: Optional[str] = typer.Option(
-        None, help="comma-separated registered model names or the aliases unified, text, hnm (default: "
-        "unified,hnm for weighted_concat; text,unified for cascade)"),
+        None, help="comma-separated registered model names or the aliases unified, text, hnm and seedN (the "
+        "unified recipe with seed N; unified,seed1,seed2 is a seed ensemble; default: unified,hnm for "
+        "weighted_concat; text,unified for cascade)"),
     promote: bool = typer.Option(False, help="also make the ensemble the dataset's current two-tower model"),
 ) -> None:
     """Fit a weighted-concat or cascade ensemble on validation data, evaluate it and register it."""

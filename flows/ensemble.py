@@ -1,8 +1,9 @@
 """The ensemble flow: weighted-concatenation and cascade ensembles of registered models (section 6.2).
 
 Steps: resolve the members (registered model names; the aliases ``unified``, ``text`` and ``hnm`` name the
-dataset's unified, text-only and offline-HNM models, and a missing one is trained first: ``train`` for the
-first two, one ``mine`` round for the last) -> fit the concatenation weights (a line search) or the cascade's
+dataset's unified, text-only and offline-HNM models, ``seedN`` the unified recipe trained with seed N (a seed
+ensemble: ``unified,seed1,seed2``), and a missing one is trained first: ``train`` for all but the HNM model,
+one ``mine`` round for it) -> fit the concatenation weights (a line search) or the cascade's
 re-rank depth N on the validation split -> evaluate members and ensemble on the test split, exactly and on
 the IVF-PQ index the nightly rebuild would build (the paper: quantization costs an ensemble more) ->
 register the ensemble as a version of ``model/<dataset>-ensemble`` (its members' files and versions, weights
@@ -12,6 +13,7 @@ or N, feature service) -> the comparison table as an artifact. ``rebuild-index -
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Literal
@@ -35,6 +37,13 @@ from infra.settings import get_settings
 from models.config import TrainConfig
 
 ALIASES = ("unified", "text", "hnm")
+SEED_ALIAS = re.compile(r"^seed([1-9][0-9]{0,2})$")  # seedN: the unified recipe trained with seed N
+
+
+def seed_of(alias: str) -> int | None:
+    """N of a ``seedN`` alias (another run of the unified recipe, for a seed ensemble), else None."""
+    m = SEED_ALIAS.match(alias)
+    return int(m.group(1)) if m else None
 DEFAULT_MEMBERS = {"weighted_concat": ("unified", "hnm"), "cascade": ("text", "unified")}
 
 
@@ -45,8 +54,9 @@ class EnsembleParams(BaseModel):
 
     kind: Literal["weighted_concat", "cascade"] = Field("weighted_concat", description="how members combine")
     members: tuple[str, ...] = Field(
-        (), description="registered model names (name or name@version) or the aliases unified, text, hnm; "
-        "empty: unified+hnm (weighted_concat) or text then unified (cascade: first stage, second stage)",
+        (), description="registered model names (name or name@version) or the aliases unified, text, hnm and "
+        "seedN (the unified recipe trained with seed N: unified,seed1,seed2 is a seed ensemble); empty: "
+        "unified+hnm (weighted_concat) or text then unified (cascade: first stage, second stage)",
     )
     train_missing: bool = Field(True, description="train an alias member that is not registered yet")
     member_config: TrainConfig = Field(default_factory=laptop_config,
@@ -67,8 +77,8 @@ class EnsembleParams(BaseModel):
 
         for m in v:
             name = m.split("@", 1)[0]
-            if m not in ALIASES and not re.match(NAME_PATTERN, name):
-                raise ValueError(f"member {m!r} is neither an alias {ALIASES} nor a model name")
+            if m not in ALIASES and seed_of(m) is None and not re.match(NAME_PATTERN, name):
+                raise ValueError(f"member {m!r} is neither an alias {ALIASES} or seedN nor a model name")
         return v
 
     def member_list(self) -> tuple[str, ...]:
@@ -81,6 +91,8 @@ class EnsembleParams(BaseModel):
 
 
 def alias_name(alias: str, dataset: str) -> str:
+    if seed_of(alias) is not None:
+        return f"{dataset}-two-tower-{alias}"
     return {"unified": f"{dataset}-two-tower", "text": f"{dataset}-two-tower-text",
             "hnm": f"{dataset}-two-tower-hnm"}.get(alias, alias.split("@", 1)[0])
 
@@ -176,7 +188,7 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
     members = params.member_list()
     names = [alias_name(m, dataset) for m in members]
     for alias, name in zip(members, names):
-        if alias in ALIASES and not is_registered(name):
+        if (alias in ALIASES or seed_of(alias) is not None) and not is_registered(name):
             if not params.train_missing:
                 raise LookupError(f"member {alias} ({name}) is not registered and train_missing is off")
             log.info("member %s (%s) is not registered: training it", alias, name)
@@ -186,6 +198,8 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
                 cfg = params.member_config
                 if alias == "text":
                     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"use_context": False})})
+                if seed_of(alias) is not None:
+                    cfg = cfg.model_copy(update={"seed": seed_of(alias)})
                 train(dataset, TrainParams(config=cfg, model_name=name))
 
     loaded = [load_member(n, m.split("@", 1)[1] if "@" in m else None) for m, n in zip(members, names)]

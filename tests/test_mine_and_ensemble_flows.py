@@ -171,27 +171,29 @@ def test_ensemble_flow_registers_a_model_that_rebuild_and_search_serve(world, mi
         assert retriever.index.dim == 64  # two 32-d members side by side
 
 
-def test_a_seed_ensemble_of_two_runs_of_one_recipe_registers(world):
-    """`ebr train --seed 1 --model-name NAME`, then `ebr ensemble --members unified,NAME`: the second run is
-    another model of the same recipe, and the weighted concatenation of both registers."""
+def test_a_seed_ensemble_trains_its_missing_members_and_registers(world):
+    """`ebr ensemble --members unified,seed1`: the alias trains the unified recipe with seed 1 under its own
+    name (what `ebr train --seed 1 --model-name NAME` does), another model of the same recipe, and the
+    weighted concatenation of both runs registers."""
     import torch
 
     from flows.ensemble import EnsembleParams, ensemble
-    from flows.train import TrainParams, train
     from training.registry import load_registered_model
 
-    name = f"{DATASET}-two-tower-seed1"
-    train(dataset=DATASET, params=TrainParams(config=tiny_config(seed=1), model_name=name, max_eval_sessions=300))
+    with pytest.raises(ValueError, match="seedN"):
+        EnsembleParams(members=("unified", "seed1/../x"))
+    params = EnsembleParams(members=("unified", "seed1"), member_config=tiny_config(), max_eval_sessions=300,
+                            model_name=f"{DATASET}-seeds")
+    ref = ensemble(dataset=DATASET, params=params)
     first, _ = load_registered_model(f"{DATASET}-two-tower", None)
-    second, av = load_registered_model(name, None)
+    second, av = load_registered_model(f"{DATASET}-two-tower-seed1", None)
     assert av.metadata["config"]["seed"] == 1  # saved with the model
     a, b = first.state_dict(), second.state_dict()
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)  # another run
-    params = EnsembleParams(members=("unified", name), member_config=tiny_config(), max_eval_sessions=300,
-                            model_name=f"{DATASET}-seeds")
-    ref = ensemble(dataset=DATASET, params=params)
     meta = ArtifactStore.from_settings().get("model", params.model_name).metadata
-    assert ref and len(meta["ensemble"]["members"]) == 2 and meta["metrics"]["recall@10"] > 0
+    members = meta["config"]["members"]
+    assert ref and [m["ref"] for m in meta["ensemble"]["members"]] == members and len(members) == 2
+    assert members[1] == av.ref and meta["metrics"]["recall@10"] > 0  # the seed-1 run is the second member
 
 
 def retriever_request(session):
