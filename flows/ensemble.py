@@ -38,13 +38,13 @@ from models.config import TrainConfig
 
 ALIASES = ("unified", "text", "hnm")
 SEED_ALIAS = re.compile(r"^seed([1-9][0-9]{0,2})$")  # seedN: the unified recipe trained with seed N
+DEFAULT_MEMBERS = {"weighted_concat": ("unified", "hnm"), "cascade": ("text", "unified")}
 
 
 def seed_of(alias: str) -> int | None:
     """N of a ``seedN`` alias (another run of the unified recipe, for a seed ensemble), else None."""
     m = SEED_ALIAS.match(alias)
     return int(m.group(1)) if m else None
-DEFAULT_MEMBERS = {"weighted_concat": ("unified", "hnm"), "cascade": ("text", "unified")}
 
 
 class EnsembleParams(BaseModel):
@@ -78,7 +78,7 @@ class EnsembleParams(BaseModel):
         for m in v:
             name = m.split("@", 1)[0]
             if m not in ALIASES and seed_of(m) is None and not re.match(NAME_PATTERN, name):
-                raise ValueError(f"member {m!r} is neither an alias {ALIASES} or seedN nor a model name")
+                raise ValueError(f"member {m!r} is neither an alias ({', '.join(ALIASES)}, seedN) nor a model name")
         return v
 
     def member_list(self) -> tuple[str, ...]:
