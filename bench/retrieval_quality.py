@@ -111,7 +111,7 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
     base = base_config(args, len(prep.parts["train"]))
     if prep.name in args.dense:
         variants = {**variants, **PRETRAINED}
-    ensembled = [n for n in (*PRETRAINED, "unified") if n in variants][0]
+    ensembled = headline_variant(variants)
     with tempfile.TemporaryDirectory(prefix="ebr-quality-") as tmp:
         for name, variant in variants.items():
             t0 = time.perf_counter()
@@ -226,12 +226,12 @@ def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: i
     validated = have + [train(fit, check, prep.corpus, cfg, out / str(cfg.seed), resume=False,
                               consumed=suite.valid_consumed, valid_documents=valid_index)
                         for cfg in configs[len(have):]]
-    single = recall(validated[0].model)
-    concat = recall(WeightedConcat([r.model for r in validated], [1.0] * seeds))
+    ensemble = WeightedConcat([r.model for r in validated], [1.0] * seeds)
+    single, concat = recall(validated[0].model), recall(ensemble)
     choice = {"members": f"{seeds} seeds", "validation R@10": f"{concat:.4f} vs {single:.4f} single",
               "chosen": "yes" if concat > single else "no"}
     if fitted.validated is fitted.result:  # a validation split: the members are trained on the training split
-        return WeightedConcat([r.model for r in validated], [1.0] * seeds), choice
+        return ensemble, choice
     if choice["chosen"] == "no":  # judged on the slice and not kept: no members on the whole split to pay for
         return None, choice
     final = [fitted.result.model] + [train(prep.parts["train"], None, prep.corpus, cfg, out / f"{cfg.seed}-final",
@@ -257,7 +257,12 @@ def headline_model(suite: Baselines) -> str:
     """The unified model of the headline: with the pretrained text sub-model where the dataset runs it
     (--dense: chosen per dataset before any run, for text-heavy corpora), the hashed-text towers elsewhere;
     its seed ensemble where validation preferred it (:func:`run_dataset`)."""
-    return suite.headline or next((n for n in PRETRAINED if n in suite.rows), "unified")
+    return suite.headline or headline_variant(suite.rows)
+
+
+def headline_variant(names) -> str:
+    """Of the model names given, the one the headline compares: unified + MiniLM where it runs, else unified."""
+    return next((n for n in PRETRAINED if n in names), "unified")
 
 
 def headline(results: dict[str, Baselines]) -> str:
@@ -367,7 +372,8 @@ def main_quality(args) -> str:
         "per session (eq. 1), averaged. Models: the default recipe (sampled softmax, mixed negatives B'=256 "
         "with log-Q correction; laptop-sized hashed tables, see `flows/train.py`), trained on the training split "
         f"only with early stopping on the validation split and the softmax temperature (0.05 or 0.1; the unified "
-        "model 0.05) chosen on it; the unified model also tries its documents at point-in-time features (each positive as of its click, "
+        "model 0.05) chosen on it; the unified model also tries its documents at point-in-time features "
+        "(each positive as of its click, "
         "batch negatives; setting 'documents'), chosen on validation like the rest; then every model tries, on "
         "the setting chosen, training on the newest 90 days only (`TrainConfig.train_window_days`; where "
         "the training split spans more), kept where validation improves (setting 'window'). The headline model "
@@ -395,7 +401,8 @@ def main_quality(args) -> str:
         "Warm: a test session one of whose (query, clicked document) pairs occurs in training (without query "
         "text: whose clicked document anyone clicked in training); cold: the others. Known searcher: the "
         "session's searcher has training examples; new searcher: it has none. Each baseline's settings are in "
-        "the second column, chosen on validation (grids in `evaluation/baselines.py`); a model's row gives its best epoch on validation.",
+        "the second column, chosen on validation (grids in `evaluation/baselines.py`); a model's row gives its "
+        "best epoch on validation.",
         "",
         details(results, preps),
         "Features: every dataset goes through the same code: `training.examples.build_examples`, then "

@@ -73,7 +73,6 @@ class EnsembleParams(BaseModel):
     @field_validator("members")
     @classmethod
     def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        import re
 
         for m in v:
             name = m.split("@", 1)[0]
