@@ -91,8 +91,9 @@ class Baselines:
     # -- what applies
     @property
     def collaborative(self) -> bool:
-        """Searchers come back: the test sessions' searchers were seen in training (not SciFact's one)."""
-        return self.train["searcher_id"].nunique() >= 10
+        """Searchers come back: some test sessions' searchers were seen in training (not SciFact's, each
+        claim asked by a searcher of its own), so there are interactions to factorize."""
+        return self.train["searcher_id"].nunique() >= 10 and self.known.mean() >= 0.01
 
     @property
     def profiled(self) -> bool:

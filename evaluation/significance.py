@@ -5,8 +5,7 @@ sessions of one searcher are not independent (a MovieLens test searcher contribu
 ranked with the same features), so the bootstrap resamples **searchers**, each with all its sessions, and
 recomputes ``mean(a) / mean(b) - 1`` on each resample; the percentile interval says how far the figure could
 move on another draw of searchers from the same population. An interval that contains 0 is a tie.
-When the sessions come from too few searchers to resample (SciFact: one anonymous searcher), each session is
-its own group.
+When the sessions come from too few searchers to resample, each session is its own group.
 """
 
 from __future__ import annotations

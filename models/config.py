@@ -47,7 +47,8 @@ class ModelConfig(BaseModel):
     profile: bool = Field(True, description="the searcher's attribute tokens (age group, gender, occupation)")
     tags: bool = Field(True, description="the document's own labels (topics; an event's group): what links a "
                        "new document to known ones")
-    id_min_count: int = Field(2, ge=1, description="training examples an id needs to get its own embedding")
+    id_min_count: int = Field(2, ge=1, description="training examples a document id, training sessions a "
+                              "searcher id needs to get its own embedding")
     scale_counts: bool = Field(
         True, description="standardize the log1p count features with training statistics (unscaled counts "
         "up to ~7 dominate the MLP input)",

@@ -140,15 +140,22 @@ class TwoTowerModel(nn.Module):
         self.query_featurizer.fitted = self.doc_featurizer.fitted = fitted
 
     def fit_inputs(self, examples_train: pd.DataFrame, documents: pd.DataFrame) -> FittedInputs:
-        """Learn the id vocabularies (ids with at least ``id_min_count`` training examples) and the count
-        statistics (query side over the examples, document side over the corpus), and use them."""
+        """Learn the id vocabularies (document ids with at least ``id_min_count`` training examples, searcher
+        ids with at least ``id_min_count`` training sessions) and the count statistics (query side over the
+        examples, document side over the corpus), and use them. A searcher id is counted by sessions: one
+        session's several clicks (a SciFact claim's relevant abstracts) would give an embedding that only
+        memorizes that session, and is never served again."""
         cfg = self.config
         id_column = {"doc": DOC_ID, "searcher": "searcher_id"}  # where training counts each id kind
         kinds = {f.kind for f in (*self.query_featurizer.columns.context, *self.doc_featurizer.columns.context)
                  if f.kind in ID_KINDS}  # the document id, the history (document ids), the searcher id
         vocab: dict[str, pd.Index] = {}
         for kind in sorted(kinds):
-            counts = examples_train[id_column[kind]].astype(str).value_counts()
+            ids = examples_train[id_column[kind]].astype(str)
+            if kind == "searcher" and "session_id" in examples_train.columns:
+                counts = examples_train["session_id"].groupby(ids.to_numpy()).nunique()
+            else:
+                counts = ids.value_counts()
             vocab[kind] = pd.Index(sorted(counts.index[counts >= cfg.id_min_count]), dtype=object)
         numeric: dict[str, tuple[list[float], list[float]]] = {}
         if cfg.scale_counts:

@@ -132,6 +132,16 @@ def test_ids_below_the_min_count_share_the_unknown_row_and_the_vocabulary_travel
     assert np.allclose(loaded.embed_documents(documents), model.embed_documents(documents), atol=1e-6)
 
 
+def test_a_searcher_id_needs_sessions_not_clicks(toy):
+    # one session's several clicks (a SciFact claim's relevant abstracts) do not make a returning searcher
+    examples, documents = toy
+    ex = examples.head(6).copy()
+    ex["searcher_id"] = ["once", "once", "once", "twice", "twice", "thrice"]
+    ex["session_id"] = ["s1", "s1", "s1", "s2", "s3", "s4"]
+    fitted = TwoTowerModel(TINY).fit_inputs(ex, documents)
+    assert list(fitted.vocabularies["searcher"]) == ["twice"]
+
+
 def test_positives_come_from_the_document_table_unless_asked_otherwise(toy):
     examples, documents = toy
     ex = examples.head(5).copy()

@@ -1,8 +1,11 @@
 """BEIR SciFact as canonical tables: text retrieval of abstracts by scientific claims, with qrels.
 
 - documents: the corpus (``doc_type`` paper, title and abstract text). No dates: ``undated_at``.
-- searchers: one anonymous searcher (id ``anonymous``) asks every query. Claims have no author, location or
-  time, so per-query dummy searchers would only add empty rows; social and location features stay empty.
+- searchers: every query is asked by a searcher of its own (id ``anonymous-<query id>``): claims have no
+  author, location or time, so no searcher's history may carry over from one claim to another. (One shared
+  anonymous searcher would have every earlier claim's relevant abstracts as its history: none for the
+  training claims, which share one date, and the training claims' for every test claim, a feature the model
+  is served but never trained with.) Social and location features stay empty.
 - sessions: one per query that has relevance labels (session_id = the query id): query = claim text,
   clicked = the documents judged relevant (score > 0), split train/test from the qrels file it is in.
   Queries without any qrels row are dropped (counted in the manifest; none in the published files).
@@ -25,7 +28,7 @@ SOURCE = "scifact"
 SUBDIR = "beir_scifact"
 QREL_FILES = {"train": "qrels/train.tsv", "test": "qrels/test.tsv"}
 FILES = ["corpus.jsonl", "queries.jsonl", *QREL_FILES.values()]
-ANONYMOUS = "anonymous"
+ANONYMOUS = "anonymous"  # the prefix of the per-query searcher ids
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def load(datasets_dir: Path, config: ScifactConfig | None = None) -> CanonicalDa
         sessions = pd.DataFrame(
             {
                 "session_id": q["session_id"],
-                "searcher_id": ANONYMOUS,
+                "searcher_id": ANONYMOUS + "-" + q["session_id"],
                 "ts": undated,
                 "query": q["query"],
                 "impressed": [[] for _ in range(len(q))],
@@ -105,8 +108,8 @@ def load(datasets_dir: Path, config: ScifactConfig | None = None) -> CanonicalDa
                 f"e.g. {qrels.loc[unknown_query, 'session_id'].iloc[0]!r}"
             )
         searchers = pd.DataFrame(
-            {"searcher_id": [ANONYMOUS], "city": None, "region": None, "country": None, "language": "en",
-             "created_at": undated}
+            {"searcher_id": sessions["searcher_id"], "city": None, "region": None, "country": None,
+             "language": "en", "created_at": undated}
         )
         bar.done()
 
@@ -121,7 +124,7 @@ def load(datasets_dir: Path, config: ScifactConfig | None = None) -> CanonicalDa
     notes = (
         f"BEIR SciFact. Sessions = queries with qrels (split from qrels/train.tsv and qrels/test.tsv; "
         f"{params['queries_without_qrels_dropped']} unlabelled queries dropped); clicked = relevant documents. "
-        f"One anonymous searcher; documents and sessions have no dates and carry {cfg.undated_at}."
+        f"One anonymous searcher per query; documents and sessions have no dates and carry {cfg.undated_at}."
     )
     return CanonicalDataset(
         searchers=searchers,
