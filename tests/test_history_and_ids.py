@@ -136,7 +136,7 @@ def test_a_searcher_id_needs_sessions_not_clicks(toy):
     # one session's several clicks (a SciFact claim's relevant abstracts) do not make a returning searcher
     examples, documents = toy
     ex = examples.head(6).copy()
-    ex["searcher_id"] = ["once", "once", "once", "twice", "twice", "thrice"]
+    ex["searcher_id"] = ["once", "once", "once", "twice", "twice", "new"]
     ex["session_id"] = ["s1", "s1", "s1", "s2", "s3", "s4"]
     fitted = TwoTowerModel(TINY).fit_inputs(ex, documents)
     assert list(fitted.vocabularies["searcher"]) == ["twice"]
