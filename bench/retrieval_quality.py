@@ -163,8 +163,8 @@ def fit_model(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Pa
     baselines' settings, it is chosen on the validation split, or, where a source has none (SciFact), on the
     same slice of the training sessions as the baselines (each setting trained on the rest), and then
     retrained on the whole training split with the epoch budget every model of such a source gets (a slice
-    of ~180 SciFact claims is too small to pick an epoch with). Without a validation split a one-setting grid
-    is trained once, on the whole training split."""
+    of SciFact's training claims is too small to pick an epoch with). Without a validation split a
+    one-setting grid is trained once, on the whole training split."""
     from models.train import train
 
     valid = prep.parts["valid"] if len(prep.parts["valid"]) else None

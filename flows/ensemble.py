@@ -47,6 +47,11 @@ def seed_of(alias: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def is_alias(member: str) -> bool:
+    """A member the flow can train where it is missing: ``unified``, ``text``, ``hnm`` or ``seedN``."""
+    return member in ALIASES or seed_of(member) is not None
+
+
 class EnsembleParams(BaseModel):
     """Which ensemble, of which members, fit how."""
 
@@ -73,10 +78,9 @@ class EnsembleParams(BaseModel):
     @field_validator("members")
     @classmethod
     def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-
         for m in v:
             name = m.split("@", 1)[0]
-            if m not in ALIASES and seed_of(m) is None and not re.match(NAME_PATTERN, name):
+            if not is_alias(m) and not re.match(NAME_PATTERN, name):
                 raise ValueError(f"member {m!r} is neither an alias ({', '.join(ALIASES)}, seedN) nor a model name")
         return v
 
@@ -187,7 +191,7 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
     members = params.member_list()
     names = [alias_name(m, dataset) for m in members]
     for alias, name in zip(members, names):
-        if (alias in ALIASES or seed_of(alias) is not None) and not is_registered(name):
+        if is_alias(alias) and not is_registered(name):
             if not params.train_missing:
                 raise LookupError(f"member {alias} ({name}) is not registered and train_missing is off")
             log.info("member %s (%s) is not registered: training it", alias, name)
@@ -197,8 +201,8 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
                 cfg = params.member_config
                 if alias == "text":
                     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"use_context": False})})
-                if seed_of(alias) is not None:
-                    cfg = cfg.model_copy(update={"seed": seed_of(alias)})
+                if (seed := seed_of(alias)) is not None:
+                    cfg = cfg.model_copy(update={"seed": seed})
                 train(dataset, TrainParams(config=cfg, model_name=name))
 
     loaded = [load_member(n, m.split("@", 1)[1] if "@" in m else None) for m, n in zip(members, names)]
