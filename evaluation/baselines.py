@@ -596,6 +596,22 @@ def holdout_sessions(examples: pd.DataFrame, fraction: float = 0.2, seed: int = 
     return examples[~mask], examples[mask]
 
 
+def session_folds(examples: pd.DataFrame, k: int = 5, seed: int = 0) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """k (rest, held out) pairs whose held-out parts partition the sessions of ``examples`` (k-fold
+    cross-validation over whole sessions, of the TRAINING split). Fold 0 is ``holdout_sessions(examples,
+    1 / k, seed)``, the slice the baselines choose on; the other sessions are dealt at random into the rest."""
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    key = examples["session_id"].astype(str)
+    _, first = holdout_sessions(examples, 1 / k, seed)
+    first_keys = set(first["session_id"].astype(str))
+    others = np.random.default_rng(seed).permutation(key[~key.isin(first_keys)].unique())
+    if len(others) < k - 1:
+        raise ValueError(f"{key.nunique()} sessions cannot make {k} folds")
+    parts = [first_keys] + [set(p) for p in np.array_split(others, k - 1)]
+    return [(examples[~m], examples[m]) for m in (key.isin(p).to_numpy() for p in parts)]
+
+
 @dataclass
 class GridResult:
     """What :func:`fit_on_validation` chose: the best params, the ranker fitted with them (on the document

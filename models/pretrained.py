@@ -72,8 +72,24 @@ class TextEncoder:
                 self._cache.popitem(last=False)
         return out
 
+    def preload(self, vectors: dict[str, np.ndarray]) -> None:
+        """Seed the cache with vectors this encoder made elsewhere (another process of the same job)."""
+        with self._lock:
+            for t, v in vectors.items():
+                self._cache[t] = np.asarray(v, np.float32)
+
+    def cached(self) -> dict[str, np.ndarray]:
+        """A copy of the cache: every text encoded so far and its vector."""
+        with self._lock:
+            return dict(self._cache)
+
 
 @lru_cache(maxsize=4)
 def text_encoder(name: str) -> TextEncoder:
     """One cached encoder per name and process (loading takes seconds)."""
     return TextEncoder(name)
+
+
+def cached_vectors(name: str) -> dict[str, np.ndarray]:
+    """The vectors this process has encoded so far with encoder ``name``, to hand to another process."""
+    return text_encoder(name).cached()

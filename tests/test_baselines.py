@@ -12,6 +12,7 @@ import pytest
 from evaluation.baselines import (
     ALS, BM25, DenseEncoder, Fusion, LightFMWarp, NearbyPopularity, Popularity, ProfilePopularity, QueryPopularity,
     QueryPopularityALS, RecentPopularity, fit_on_validation, holdout_sessions, normalize_query, sentence_encoder,
+    session_folds,
 )
 from evaluation.protocol import (
     consumed_documents, evaluate_ranker, rank_sessions, split_metrics, subset_sessions, warm_sessions,
@@ -238,6 +239,19 @@ def test_holdout_sessions_keeps_sessions_whole():
     assert len(rest) + len(held) == 40 and held["session_id"].nunique() == 5
     assert not set(rest["session_id"]) & set(held["session_id"])
     assert (held.groupby("session_id").size() == 2).all()
+
+
+def test_session_folds_partition_the_sessions_and_start_with_the_slice():
+    ex = clicks([(f"s{i // 2}", "u", "q", f"d{i}") for i in range(46)])  # 23 sessions of 2 clicks
+    folds = session_folds(ex, 5, seed=3)
+    held = [set(h["session_id"]) for _, h in folds]
+    assert sorted(s for h in held for s in h) == sorted(set(ex["session_id"]))  # every session held out once
+    assert all(len(r) + len(h) == 46 and not set(r["session_id"]) & hs for (r, h), hs in zip(folds, held))
+    assert sorted(map(len, held)) == [4, 4, 5, 5, 5]  # the slice rounds 4.6 up, the rest deal 18 out
+    _, slice_ = holdout_sessions(ex, 0.2, seed=3)
+    assert held[0] == set(slice_["session_id"])  # fold 0: the slice the baselines choose on
+    with pytest.raises(ValueError, match="k >= 2"):
+        session_folds(ex, 1)
 
 
 # --------------------------------------------------------------------------- warm / cold

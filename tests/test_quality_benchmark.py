@@ -26,7 +26,7 @@ def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
     )
     from evaluation.protocol import EmbeddingRanker, rank_sessions
 
-    args = argparse.Namespace(epochs=1, threads=1, no_progress=True, max_sessions=500, dense="", seeds=2)
+    args = argparse.Namespace(epochs=1, threads=1, no_progress=True, max_sessions=500, dense="", seeds=2, workers=2)
     suite = run_dataset(tiny, args, MODELS)
     rows = suite.rows
     for name in ("popularity", "recent popularity", "query popularity", "BM25", "ALS (implicit)", "text-only",
@@ -105,8 +105,9 @@ def test_validation_period_data_never_reaches_the_features_of_the_validation_ind
 
 def test_without_a_validation_split_the_seed_ensemble_is_judged_on_a_slice_then_retrained_on_everything(
         tiny, tmp_path, monkeypatch):
-    """SciFact's path: the members are judged on the baselines' slice of the training sessions, and the
-    ensemble served is made of members retrained on the whole training split."""
+    """SciFact's path: the setting is chosen over folds of the training sessions, the members are judged on
+    the baselines' slice (fold 0), and the ensemble served is made of members retrained on the whole
+    training split."""
     import bench.retrieval_quality as quality
     from bench.baselines import Baselines
     from bench.retrieval_quality import MODEL_GRID, base_config, fit_model, fit_seed_ensemble
@@ -114,8 +115,11 @@ def test_without_a_validation_split_the_seed_ensemble_is_judged_on_a_slice_then_
     prep = dataclasses.replace(tiny, parts={**tiny.parts, "valid": tiny.parts["valid"].iloc[:0]}, valid_index=None)
     suite = Baselines(prep, 300, dense=False)
     args = argparse.Namespace(epochs=1, threads=1, no_progress=True)
+    monkeypatch.setattr(quality, "MIN_STEPS", 1)  # one epoch per run: 2 settings x 5 folds + 3 more runs
     fitted = fit_model(prep, suite, base_config(args, len(prep.parts["train"])), MODEL_GRID, tmp_path / "grid")
-    assert fitted.validated is not fitted.result  # chosen on the slice, retrained on everything
+    assert fitted.validated is not fitted.result  # chosen on the folds, retrained on everything
+    assert list(fitted.fold_means) == ["0.05", "0.1"]  # each temperature's mean over the folds
+    assert fitted.config.loss.temperature == float(max(fitted.fold_means, key=fitted.fold_means.get))
     # the slice's verdict, fixed to "kept" (the single run scores 0.1, the concatenation 0.2) so that the
     # retraining below always runs: the tiny world's own verdict could go either way
     verdicts = iter([0.1, 0.2])
