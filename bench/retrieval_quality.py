@@ -35,8 +35,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.baselines import Baselines, table
-from bench.parallel_training import Run, train_runs
 from bench.common import Prepared, prepare, prepare_source
+from bench.parallel_training import Run, train_runs
 from evaluation.baselines import BM25, Popularity, session_folds
 from evaluation.comparison import FEATURE_ABLATION, REPORT_VARIANTS, compare_models, comparison_markdown, variant_config
 from evaluation.protocol import EmbeddingRanker, consumed_documents, evaluate_ranker
