@@ -2,8 +2,8 @@
 in worker processes.
 
 One run's steps are sparse embedding-bag updates that a second intra-op thread barely speeds up
-(``flows.train.laptop_config``), so on 2 cores two runs of one thread each finish about twice as fast as
-the same runs one after the other with two threads. Workers are spawned (a forked child of a process whose
+(``flows.train.laptop_config``), so on 2 cores two runs of one thread each keep both cores busy where one
+run with two threads leaves the second mostly idle. Workers are spawned (a forked child of a process whose
 torch thread pool has run can hang); each trains with ``models.train.train`` as the sequential path does and
 returns its result without the model, which the parent loads from the run's ``model.pt``: the model a
 worker trained, byte for byte, and no pickled encoder or thread lock on the way back.
