@@ -17,8 +17,11 @@ pytestmark = pytest.mark.faults  # the fault suite: `./run test -m faults`
 
 
 def ebr(*args: str, home: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "EBR_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
+    """The command as a person runs it: without PREFECT_API_URL (a flow command starts a temporary Prefect
+    server of its own) unless ``env`` gives one."""
+    environ = {**os.environ, "EBR_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     environ.pop("PREFECT_API_URL", None)
+    environ.update(env or {})
     return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=environ, capture_output=True,
                           text=True, timeout=300)
 
@@ -36,22 +39,26 @@ def test_an_error_is_one_line_and_the_traceback_is_opt_in(tmp_path):
     assert out.returncode == 2  # an unknown command
 
 
-def test_a_failing_flow_command_prints_one_line_unless_debug(tmp_path):
-    out = ebr("train", "--dataset", "nope", home=tmp_path)
+def test_a_failing_flow_command_prints_one_line_unless_debug(tmp_path, prefect_harness):
+    out = ebr("train", "--dataset", "nope", home=tmp_path)  # with a temporary Prefect server of its own
     assert out.returncode == 1
     assert "Traceback" not in out.stderr + out.stdout
     assert out.stderr.count("error: unknown artifact dataset/nope-examples") == 1
-    out = ebr("--debug", "train", "--dataset", "nope", home=tmp_path)
+    # the runs below go to the session's Prefect server: each temporary one takes half a minute to start
+    from prefect.settings import PREFECT_API_URL
+
+    api = {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    out = ebr("--debug", "train", "--dataset", "nope", home=tmp_path, env=api)
     assert out.returncode == 1 and "Traceback" in out.stderr + out.stdout  # on request
     out = ebr("train", "--dataset", "nope", "--window-days", "0", home=tmp_path)
     assert out.returncode == 2 and "--window-days" in out.stderr  # a usage error, named
-    out = ebr("train", "--dataset", "nope", "--window-days", "90", home=tmp_path)
+    out = ebr("train", "--dataset", "nope", "--window-days", "90", home=tmp_path, env=api)
     assert out.returncode == 1 and "unknown artifact dataset/nope-examples" in out.stderr  # accepted, then run
     out = ebr("train", "--dataset", "nope", "--model-name", "../seed1", home=tmp_path)
     assert out.returncode == 2 and "--model-name" in out.stderr and "invalid model name" in out.stderr
     out = ebr("train", "--dataset", "nope", "--seed", "-1", home=tmp_path)
     assert out.returncode == 2 and "--seed" in out.stderr
-    out = ebr("train", "--dataset", "nope", "--seed", "1", "--model-name", "nope-seed1", home=tmp_path)
+    out = ebr("train", "--dataset", "nope", "--seed", "1", "--model-name", "nope-seed1", home=tmp_path, env=api)
     assert out.returncode == 1 and "unknown artifact dataset/nope-examples" in out.stderr  # accepted, then run
 
 
