@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models.columns import DOC_ID, ID_KINDS, document_columns, query_columns, to_document_columns
+from models.compact_bags import CompactEmbeddingBag
 from models.config import ModelConfig
 from models.pretrained import ENCODERS
 from models.features import FeatureTable, FittedInputs, Featurizer, Records, TowerInputs, log_counts
@@ -24,8 +25,9 @@ _INIT_STD = 0.1
 
 
 def _table(rows: int, dim: int) -> nn.EmbeddingBag:
-    # sparse=True: a step touches only the rows of its batch (SparseAdam); dense updates are 20x slower
-    t = nn.EmbeddingBag(rows, dim, mode="sum", sparse=True)
+    # sparse gradients: a step touches only the rows of its batch (SparseAdam); dense updates are 20x slower.
+    # Compact: one gradient row per distinct id, not per lookup (long texts repeat rows; models.compact_bags)
+    t = CompactEmbeddingBag(rows, dim)
     nn.init.normal_(t.weight, std=_INIT_STD)
     return t
 
