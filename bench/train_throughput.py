@@ -52,9 +52,14 @@ from models.train import train  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "train_throughput.md"
 
 
-def plain_loop(examples, documents, cfg: TrainConfig, epochs: int, compact: bool = True) -> tuple[float, float]:
+SAMPLED_STEPS = 5  # steps whose text-table lookups are counted
+
+
+def plain_loop(examples, documents, cfg: TrainConfig, epochs: int, compact: bool = True,
+               lookups: list | None = None) -> tuple[float, float]:
     """Examples/s of the bare loop (gather batch, forward, loss, backward, two optimizer steps), and
-    of the whole call including featurization. ``compact=False``: PyTorch's per-lookup sparse gradient."""
+    of the whole call including featurization. ``compact=False``: PyTorch's per-lookup sparse gradient.
+    ``lookups`` receives (lookups, distinct rows) of the text table in each of the first steps."""
     t_wall = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = TwoTowerModel(cfg.model)
@@ -66,6 +71,9 @@ def plain_loop(examples, documents, cfg: TrainConfig, epochs: int, compact: bool
     opt_s = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.sparse_lr)
     opt_d = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
     n, bs, seen = len(examples), cfg.batch_size, 0
+    tables = {id(t): t for t in (model.query_tower.text, model.doc_tower.text)}  # one if the towers share it
+    step_ids: dict[int, list[torch.Tensor]] = {k: [] for k in tables}
+    hooks = [t.register_forward_pre_hook(lambda m, args: step_ids[id(m)].append(args[0])) for t in tables.values()]
     t0 = time.perf_counter()
     for epoch in range(epochs):
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
@@ -80,6 +88,16 @@ def plain_loop(examples, documents, cfg: TrainConfig, epochs: int, compact: bool
             opt_s.step()
             opt_d.step()
             seen += len(rows)
+            if hooks:  # inside the timed loop, but only for its first few steps
+                if lookups is not None:
+                    per_table = [torch.cat(ids) for ids in step_ids.values()]
+                    lookups.append((sum(len(i) for i in per_table), sum(len(torch.unique(i)) for i in per_table)))
+                for ids in step_ids.values():
+                    ids.clear()
+                if lookups is None or len(lookups) >= SAMPLED_STEPS:
+                    for h in hooks:
+                        h.remove()
+                    hooks = []
     end = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:  # a loop delivers its model: one save at the end
         torch.save(model.state_dict(), Path(d) / "model.pt")
@@ -143,8 +161,9 @@ def main(argv: list[str] | None = None) -> str:
 
     examples, documents, cfg, what = workload(args)
     plain_runs, plain_wall_runs, lookup_runs, loop_runs, wall_runs = [], [], [], [], []
+    lookups: list[tuple[int, int]] = []
     for _ in range(args.repeats):  # alternating, so that the three share the machine's noise
-        rate, wall_rate = plain_loop(examples, documents, cfg, args.epochs)
+        rate, wall_rate = plain_loop(examples, documents, cfg, args.epochs, lookups=None if lookups else lookups)
         plain_runs.append(rate)
         plain_wall_runs.append(wall_rate)
         lookup_runs.append(plain_loop(examples, documents, cfg, args.epochs, compact=False)[0])
@@ -170,7 +189,9 @@ def main(argv: list[str] | None = None) -> str:
         "",
         "Embedding-table gradients, the plain loop's training steps (examples/s): compact (one row per distinct "
         f"id, `models.compact_bags`, what the towers use) {p:,.0f}; PyTorch's per-lookup sparse gradient "
-        f"{lk:,.0f}; compact / per-lookup {p / lk:.2f}x.",
+        f"{lk:,.0f}; compact / per-lookup {p / lk:.2f}x. A step looks up {np.mean([a for a, _ in lookups]):,.0f} "
+        f"rows of the text tables (both towers; mean of its first {len(lookups)} steps), "
+        f"{np.mean([b for _, b in lookups]):,.0f} of them distinct (per table).",
         "",
         f"Runs (examples/s): plain steps {[round(x) for x in plain_runs]}, whole {[round(x) for x in plain_wall_runs]}; "
         f"plain steps with per-lookup gradients {[round(x) for x in lookup_runs]}; "
