@@ -17,9 +17,9 @@ world runs ~1M examples per epoch. Measure at that scale:
 The plain loop also runs with PyTorch's own sparse embedding-bag gradient (one row per lookup) instead of
 the towers' compact one (one row per distinct id, ``models.compact_bags``). ``--workload scifact`` trains on
 SciFact's training claims and its 5,183 abstracts with the quality benchmark's SciFact recipe (batch 64,
-2,048 characters per text: long texts, many repeated n-grams per batch), where the difference is largest:
+bodies up to 2,048 characters: long texts, many repeated n-grams per batch), where the difference is largest:
 
-    python bench/train_throughput.py --workload scifact --epochs 1 --threads 1 --out bench/results/train_throughput_scifact.md
+    python bench/train_throughput.py --workload scifact --epochs 3 --threads 1 --out bench/results/train_throughput_scifact.md
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def plain_loop(examples, documents, cfg: TrainConfig, epochs: int, compact: bool
                lookups: list | None = None) -> tuple[float, float]:
     """Examples/s of the bare loop (gather batch, forward, loss, backward, two optimizer steps), and
     of the whole call including featurization. ``compact=False``: PyTorch's per-lookup sparse gradient.
-    ``lookups`` receives (lookups, distinct rows) of the text table in each of the first steps."""
+    ``lookups`` receives (lookups, distinct rows) of the text tables in each of the first steps."""
     t_wall = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = TwoTowerModel(cfg.model)
