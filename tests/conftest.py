@@ -10,6 +10,13 @@ _HOME = tempfile.mkdtemp(prefix="ebr-test-home-")
 os.environ.setdefault("EBR_HOME", _HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Prefect's home too (a person's first run creates its database there): never the project's, one per test
+# process, so that the suite's processes (pytest-xdist workers) do not share one SQLite database.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ebr-test-prefect-")
+# Two test processes share the 2 cores: one OpenMP thread each (torch, FAISS), since busy-waiting threads of
+# two processes on shared cores slow both down. A test that wants more threads sets them itself.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Shared fixtures: moto's S3 server over HTTP (`moto_s3`, `s3_bucket`, `s3_store_env`).
 pytest_plugins = ["tests.s3_server", "tests.servers"]
