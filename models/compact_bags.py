@@ -40,7 +40,7 @@ class _GatherRows(torch.autograd.Function):
 
 
 class CompactEmbeddingBag(nn.EmbeddingBag):
-    """``nn.EmbeddingBag(mode="sum", sparse=True)`` with a coalesced, one-row-per-distinct-id gradient.
+    """``nn.EmbeddingBag(mode="sum", sparse=True)`` whose sparse gradient has one row per distinct id, sorted.
 
     Same parameters and state dict as the plain module (checkpoints load into either). Set
     ``compact_gradient = False`` to get PyTorch's per-lookup gradient (the benchmark's comparison)."""
