@@ -73,7 +73,8 @@ def plain_loop(examples, documents, cfg: TrainConfig, epochs: int, compact: bool
     n, bs, seen = len(examples), cfg.batch_size, 0
     tables = {id(t): t for t in (model.query_tower.text, model.doc_tower.text)}  # one if the towers share it
     step_ids: dict[int, list[torch.Tensor]] = {k: [] for k in tables}
-    hooks = [t.register_forward_pre_hook(lambda m, args: step_ids[id(m)].append(args[0])) for t in tables.values()]
+    hooks = [] if lookups is None else [
+        t.register_forward_pre_hook(lambda m, args: step_ids[id(m)].append(args[0])) for t in tables.values()]
     t0 = time.perf_counter()
     for epoch in range(epochs):
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
@@ -89,12 +90,11 @@ def plain_loop(examples, documents, cfg: TrainConfig, epochs: int, compact: bool
             opt_d.step()
             seen += len(rows)
             if hooks:  # inside the timed loop, but only for its first few steps
-                if lookups is not None:
-                    per_table = [torch.cat(ids) for ids in step_ids.values()]
-                    lookups.append((sum(len(i) for i in per_table), sum(len(torch.unique(i)) for i in per_table)))
+                per_table = [torch.cat(ids) for ids in step_ids.values()]
+                lookups.append((sum(len(i) for i in per_table), sum(len(torch.unique(i)) for i in per_table)))
                 for ids in step_ids.values():
                     ids.clear()
-                if lookups is None or len(lookups) >= SAMPLED_STEPS:
+                if len(lookups) >= SAMPLED_STEPS:
                     for h in hooks:
                         h.remove()
                     hooks = []
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> str:
     examples, documents, cfg, what = workload(args)
     plain_runs, plain_wall_runs, lookup_runs, loop_runs, wall_runs = [], [], [], [], []
     lookups: list[tuple[int, int]] = []
-    for _ in range(args.repeats):  # alternating, so that the three share the machine's noise
-        rate, wall_rate = plain_loop(examples, documents, cfg, args.epochs, lookups=None if lookups else lookups)
+    for repeat in range(args.repeats):  # alternating, so that the three share the machine's noise
+        rate, wall_rate = plain_loop(examples, documents, cfg, args.epochs, lookups=lookups if repeat == 0 else None)
         plain_runs.append(rate)
         plain_wall_runs.append(wall_rate)
         lookup_runs.append(plain_loop(examples, documents, cfg, args.epochs, compact=False)[0])
