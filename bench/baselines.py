@@ -196,8 +196,8 @@ class Baselines:
 
 def table(probe: "Baselines") -> str:
     head = ("| method | chosen on validation | R@10 | R@100 | nDCG@10 | warm R@10 / R@100 | cold R@10 / R@100 | "
-            "known searcher R@10 / R@100 | new searcher R@10 / R@100 |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "known searcher R@10 / R@100 | new searcher R@10 / R@100 | seconds |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in probe.rows.items():
         m = r["metrics"]
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
@@ -208,7 +208,7 @@ def table(probe: "Baselines") -> str:
 
         a = m["all"]
         lines.append(f"| {name} | {params} | {a['recall@10']:.3f} | {a['recall@100']:.3f} | {a['ndcg@10']:.3f} | "
-                     f"{wc('warm')} | {wc('cold')} | {wc('known searcher')} | {wc('new searcher')} |")
+                     f"{wc('warm')} | {wc('cold')} | {wc('known searcher')} | {wc('new searcher')} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 

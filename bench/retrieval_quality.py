@@ -322,7 +322,7 @@ def headline(results: dict[str, Baselines]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def details(results: dict[str, Baselines], preps: dict[str, Prepared]) -> str:
+def details(results: dict[str, Baselines], preps: dict[str, Prepared], seconds: dict[str, float]) -> str:
     out = []
     for name, suite in results.items():
         p = preps[name]
@@ -334,7 +334,9 @@ def details(results: dict[str, Baselines], preps: dict[str, Prepared]) -> str:
                 f"{suite.known.mean():.0%} by a searcher seen in training; "
                 f"{'recommendation protocol (consumed excluded)' if suite.recommendation else 'search'}; settings "
                 f"chosen on {SLICED if suite.sliced else 'the validation split'}; "
-                f"prepared in {sum(p.seconds.values()):.0f} s.", "", table(suite), "", against_each(suite), ""]
+                f"prepared in {sum(p.seconds.values()):.0f} s; {seconds[name] / 60:.1f} min in all, preparation "
+                "included (column 'seconds': each method's fitting, its settings' and seeds' runs included, and "
+                "scoring).", "", table(suite), "", against_each(suite), ""]
     return "\n".join(out)
 
 
@@ -384,12 +386,14 @@ def main_quality(args) -> str:
     bad = [n for n in names if n not in DATASETS + OPTIONAL]
     if bad:
         raise SystemExit(f"unknown dataset(s) {bad}; allowed: {list(DATASETS + OPTIONAL)}")
-    results, preps = {}, {}
+    results, preps, seconds = {}, {}, {}
     t0 = time.perf_counter()
     for name in names:
         print(f"== {name}", flush=True)
+        t = time.perf_counter()
         preps[name] = prepare_source(name, load(name, args.quick), args.max_snapshots)
         results[name] = run_dataset(preps[name], args, MODELS)
+        seconds[name] = time.perf_counter() - t
     total = time.perf_counter() - t0
     world = "tiny" if args.quick else "default"
     text = "\n".join([
@@ -436,7 +440,7 @@ def main_quality(args) -> str:
         "the second column, chosen on validation (grids in `evaluation/baselines.py`); a model's row gives its "
         "best epoch on validation.",
         "",
-        details(results, preps),
+        details(results, preps, seconds),
         "Features: every dataset goes through the same code: `training.examples.build_examples`, then "
         "`features.compute.compute_features` snapshots and `training.examples.join_features` with the as-of rule "
         "of the Feast repository (newest snapshot not after the session). The snapshots are computed in memory at "

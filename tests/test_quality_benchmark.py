@@ -22,7 +22,7 @@ def tiny():
 
 def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
     from bench.retrieval_quality import (
-        MODELS, against_each, headline, headline_model, run_dataset, strongest_baseline,
+        MODELS, against_each, details, headline, headline_model, run_dataset, strongest_baseline,
     )
     from evaluation.protocol import EmbeddingRanker, rank_sessions
 
@@ -48,6 +48,10 @@ def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
     assert parts["warm"]["n_sessions"] + parts["cold"]["n_sessions"] == parts["all"]["n_sessions"]
     table = headline({"synthetic": suite})
     assert "| Synthetic world (default) |" in table and table.count("\n") == 3
+    # the per-dataset section gives each method's seconds and the dataset's time
+    section = details({"synthetic": suite}, {"synthetic": tiny}, {"synthetic": 150.0})
+    assert "2.5 min in all" in section
+    assert "| unified | " in section and f" | {rows['unified']['seconds']:.0f} |\n" in section
     # every comparison of the unified model comes with its interval over resampled test searchers
     gain = suite.compare(headline_model(suite), "popularity", 10)
     assert gain.low <= gain.estimate <= gain.high and f"{gain}" in against_each(suite)
