@@ -1,10 +1,11 @@
-"""Imports for a serving process: Feast without its development-time type checks.
+"""Feast without its development-time type checks, for the processes the project starts.
 
 Feast decorates its classes and functions with typeguard's ``@typechecked``, which re-parses and recompiles
-each of them when Feast is imported: about 2 of the 4 seconds of ``import feast`` on a laptop, paid by
-every ``ebr search`` and every server start. typeguard documents the decorator as a development aid that
-is a no-op in production (``python -O``); :func:`without_runtime_type_checks` gives that behaviour to the
-decorator alone (the project's own asserts stay on) when a serving process imports Feast.
+each of them when Feast is imported: about half of the time of ``import feast``, paid by every ``ebr search``,
+every server start and every flow command. typeguard documents the decorator as a development aid that is a
+no-op in production (``python -O``); :func:`without_runtime_type_checks` gives that behaviour to the
+decorator alone (the project's own asserts stay on). The serving path (``serving.retriever``) and the flow
+commands (``cli.runtime.prepare_flow_command``) call it before they import Feast.
 
 It only acts before Feast's first import (a process that already imported it keeps its checks), and
 ``EBR_FEAST_TYPECHECKS=1`` keeps them on.

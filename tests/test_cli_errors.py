@@ -26,6 +26,24 @@ def ebr(*args: str, home: Path, env: dict | None = None) -> subprocess.Completed
                           text=True, timeout=300)
 
 
+FLOW_COMMAND_IMPORT = """
+from cli.runtime import prepare_flow_command
+prepare_flow_command(debug=False)
+import feast.feature_service as fs
+print("check_argument_types_internal" in fs.FeatureService.__init__.__code__.co_names)
+"""
+
+
+def test_a_flow_command_imports_feast_without_its_development_type_checks(tmp_path):
+    """As a serving process does (tests/test_retriever.py): typeguard's recompilation of Feast's classes is
+    about half of Feast's import, paid by every flow command otherwise."""
+    environ = {k: v for k, v in os.environ.items() if k != "EBR_FEAST_TYPECHECKS"}
+    out = subprocess.run([sys.executable, "-c", FLOW_COMMAND_IMPORT], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={**environ, "EBR_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "False"  # Feast's constructor carries no type-checking call
+
+
 def test_an_error_is_one_line_and_the_traceback_is_opt_in(tmp_path):
     out = ebr("search", "runners club", "--dataset", "nope", "--searcher", "u1", home=tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr

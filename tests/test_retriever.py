@@ -261,7 +261,7 @@ def test_hybrid_errors_are_clear(retriever, searcher_id):
 
 SERVING_IMPORT = """
 import sys
-from infra.serving_imports import without_runtime_type_checks
+from infra.feast_imports import without_runtime_type_checks
 first = without_runtime_type_checks()
 import feast.feature_service as fs
 again = without_runtime_type_checks()  # feast is imported now: too late, nothing to do
