@@ -50,10 +50,10 @@ def home(tmp_path_factory):
     mp.undo()
 
 
-# The longest test files (seconds of work in one CI run: the fault suite ~530, the deployments ~140, then
-# 75-110 each), longest first. pytest-xdist hands whole files to its two processes in collection order
-# (`--no-loadscope-reorder`; its default orders files by their number of tests, which put the fault suite's
-# seven long tests last, running alone at the end), so the longest start first and the short ones fill in.
+# The longest test files, longest first (their seconds of work, summed from `./run test --durations=0`).
+# pytest-xdist hands whole files to its two processes in collection order (`--no-loadscope-reorder`; its
+# default orders files by their number of tests, which put the fault suite's seven long tests last, running
+# alone at the end), so the longest start first and the short ones fill in.
 LONGEST_FIRST = ("test_faults.py", "test_deployments.py", "test_dask.py", "test_quality_benchmark.py",
                  "test_cli_errors.py", "test_mine_and_ensemble_flows.py", "test_rebuild_index.py",
                  "test_operations.py")
