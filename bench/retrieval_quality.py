@@ -28,6 +28,7 @@ import shlex
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +37,7 @@ import pandas as pd
 
 from bench.baselines import Baselines, table
 from bench.common import Prepared, prepare, prepare_source
-from bench.parallel_training import Run, train_runs
+from bench.parallel_training import Run, Trainer
 from evaluation.baselines import BM25, Popularity, session_folds
 from evaluation.comparison import FEATURE_ABLATION, REPORT_VARIANTS, compare_models, comparison_markdown, variant_config
 from evaluation.protocol import EmbeddingRanker, consumed_documents, evaluate_ranker
@@ -108,23 +109,20 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
     ``args.seeds`` seeds and concatenated (:func:`fit_seed_ensemble`): a row of its own, and the headline's
     model where validation prefers it to the single one.
 
+    The models are fitted side by side (:func:`fit_variants`); a model's seconds are its runs' training
+    time, each in its own process, its validation of the ensemble and its scoring.
+
     Recommendation datasets (no query text) follow the recommendation protocol: what a searcher consumed
     in training is never retrieved for it, by any method.
     """
     suite = Baselines(prep, args.max_sessions, dense=prep.name in args.dense)
     suite.run()
-    base = base_config(args, len(prep.parts["train"]))
     if prep.name in args.dense:
         variants = {**variants, **PRETRAINED}
     ensembled = headline_variant(variants)
     with tempfile.TemporaryDirectory(prefix="ebr-quality-") as tmp:
-        for name, variant in variants.items():
-            t0 = time.perf_counter()
-            # the pretrained weight is always chosen; the temperature and the unified model's documents only
-            # where there is a validation split
-            grid = (PRETRAINED_GRID if name in PRETRAINED else MODEL_GRID[:1] if not len(prep.parts["valid"])
-                    else UNIFIED_GRID if name == "unified" else MODEL_GRID)
-            fitted = fit_model(prep, suite, variant_config(base, variant), grid, Path(tmp) / name, args.workers)
+        fits, seconds = fit_variants(prep, suite, args, variants, Path(tmp))
+        for name, (fitted, ensemble, choice) in fits.items():
             cfg, result = fitted.config, fitted.result
             params = {"temperature": cfg.loss.temperature}
             if cfg.positive_features == "example":
@@ -136,23 +134,64 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
             if fitted.fold_means:
                 params[f"{FOLDS}-fold R@10"] = " / ".join(f"{k}: {v:.4f}" for k, v in fitted.fold_means.items())
             params.update({"best epoch": result.best_epoch, "batch": cfg.batch_size, "max epochs": cfg.epochs})
-            suite.score(name, EmbeddingRanker(result.model, prep.index), params,
-                        fit_seconds=time.perf_counter() - t0)
-            if name == ensembled:
-                suite.headline = name
-                if args.seeds > 1:
-                    t0 = time.perf_counter()
-                    ensemble, choice = fit_seed_ensemble(prep, suite, fitted, args.seeds,
-                                                         Path(tmp) / f"{name}-seeds", args.workers)
-                    if ensemble is None:  # rejected on the slice: said in the model's own row
-                        suite.rows[name]["params"]["seed ensemble"] = f"{choice['validation R@10']}, not kept"
-                        continue
-                    label = f"{name} ×{args.seeds}"
-                    suite.score(label, EmbeddingRanker(ensemble, prep.index), choice,
-                                fit_seconds=time.perf_counter() - t0)
-                    if choice["chosen"] == "yes":
-                        suite.headline = label
+            if choice is not None and ensemble is None:  # rejected on the slice: said in the model's own row
+                params["seed ensemble"] = f"{choice['validation R@10']}, not kept"
+            suite.score(name, EmbeddingRanker(result.model, prep.index), params, fit_seconds=seconds.get(name, 0.0))
+            if name != ensembled:
+                continue
+            suite.headline = name
+            if ensemble is not None:
+                label = ensemble_label(name, args.seeds)
+                suite.score(label, EmbeddingRanker(ensemble, prep.index), choice, fit_seconds=seconds.get(label, 0.0))
+                if choice["chosen"] == "yes":
+                    suite.headline = label
     return suite
+
+
+def ensemble_label(name: str, seeds: int) -> str:
+    return f"{name} ×{seeds}"
+
+
+def fit_variants(prep: Prepared, suite: Baselines, args, variants: dict, out: Path):
+    """({model name: (Fitted, seed ensemble or None, what validation said of the ensemble or None)}, {row:
+    seconds}): every model fitted with its grid (:func:`fit_model`), the headline also with its seed
+    ensemble (:func:`fit_seed_ensemble`). With ``args.workers > 1`` each model's chain of runs is driven by a
+    thread of its own over one :class:`bench.parallel_training.Trainer`, so that the runs of different models
+    train side by side; the parent's own work (loading models, validating the ensemble) then takes one torch
+    thread, leaving the cores to the workers."""
+    import torch
+
+    base = base_config(args, len(prep.parts["train"]))
+    ensembled = headline_variant(variants)
+    pretrained = {variant_config(base, v).model.pretrained_text for v in variants.values()} - {None, ""}
+
+    def fit(name: str, trainer: Trainer):
+        # the pretrained weight is always chosen; the temperature and the unified model's documents only
+        # where there is a validation split
+        grid = (PRETRAINED_GRID if name in PRETRAINED else MODEL_GRID[:1] if not len(prep.parts["valid"])
+                else UNIFIED_GRID if name == "unified" else MODEL_GRID)
+        fitted = fit_model(prep, suite, variant_config(base, variants[name]), grid, out / name, trainer, name)
+        if name != ensembled or args.seeds < 2:
+            return fitted, None, None
+        return (fitted, *fit_seed_ensemble(prep, suite, fitted, args.seeds, out / f"{name}-seeds", trainer,
+                                           ensemble_label(name, args.seeds)))
+
+    threads = torch.get_num_threads()
+    with Trainer(args.workers, pretrained) as trainer:
+        if trainer.workers == 1:
+            return {name: fit(name, trainer) for name in variants}, dict(trainer.seconds)
+        torch.set_num_threads(1)
+        pool = ThreadPoolExecutor(len(variants), thread_name_prefix="fit")
+        try:
+            futures = {name: pool.submit(fit, name, trainer) for name in variants}
+            fits = {name: f.result() for name, f in futures.items()}
+        except BaseException:
+            trainer.close(wait=False)  # the other models' queued runs are cancelled: their threads end
+            raise
+        finally:
+            pool.shutdown()
+            torch.set_num_threads(threads)
+    return fits, dict(trainer.seconds)
 
 
 @dataclass
@@ -166,38 +205,42 @@ class Fitted:
     fold_means: dict | None = None  # setting -> mean recall@10 over the folds (no validation split)
 
 
-def fit_model(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Path, workers: int = 1) -> Fitted:
+def fit_model(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Path, trainer: Trainer | None = None,
+              account: str = "") -> Fitted:
     """The grid setting with the best validation recall@10, trained on the training split. Like the
     baselines' settings, it is chosen on the validation split; where a source has none (SciFact), by the mean
     over :data:`FOLDS` folds of the training sessions (:func:`fit_by_folds`), and then retrained on the whole
     training split. Without a validation split a one-setting grid is trained once, on the whole split.
-    Independent runs train side by side in ``workers`` processes (:mod:`bench.parallel_training`)."""
+    Independent runs train side by side in ``trainer``'s processes (:mod:`bench.parallel_training`; None:
+    one after the other), their time counted under ``account``."""
+    trainer = trainer or Trainer()
     valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
     if valid is None and len(grid) == 1:
         cfg = variant_config(base, grid[0])
-        (result,) = train_runs([Run(prep.parts["train"], None, prep.corpus, cfg, out / "0")])
+        (result,) = trainer.train([Run(prep.parts["train"], None, prep.corpus, cfg, out / "0")], account)
         return Fitted(cfg, result, None)
     if valid is None:
-        return fit_by_folds(prep, suite, base, grid, out, workers)
+        return fit_by_folds(prep, suite, base, grid, out, trainer, account)
     fit, check, valid_index = validation_data(prep, suite)
 
     def run(cfg: TrainConfig, name: str) -> Run:
         return Run(fit, check, prep.corpus, cfg, out / name, suite.valid_consumed, valid_index)
 
     configs = [variant_config(base, setting) for setting in grid]
-    results = train_runs([run(cfg, str(i)) for i, cfg in enumerate(configs)], workers)
+    results = trainer.train([run(cfg, str(i)) for i, cfg in enumerate(configs)], account)
     best = max(zip(configs, results), key=lambda cr: cr[1].best_metric or 0.0)  # ties: the first setting
     ts = pd.to_datetime(fit["ts"], utc=True)
     span_days = (ts.max() - ts.min()) / pd.Timedelta(days=1)
     windows = [best[0].model_copy(update={"train_window_days": d}) for d in WINDOW_DAYS if d < span_days]
-    for cfg, result in zip(windows, train_runs([run(c, f"window-{c.train_window_days:g}") for c in windows],
-                                               workers)):
+    for cfg, result in zip(windows, trainer.train([run(c, f"window-{c.train_window_days:g}") for c in windows],
+                                                  account)):
         if (result.best_metric or 0.0) > (best[1].best_metric or 0.0):
             best = (cfg, result)
     return Fitted(best[0], best[1], best[1])
 
 
-def fit_by_folds(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Path, workers: int = 1) -> Fitted:
+def fit_by_folds(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Path, trainer: Trainer,
+                 account: str = "") -> Fitted:
     """Where a source has no validation split: each setting trained on every fold's rest and judged on its
     held-out sessions (:func:`evaluation.baselines.session_folds`); the best mean recall@10 wins and is
     retrained on the whole training split with the epoch budget every model of such a source gets (one
@@ -211,11 +254,11 @@ def fit_by_folds(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out:
     runs = [Run(fit, held, prep.corpus, cfg, out / f"{i}-fold{f}",
                 None if prep.has_query_text else consumed_documents(fit))
             for i, cfg in enumerate(configs) for f, (fit, held) in enumerate(folds)]
-    results = train_runs(runs, workers)
+    results = trainer.train(runs, account)
     per_setting = [results[i * len(folds):(i + 1) * len(folds)] for i in range(len(configs))]
     means = [sum(r.best_metric or 0.0 for r in rs) / len(rs) for rs in per_setting]
     i = max(range(len(configs)), key=means.__getitem__)  # ties: the first setting
-    (final,) = train_runs([Run(prep.parts["train"], None, prep.corpus, configs[i], out / "final")])
+    (final,) = trainer.train([Run(prep.parts["train"], None, prep.corpus, configs[i], out / "final")], account)
     return Fitted(configs[i], final, per_setting[i][0],
                   fold_means={setting_label(g): m for g, m in zip(grid, means)})
 
@@ -236,7 +279,8 @@ def validation_data(prep: Prepared, suite: Baselines):
     return suite.fit_train, suite.valid, None
 
 
-def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: int, out: Path, workers: int = 1):
+def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: int, out: Path,
+                      trainer: Trainer | None = None, account: str = ""):
     """(ensemble or None, what validation said): the chosen setting trained again with ``seeds - 1`` more
     seeds and the runs concatenated with equal weights, the paper's weighted-concatenation ensemble (eq. 4-6:
     one index, one inner product; members of one recipe are exchangeable, so no weight is fitted). Runs of
@@ -244,20 +288,26 @@ def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: i
     every setting: validation recall@10 of the concatenation against the single run's, both by
     :func:`evaluation.protocol.evaluate_ranker`. Where a source has no validation split the members are
     judged on the slice of the training sessions, then retrained on the whole training split if kept (None
-    if not: what validation rejects is not paid for twice)."""
+    if not: what validation rejects is not paid for twice). Runs and validation are counted under
+    ``account``."""
     from models.ensemble import WeightedConcat
 
+    trainer = trainer or Trainer()
     fit, check, valid_index = validation_data(prep, suite)
     documents = suite.corpus
 
     def recall(model) -> float:
-        return evaluate_ranker(EmbeddingRanker(model, documents), check, documents, ks=(10, 100),
-                               max_sessions=suite.max_sessions, consumed=suite.valid_consumed)["recall@10"]
+        t0 = time.perf_counter()
+        try:
+            return evaluate_ranker(EmbeddingRanker(model, documents), check, documents, ks=(10, 100),
+                                   max_sessions=suite.max_sessions, consumed=suite.valid_consumed)["recall@10"]
+        finally:
+            trainer.add(account, time.perf_counter() - t0)
 
     configs = [fitted.config.model_copy(update={"seed": fitted.config.seed + i}) for i in range(seeds)]
     have = [fitted.validated] if fitted.validated is not None else []  # the chosen run is the first member
-    validated = have + train_runs([Run(fit, check, prep.corpus, cfg, out / str(cfg.seed), suite.valid_consumed,
-                                       valid_index) for cfg in configs[len(have):]], workers)
+    validated = have + trainer.train([Run(fit, check, prep.corpus, cfg, out / str(cfg.seed), suite.valid_consumed,
+                                          valid_index) for cfg in configs[len(have):]], account)
     ensemble = WeightedConcat([r.model for r in validated], [1.0] * seeds)
     single, concat = recall(validated[0].model), recall(ensemble)
     choice = {"members": f"{seeds} seeds", "validation R@10": f"{concat:.4f} vs {single:.4f} single",
@@ -266,8 +316,8 @@ def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: i
         return ensemble, choice
     if choice["chosen"] == "no":  # judged on the slice and not kept: no members on the whole split to pay for
         return None, choice
-    final = train_runs([Run(prep.parts["train"], None, prep.corpus, cfg, out / f"{cfg.seed}-final")
-                        for cfg in configs[1:]], workers)
+    final = trainer.train([Run(prep.parts["train"], None, prep.corpus, cfg, out / f"{cfg.seed}-final")
+                           for cfg in configs[1:]], account)
     return WeightedConcat([fitted.result.model] + [r.model for r in final], [1.0] * seeds), choice
 
 
@@ -336,7 +386,8 @@ def details(results: dict[str, Baselines], preps: dict[str, Prepared], seconds: 
                 f"chosen on {SLICED if suite.sliced else 'the validation split'}; "
                 f"prepared in {sum(p.seconds.values()):.0f} s; {seconds[name] / 60:.1f} min in all, preparation "
                 "included (column 'seconds': each method's fitting, its settings' and seeds' runs included, and "
-                "scoring).", "", table(suite), "", against_each(suite), ""]
+                "scoring; a model's runs are counted each in its own process, two training at a time, so that the "
+                "rows add up to more than the dataset's minutes).", "", table(suite), "", against_each(suite), ""]
     return "\n".join(out)
 
 

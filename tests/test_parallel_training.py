@@ -1,13 +1,18 @@
 """Independent training runs side by side in worker processes (bench.parallel_training): the same models as
-one after the other, the encoder cache that carries the parent's pretrained vectors to the workers, a
-worker's failure not swallowed."""
+one after the other, also when several threads hand runs to one set of workers, the encoder cache that
+carries the parent's pretrained vectors to the workers, a worker's failure not swallowed, queued runs
+cancelled on close."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.parallel_training import Run, train_runs
+import dataclasses
+import time
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+
+from bench.parallel_training import Run, Trainer, train_runs
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.toy import location_task
 
@@ -32,6 +37,42 @@ def test_runs_in_workers_give_the_models_trained_one_after_the_other(tmp_path):
         np.testing.assert_allclose(a.model.embed_queries(q), b.model.embed_queries(q), atol=1e-5)
     q0, q1 = (r.model.embed_queries(q) for r in side_by_side)
     assert not np.allclose(q0, q1)  # two seeds, two models: each run kept its own config
+
+
+def test_threads_sharing_one_trainer_get_their_own_runs_and_their_own_time(tmp_path):
+    one_by_one = train_runs(_runs(tmp_path, "sequential"), workers=1)
+    runs = _runs(tmp_path, "threads")
+    with Trainer(workers=2) as trainer, ThreadPoolExecutor(2) as threads:
+        # each thread hands over one run, as each model's chain of runs does in the quality benchmark
+        futures = [threads.submit(trainer.train, [run], f"model {i}") for i, run in enumerate(runs)]
+        results = [f.result()[0] for f in futures]
+    q = runs[0].valid.head(20)
+    for a, b in zip(one_by_one, results):
+        assert a.best_epoch == b.best_epoch
+        np.testing.assert_allclose(a.model.embed_queries(q), b.model.embed_queries(q), atol=1e-5)
+    assert set(trainer.seconds) == {"model 0", "model 1"} and min(trainer.seconds.values()) > 0
+
+
+def test_closing_without_waiting_cancels_the_runs_still_queued(tmp_path):
+    first = _runs(tmp_path, "queued", epochs=3)[0]
+    # twelve runs for two workers: the pool hands at most one more run than it has workers to them ahead of
+    # time, so the last runs are still queued when the first writes its first epoch's checkpoint
+    runs = [dataclasses.replace(first, out=tmp_path / "queued" / str(i)) for i in range(12)]
+    trainer = Trainer(workers=2)
+    try:
+        with ThreadPoolExecutor(1) as thread:
+            future = thread.submit(trainer.train, runs)
+            deadline = time.monotonic() + 120
+            while not runs[0].out.exists() and time.monotonic() < deadline:  # the first run is under way
+                time.sleep(0.05)
+            trainer.close(wait=False)
+            with pytest.raises(CancelledError):
+                future.result()
+        assert not runs[-1].out.exists()  # never started
+        with pytest.raises(RuntimeError):  # a closed trainer takes no more runs
+            trainer.train(runs[:1])
+    finally:
+        trainer.close()
 
 
 def test_a_failing_run_in_a_worker_fails_the_call(tmp_path):
