@@ -5,7 +5,6 @@
 - A flow command without PREFECT_API_URL starts a temporary Prefect server as a child process: it gets time
   to start on a busy machine, and it stops when the command is killed.
 - Prefect logs a failed flow with its traceback: the console keeps the one-line message.
-- A flow command imports Feast without its development-time type checks (``infra.feast_imports``).
 """
 
 from __future__ import annotations
@@ -106,8 +105,5 @@ def prepare_flow_command(debug: bool) -> None:
     # start-up can exceed Prefect's 20 s default on a busy 2-core machine, which failed commands under load
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     ephemeral_server_dies_with_us()
-    from infra.feast_imports import without_runtime_type_checks
-
-    without_runtime_type_checks()  # about half of Feast's import time, paid by every flow command
     if not debug:
         quiet_console_tracebacks()

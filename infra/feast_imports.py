@@ -4,8 +4,8 @@ Feast decorates its classes and functions with typeguard's ``@typechecked``, whi
 each of them when Feast is imported: about half of the time of ``import feast``, paid by every ``ebr search``,
 every server start and every flow command. typeguard documents the decorator as a development aid that is a
 no-op in production (``python -O``); :func:`without_runtime_type_checks` gives that behaviour to the
-decorator alone (the project's own asserts stay on). The serving path (``serving.retriever``) and the flow
-commands (``cli.runtime.prepare_flow_command``) call it before they import Feast.
+decorator alone (the project's own asserts stay on). The ``features`` package calls it when it is imported:
+every path of the project into Feast goes through it (flow commands, serving, a worker's flow runs).
 
 It only acts before Feast's first import (a process that already imported it keeps its checks), and
 ``EBR_FEAST_TYPECHECKS=1`` keeps them on.

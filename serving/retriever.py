@@ -124,9 +124,6 @@ class Retriever:
         fastest (a multi-threaded forward pass or search over one row mostly waits on its threads). None
         leaves them alone (a process that also trains or builds indexes keeps its own setting).
         """
-        from infra.feast_imports import without_runtime_type_checks
-
-        without_runtime_type_checks()  # Feast's development-time checks cost about half of its import
         from features.store import FeatureRepo
         from infra.storage import ArtifactNotFoundError, ArtifactStore
         from training.registry import load_registered_model

@@ -26,20 +26,29 @@ def ebr(*args: str, home: Path, env: dict | None = None) -> subprocess.Completed
                           text=True, timeout=300)
 
 
-FLOW_COMMAND_IMPORT = """
-from cli.runtime import prepare_flow_command
-prepare_flow_command(debug=False)
+FEAST_CHECKED = """
 import feast.feature_service as fs
 print("check_argument_types_internal" in fs.FeatureService.__init__.__code__.co_names)
 """
+FLOW_COMMAND = """
+from cli.runtime import prepare_flow_command
+prepare_flow_command(debug=False)
+import flows.materialize
+"""
+# what a Prefect worker's flow run does: it loads the deployment's entrypoint file, not the ebr command
+WORKER_FLOW_RUN = """
+from prefect.flows import load_flow_from_entrypoint
+load_flow_from_entrypoint("flows/materialize.py:materialize", use_placeholder_flow=False)
+"""
 
 
-def test_a_flow_command_imports_feast_without_its_development_type_checks(tmp_path):
+@pytest.mark.parametrize("start", [FLOW_COMMAND, WORKER_FLOW_RUN], ids=["flow command", "worker flow run"])
+def test_a_flow_imports_feast_without_its_development_type_checks(tmp_path, start):
     """As a serving process does (tests/test_retriever.py): typeguard's recompilation of Feast's classes is
-    about half of Feast's import, paid by every flow command otherwise."""
+    about half of Feast's import, paid by every flow command and flow run otherwise."""
     environ = {k: v for k, v in os.environ.items() if k != "EBR_FEAST_TYPECHECKS"}
-    out = subprocess.run([sys.executable, "-c", FLOW_COMMAND_IMPORT], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env={**environ, "EBR_HOME": str(tmp_path)})
+    out = subprocess.run([sys.executable, "-c", start + FEAST_CHECKED], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**environ, "EBR_HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "False"  # Feast's constructor carries no type-checking call
 
