@@ -5,12 +5,12 @@ cancelled on close."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import dataclasses
 import time
 from concurrent.futures import CancelledError, ThreadPoolExecutor
+
+import numpy as np
+import pytest
 
 from bench.parallel_training import Run, Trainer, train_runs
 from models.config import LossConfig, ModelConfig, TrainConfig
