@@ -143,10 +143,3 @@ class Trainer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def train_runs(runs: list[Run], workers: int = 1) -> list:
-    """``models.train.TrainResult`` of every run, in order: one after the other with ``workers=1`` (each with
-    its config's threads), else in up to ``workers`` spawned processes with one torch thread each."""
-    names = {r.config.model.pretrained_text for r in runs} - {None, ""}
-    with Trainer(min(workers, len(runs)), names) as trainer:
-        return trainer.train(runs)

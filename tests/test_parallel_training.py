@@ -12,7 +12,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from bench.parallel_training import Run, Trainer, train_runs
+from bench.parallel_training import Run, Trainer
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.toy import location_task
 
@@ -25,6 +25,11 @@ def _runs(tmp_path, name: str, epochs: int = 2) -> list[Run]:
     configs = [TrainConfig(model=model, loss=LossConfig(kind="softmax", negatives="batch"), epochs=epochs,
                            batch_size=128, seed=seed, num_threads=1, progress=False) for seed in (0, 1)]
     return [Run(train, valid, documents, cfg, tmp_path / name / str(cfg.seed)) for cfg in configs]
+
+
+def train_runs(runs: list[Run], workers: int) -> list:
+    with Trainer(workers) as trainer:
+        return trainer.train(runs)
 
 
 def test_runs_in_workers_give_the_models_trained_one_after_the_other(tmp_path):
