@@ -90,11 +90,14 @@ SLICED = (f"{FOLDS} folds of the training sessions (models' settings), the first
 
 def base_config(args, n_train: int | None = None) -> TrainConfig:
     """The flow's recipe; on a small training split (SciFact: 919 examples, 2 steps per epoch at batch 512)
-    smaller batches and more epochs, so that every model gets at least ``MIN_STEPS`` optimizer steps."""
+    smaller batches and more epochs, so that every model gets at least ``MIN_STEPS`` optimizer steps. Runs
+    are not resumable: a failed benchmark is run again, so no per-epoch checkpoint is written (the models
+    are the same)."""
     from flows.train import laptop_config
 
     cfg = laptop_config()
-    update = {"epochs": args.epochs, "num_threads": args.threads, "progress": not args.no_progress}
+    update = {"epochs": args.epochs, "num_threads": args.threads, "progress": not args.no_progress,
+              "resumable": False}
     if n_train is not None:
         batch = min(cfg.batch_size, max(64, n_train // 50))
         steps = math.ceil(n_train / batch)

@@ -4,7 +4,7 @@
 epoch e is a permutation drawn from ``(seed, e)`` and the negatives of step s from ``(seed, e, s)``, so a
 run resumed from a checkpoint replays exactly the steps an uninterrupted run would take; the global RNG
 states (dropout) are checkpointed too. Embedding tables learn with SparseAdam (a step touches only the
-rows of its batch), the MLPs with Adam.
+rows of its batch; ``models.sparse_adam``: PyTorch's update, cheaper row reads and writes), the MLPs with Adam.
 """
 
 from __future__ import annotations
@@ -23,20 +23,21 @@ from tqdm.auto import tqdm
 
 from models.batches import TrainingData, doc_index
 from models.checkpoint import (
-    CHECKPOINT, FORMAT_VERSION, MODEL, load_file, model_from_payload, rng_state, save_atomic, save_model,
-    set_rng_state,
+    CHECKPOINT, FORMAT_VERSION, MODEL, load_file, model_from_payload, model_payload, rng_state, save_atomic,
+    save_model, set_rng_state,
 )
 from models.columns import DOC_ID
 from models.config import TrainConfig, resolve_device
 from models.evaluate import retrieval_metrics, session_targets
 from models.features import FittedInputs
 from models.objective import RetrievalObjective
+from models.sparse_adam import RowSparseAdam
 from models.towers import TwoTowerModel
 from training.examples import recent_examples
 
 # Fields that may change between a run and its resumption; anything else must match.
 _RESUMABLE_CHANGES = {
-    "epochs", "progress", "early_stopping_patience", "checkpoint_every_steps", "device", "num_threads",
+    "epochs", "progress", "early_stopping_patience", "checkpoint_every_steps", "device", "num_threads", "resumable",
 }
 
 
@@ -182,8 +183,12 @@ def _train(
         model.fit_inputs(examples_train, documents)
     model.to(device)
 
+    best_payload = None  # resumable=False: the best epoch's model, written once at the end
+
     def result(history, best, best_epoch, step, stopped, resumed) -> TrainResult:
-        best_model = model_from_payload(load_file(model_path), device)
+        if best_payload is not None:
+            save_atomic(best_payload, model_path)
+        best_model = model_from_payload(best_payload or load_file(model_path), device)
         return TrainResult(best_model, out_dir, model_path, ckpt_path, cfg.early_stopping_metric, best,
                            best_epoch, history, step, stopped, resumed)
 
@@ -202,7 +207,7 @@ def _train(
     doc_ids = (documents if valid_documents is None else valid_documents)[DOC_ID].astype(str).to_numpy()
 
     objective = RetrievalObjective(model, cfg.loss)
-    opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.sparse_lr)
+    opt_sparse = RowSparseAdam(model.sparse_parameters(), lr=cfg.sparse_lr)
     opt_dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
 
     n, bs = len(examples_train), cfg.batch_size
@@ -296,11 +301,16 @@ def _train(
         else:
             improved, best_epoch = True, epoch + 1  # no validation: the last epoch is the model
         history.append(record)
-        if improved:
+        if improved and cfg.resumable:
             save_model(model, model_path, feature_service, train_config=cfg_json,
                        epoch=epoch + 1, metrics=record.get("valid", {}))
+        elif improved:  # a copy: training goes on updating the tensors in place
+            best_payload = model_payload(model, feature_service, train_config=cfg_json, epoch=epoch + 1,
+                                         metrics=record.get("valid", {}))
+            best_payload["model_state"] = {k: v.clone() for k, v in best_payload["model_state"].items()}
         epoch, step0 = epoch + 1, 0
         run = {"loss_sum": 0.0, "examples": 0, "seconds": 0.0}
-        checkpoint(epoch, 0, finished=stopped or epoch >= cfg.epochs)
+        if cfg.resumable:
+            checkpoint(epoch, 0, finished=stopped or epoch >= cfg.epochs)
 
     return result(history, best, best_epoch, global_step, stopped, resumed)

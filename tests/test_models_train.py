@@ -85,6 +85,25 @@ def test_finished_run_is_returned_without_training_and_config_changes_are_refuse
         train(split["train"], split["valid"], documents, config(), unified_run.out_dir, feature_service="v2")
 
 
+def test_a_run_that_is_not_resumable_writes_the_same_best_model_once(task, unified_run, tmp_path):
+    split, documents = task
+    run = train(split["train"], split["valid"], documents, config(resumable=False), tmp_path,
+                feature_service="toy_v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MODEL]  # no checkpoint, no temporary file
+    assert unified_run.best_epoch < len(unified_run.history)  # the best model is not the last epoch's...
+    assert run.best_epoch == unified_run.best_epoch
+    expected = load_file(unified_run.model_path)["model_state"]
+    for states in (load_file(run.model_path)["model_state"], run.model.state_dict()):
+        assert states.keys() == expected.keys()
+        for k in expected:  # ...so a copy that training kept updating would differ here
+            assert torch.equal(states[k], expected[k]), k
+    assert [h["valid"] for h in run.history] == [h["valid"] for h in unified_run.history]
+    assert read_model_info(run.model_path)["epoch"] == unified_run.best_epoch
+    assert load_model(tmp_path).feature_service == "toy_v1"
+    with pytest.raises(ValueError, match="resumable"):
+        config(resumable=False, checkpoint_every_steps=3)
+
+
 class Crash(RuntimeError):
     pass
 
