@@ -79,13 +79,12 @@ def test_a_failing_flow_command_prints_one_line_unless_debug(tmp_path, prefect_h
     assert out.returncode == 1 and "Traceback" in out.stderr + out.stdout  # on request
     out = ebr("train", "--dataset", "nope", "--window-days", "0", home=tmp_path)
     assert out.returncode == 2 and "--window-days" in out.stderr  # a usage error, named
-    out = ebr("train", "--dataset", "nope", "--window-days", "90", home=tmp_path, env=api)
-    assert out.returncode == 1 and "unknown artifact dataset/nope-examples" in out.stderr  # accepted, then run
     out = ebr("train", "--dataset", "nope", "--model-name", "../seed1", home=tmp_path)
     assert out.returncode == 2 and "--model-name" in out.stderr and "invalid model name" in out.stderr
     out = ebr("train", "--dataset", "nope", "--seed", "-1", home=tmp_path)
     assert out.returncode == 2 and "--seed" in out.stderr
-    out = ebr("train", "--dataset", "nope", "--seed", "1", "--model-name", "nope-seed1", home=tmp_path, env=api)
+    out = ebr("train", "--dataset", "nope", "--window-days", "90", "--seed", "1", "--model-name", "nope-seed1",
+              home=tmp_path, env=api)
     assert out.returncode == 1 and "unknown artifact dataset/nope-examples" in out.stderr  # accepted, then run
 
 
