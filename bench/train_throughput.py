@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> str:
     examples, documents, cfg, what = workload(args)
     plain_runs, plain_wall_runs, lookup_runs, loop_runs, wall_runs, row_runs = [], [], [], [], [], []
     lookups: list[tuple[int, int]] = []
-    for repeat in range(args.repeats):  # alternating, so that the three share the machine's noise
+    for repeat in range(args.repeats):  # alternating, so that the four share the machine's noise
         rate, wall_rate = plain_loop(examples, documents, cfg, args.epochs, lookups=lookups if repeat == 0 else None)
         plain_runs.append(rate)
         plain_wall_runs.append(wall_rate)
