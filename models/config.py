@@ -166,8 +166,8 @@ class TrainConfig(BaseModel):
         True, description="write the resumable checkpoint (model, both optimizers' states, RNG) after every "
         "epoch and model.pt at every better epoch, so that a killed run resumes; False for runs that are "
         "thrown away rather than resumed (a benchmark's settings and folds): no checkpoint, the best model "
-        "is held in memory and model.pt written once, at the end (the same model, without the per-epoch writes "
-        "that dominate short epochs, such as SciFact's)",
+        "is held in memory and model.pt written once, at the end (the same model, without the per-epoch "
+        "writes)",
     )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")

@@ -4,11 +4,11 @@
 ``dense.sparse_mask(grad)`` gathers and three ``dense.add_(sparse)`` scatters per table and step. On an
 embedding table whose gradient touches whole rows (one id per row: ``nn.EmbeddingBag``'s, and
 ``models.compact_bags``' distinct sorted rows), the same reads and writes are ``index_select`` and
-``index_add_`` over those rows, each several times cheaper (``bench/train_throughput.py`` runs a plain
-loop's steps with either optimizer side by side). The arithmetic is SparseAdam's own, operation for
-operation, so the parameters and moments are bit-for-bit those of ``torch.optim.SparseAdam``
-(``tests/test_sparse_adam.py``), and the state dict is the same: checkpoints of either load into the other.
-Gradients of any other sparse layout go through PyTorch's implementation.
+``index_add_`` over those rows (``bench/train_throughput.py`` runs a plain loop's steps with either optimizer
+side by side: 1.14x on SciFact's long texts, 1.00x where a step touches few rows). The arithmetic is
+SparseAdam's own, operation for operation, so the parameters and moments are bit-for-bit those of
+``torch.optim.SparseAdam`` (``tests/test_sparse_adam.py``), and the state dict is the same: checkpoints of
+either load into the other. Gradients of any other sparse layout go through PyTorch's implementation.
 """
 
 from __future__ import annotations
