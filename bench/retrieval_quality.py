@@ -28,9 +28,10 @@ import shlex
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
@@ -113,18 +114,26 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
     model where validation prefers it to the single one.
 
     The models are fitted side by side (:func:`fit_variants`); a model's seconds are its runs' training
-    time, each in its own process, its validation of the ensemble and its scoring.
+    time, each in its own process, its validation of the ensemble and its scoring. With worker processes
+    the baselines are fitted meanwhile in this process (:func:`beside`): they are single-threaded, and
+    would otherwise leave a core idle before the first run starts. The pretrained encoder's documents are
+    encoded before both, on every core: the towers' sub-model reads the same vectors.
 
     Recommendation datasets (no query text) follow the recommendation protocol: what a searcher consumed
     in training is never retrieved for it, by any method.
     """
     suite = Baselines(prep, args.max_sessions, dense=prep.name in args.dense)
-    suite.run()
     if prep.name in args.dense:
         variants = {**variants, **PRETRAINED}
+    if suite.dense and not suite.recommendation:
+        suite.encode_documents()
     ensembled = headline_variant(variants)
     with tempfile.TemporaryDirectory(prefix="ebr-quality-") as tmp:
-        fits, seconds = fit_variants(prep, suite, args, variants, Path(tmp))
+        if args.workers > 1:
+            fits, seconds = beside(suite.run, lambda: fit_variants(prep, suite, args, variants, Path(tmp)))
+        else:  # one process trains with every thread: nothing beside it
+            suite.run()
+            fits, seconds = fit_variants(prep, suite, args, variants, Path(tmp))
         for name, (fitted, ensemble, choice) in fits.items():
             cfg, result = fitted.config, fitted.result
             params = {"temperature": cfg.loss.temperature}
@@ -149,6 +158,20 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
                 if choice["chosen"] == "yes":
                     suite.headline = label
     return suite
+
+
+def beside(side, main):
+    """``main()``'s result, with ``side()`` run in a thread of its own meanwhile; ``side``'s error is raised
+    (once ``main`` is done) before ``main``'s result is returned, ``main``'s own error before either."""
+    with ThreadPoolExecutor(1, thread_name_prefix="beside") as pool:
+        other = pool.submit(side)
+        try:
+            result = main()
+        finally:
+            error = other.exception()  # waits: the side work ends before anything goes on
+        if error is not None:
+            raise error
+        return result
 
 
 def ensemble_label(name: str, seeds: int) -> str:
@@ -387,10 +410,13 @@ def details(results: dict[str, Baselines], preps: dict[str, Prepared], seconds: 
                 f"{suite.known.mean():.0%} by a searcher seen in training; "
                 f"{'recommendation protocol (consumed excluded)' if suite.recommendation else 'search'}; settings "
                 f"chosen on {SLICED if suite.sliced else 'the validation split'}; "
-                f"prepared in {sum(p.seconds.values()):.0f} s; {seconds[name] / 60:.1f} min in all, preparation "
-                "included (column 'seconds': each method's fitting, its settings' and seeds' runs included, and "
-                "scoring; a model's runs are counted each in its own process, two training at a time, so that the "
-                "rows add up to more than the dataset's minutes).", "", table(suite), "", against_each(suite), ""]
+                f"prepared in {sum(p.seconds.values()):.0f} s; {seconds[name] / 60:.1f} min in all, from its turn "
+                "to its last row (column 'seconds': each method's fitting, its settings' and seeds' runs included, "
+                "and scoring; a model's runs are counted each in its own process, two training at a time, while "
+                "the baselines are fitted beside them, so that the rows add up to more than the dataset's "
+                "minutes; each dataset is prepared in a process of its own while the ones before it run, and "
+                "only the wait for it, if any, counts in its minutes).", "", table(suite), "",
+                against_each(suite), ""]
     return "\n".join(out)
 
 
@@ -435,6 +461,38 @@ def command() -> str:
     return "python -m bench.retrieval_quality " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def load_and_prepare(name: str, quick: bool, max_snapshots: int) -> Prepared:
+    return prepare_source(name, load(name, quick), max_snapshots)
+
+
+def _one_thread() -> None:
+    """A preparing process takes one core: the other is the runs'."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
+def prepared_ahead(names: list[str], args):
+    """(name, a call that returns the dataset prepared) in order. With worker processes the datasets are
+    prepared one after the other in a process of their own, each while the ones before it run: loading and
+    preparing is single-threaded, and would otherwise leave a core idle. The call then waits for its dataset
+    (and raises what its preparation raised). With one worker, each is prepared when its turn comes."""
+    if args.workers == 1:
+        for name in names:
+            yield name, lambda name=name: load_and_prepare(name, args.quick, args.max_snapshots)
+        return
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+        futures = [pool.submit(load_and_prepare, name, args.quick, args.max_snapshots) for name in names]
+        try:
+            for name, future in zip(names, futures):
+                yield name, future.result
+        finally:
+            for f in futures:  # stopped early (an error, ^C): the preparations not started are dropped
+                f.cancel()
+
+
 def main_quality(args) -> str:
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     bad = [n for n in names if n not in DATASETS + OPTIONAL]
@@ -442,10 +500,10 @@ def main_quality(args) -> str:
         raise SystemExit(f"unknown dataset(s) {bad}; allowed: {list(DATASETS + OPTIONAL)}")
     results, preps, seconds = {}, {}, {}
     t0 = time.perf_counter()
-    for name in names:
+    for name, prepared in prepared_ahead(names, args):
         print(f"== {name}", flush=True)
         t = time.perf_counter()
-        preps[name] = prepare_source(name, load(name, args.quick), args.max_snapshots)
+        preps[name] = prepared()
         results[name] = run_dataset(preps[name], args, MODELS)
         seconds[name] = time.perf_counter() - t
     total = time.perf_counter() - t0

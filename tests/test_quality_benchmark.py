@@ -22,13 +22,16 @@ def tiny():
 
 def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
     from bench.retrieval_quality import (
-        MODELS, against_each, details, headline, headline_model, run_dataset, strongest_baseline,
+        MODELS, against_each, details, headline, headline_model, is_model, run_dataset, strongest_baseline,
     )
     from evaluation.protocol import EmbeddingRanker, rank_sessions
 
     args = argparse.Namespace(epochs=1, threads=1, no_progress=True, max_sessions=500, dense="", seeds=2, workers=2)
     suite = run_dataset(tiny, args, MODELS)
     rows = suite.rows
+    # the baselines, fitted while the models trained, come first in every table
+    order = [is_model(name) for name in rows]
+    assert order == sorted(order) and order[0] is False and order[-1] is True
     for name in ("popularity", "recent popularity", "query popularity", "BM25", "ALS (implicit)", "text-only",
                  "unified"):
         assert name in rows, list(rows)
@@ -61,6 +64,64 @@ def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
     # a model ranks through the same protocol as a baseline: a ranker over the index, best first
     top = rank_sessions(EmbeddingRanker(_any_model(tiny), tiny.index), suite.sessions, suite.doc_ids, 10)
     assert top.shape == (len(suite.sessions.targets), 10) and (top >= -1).all()
+
+
+def test_side_work_runs_beside_the_main_work_and_its_error_is_not_lost():
+    import threading
+
+    from bench.retrieval_quality import beside
+
+    started = threading.Event()
+
+    def side():
+        started.set()
+
+    def main():  # returns only if the side work runs meanwhile
+        assert started.wait(30), "the side work did not run beside the main work"
+        return "main"
+
+    assert beside(side, main) == "main"
+
+    done = []
+
+    def failing_side():
+        raise ValueError("side failed")
+
+    def slow_main():
+        done.append("main")
+        return "main"
+
+    with pytest.raises(ValueError, match="side failed"):
+        beside(failing_side, slow_main)
+    assert done == ["main"]  # the main work ran to its end first
+
+    def failing_main():
+        raise KeyError("main failed")
+
+    with pytest.raises(KeyError, match="main failed"):  # the main work's error comes first
+        beside(failing_side, failing_main)
+
+
+def test_datasets_prepared_ahead_in_a_process_of_their_own_are_the_ones_prepared_in_place(tiny):
+    """The benchmark prepares the next datasets in a spawned process while the current one runs: the same
+    frames as preparing in place, and a preparation's error reaches the caller when its dataset's turn comes."""
+    import pandas as pd
+
+    from bench.retrieval_quality import prepared_ahead
+
+    args = argparse.Namespace(workers=2, quick=True, max_snapshots=4)
+    turns = prepared_ahead(["synthetic", "no-such-source"], args)
+    name, prepared = next(turns)
+    prep = prepared()
+    assert name == "synthetic"
+    for part in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(prep.parts[part], tiny.parts[part])
+    pd.testing.assert_frame_equal(prep.index, tiny.index)
+    name, prepared = next(turns)
+    assert name == "no-such-source"
+    with pytest.raises(ValueError, match="no-such-source"):
+        prepared()
+    assert next(turns, None) is None
 
 
 def _any_model(prep):
