@@ -28,7 +28,7 @@ import shlex
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -483,14 +483,19 @@ def prepared_ahead(names: list[str], args):
         for name in names:
             yield name, lambda name=name: load_and_prepare(name, args.quick, args.max_snapshots)
         return
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-        futures = [pool.submit(load_and_prepare, name, args.quick, args.max_snapshots) for name in names]
-        try:
-            for name, future in zip(names, futures):
-                yield name, future.result
-        finally:
-            for f in futures:  # stopped early (an error, ^C): the preparations not started are dropped
-                f.cancel()
+    pool = get_context("spawn").Pool(1, initializer=_one_thread)
+    finished = False
+    try:
+        pending = [pool.apply_async(load_and_prepare, (name, args.quick, args.max_snapshots)) for name in names]
+        for name, result in zip(names, pending):
+            yield name, result.get
+        finished = True
+    finally:
+        if finished:
+            pool.close()
+        else:  # stopped early (an error, ^C): the preparation under way is not waited for
+            pool.terminate()
+        pool.join()
 
 
 def main_quality(args) -> str:

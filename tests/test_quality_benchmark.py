@@ -124,6 +124,22 @@ def test_datasets_prepared_ahead_in_a_process_of_their_own_are_the_ones_prepared
     assert next(turns, None) is None
 
 
+def test_a_benchmark_stopped_early_does_not_wait_for_the_preparation_under_way():
+    """An error in a dataset's runs ends the benchmark at once: the preparation under way in the background
+    (here the default world's, a minute or more) is stopped, not waited for."""
+    import multiprocessing
+    import time
+
+    from bench.retrieval_quality import prepared_ahead
+
+    turns = prepared_ahead(["synthetic", "synthetic"], argparse.Namespace(workers=2, quick=False, max_snapshots=24))
+    next(turns)  # the first turn is given, both preparations queued
+    t0 = time.perf_counter()
+    turns.close()  # as an error in the first dataset's runs would
+    assert time.perf_counter() - t0 < 20, "closing waited for the preparation"
+    assert not multiprocessing.active_children()
+
+
 def _any_model(prep):
     from models.config import ModelConfig
     from models.towers import TwoTowerModel
