@@ -14,6 +14,10 @@ plus nDCG@10 where qrels exist.
     python -m bench.retrieval_quality --compare            # the model comparison on the default world
     python -m bench.retrieval_quality --ablation --datasets movielens,meetup_montana   # what each input is worth
 
+Both cores stay busy: two worker processes train the models' independent runs (``bench.parallel_training``),
+the baselines are fitted meanwhile in the parent, and the next datasets are prepared in a process of
+their own (``--workers 1``: everything one after the other, training with ``--threads``).
+
 Prints markdown and writes ``bench/results/retrieval_quality.md`` (``model_comparison.md`` with
 ``--compare``; ``*_quick.md`` in quick mode) with the command that produced it.
 """
@@ -478,7 +482,9 @@ def prepared_ahead(names: list[str], args):
     """(name, a call that returns the dataset prepared) in order. With worker processes the datasets are
     prepared one after the other in a process of their own, each while the ones before it run: loading and
     preparing is single-threaded, and would otherwise leave a core idle. The call then waits for its dataset
-    (and raises what its preparation raised). With one worker, each is prepared when its turn comes."""
+    (and raises what its preparation raised). Closed early (an error in a dataset's runs, ^C), the
+    preparation under way is terminated, not waited for. With one worker, each is prepared when its turn
+    comes."""
     if args.workers == 1:
         for name in names:
             yield name, lambda name=name: load_and_prepare(name, args.quick, args.max_snapshots)
