@@ -71,13 +71,15 @@ def test_side_work_runs_beside_the_main_work_and_its_error_is_not_lost():
 
     from bench.retrieval_quality import beside
 
-    started = threading.Event()
+    main_running, side_ran = threading.Event(), threading.Event()
 
-    def side():
-        started.set()
+    def side():  # sees the main work under way: not run before it
+        if main_running.wait(10):
+            side_ran.set()
 
-    def main():  # returns only if the side work runs meanwhile
-        assert started.wait(30), "the side work did not run beside the main work"
+    def main():  # sees the side work done while it waits: not run after it
+        main_running.set()
+        assert side_ran.wait(10), "the side work did not run beside the main work"
         return "main"
 
     assert beside(side, main) == "main"
@@ -87,12 +89,12 @@ def test_side_work_runs_beside_the_main_work_and_its_error_is_not_lost():
     def failing_side():
         raise ValueError("side failed")
 
-    def slow_main():
+    def main_that_ends():
         done.append("main")
         return "main"
 
     with pytest.raises(ValueError, match="side failed"):
-        beside(failing_side, slow_main)
+        beside(failing_side, main_that_ends)
     assert done == ["main"]  # the main work ran to its end first
 
     def failing_main():
