@@ -362,10 +362,19 @@ class S3Backend:
         try:
             yield _DEADLINE.get()
         except Exception as exc:
+            from boto3.exceptions import Boto3Error
             from botocore.exceptions import BotoCoreError, ClientError
+            from s3transfer.exceptions import RetriesExceededError
 
             if isinstance(exc, (BotoCoreError, ClientError)):  # botocore's messages do not name the bucket
                 exc.add_note(f"S3 store {self.describe()}, {what}")
+            # A transport error (a read timeout, retries exhausted) that ends the call after its deadline has
+            # passed is the deadline's: the check between chunks and the socket's timeout race for it.
+            if isinstance(exc, (BotoCoreError, Boto3Error, RetriesExceededError)):
+                try:
+                    _check_deadline()
+                except S3DeadlineExceeded as late:
+                    raise late from exc
             raise
         finally:
             _DEADLINE.reset(token)

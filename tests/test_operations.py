@@ -160,6 +160,59 @@ def test_an_s3_endpoint_that_trickles_its_answer_ends_at_the_deadline(trickling_
     assert ArtifactStore.from_settings().backend.timeouts.deadline_seconds == 60
 
 
+@pytest.fixture
+def stalling_endpoint():
+    """An HTTP server that answers every request's headers at once, then sends nothing for 10 s."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Stall(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            for name, value in (("Content-Length", "1024"), ("ETag", '"0"'), ("Content-Type", "binary/octet-stream"),
+                                ("Last-Modified", "Thu, 01 Jan 2026 00:00:00 GMT")):
+                self.send_header(name, value)
+            self.end_headers()
+
+        def do_GET(self):
+            self.do_HEAD()
+            time.sleep(10)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("call", ["read", "download"])
+def test_a_read_timeout_that_ends_a_call_past_its_deadline_is_the_deadline(stalling_endpoint, monkeypatch, tmp_path,
+                                                                           call):
+    """The socket's read timeout and the deadline's checks race: where the timeout ends a call whose deadline
+    has passed (a stall longer than both), the caller gets the deadline's error, whichever fired."""
+    from infra.retries import is_transient
+    from infra.storage import S3Backend, S3DeadlineExceeded, S3Timeouts
+    from tests.s3_server import set_dummy_aws_env
+
+    set_dummy_aws_env(monkeypatch)
+    backend = S3Backend("bucket", endpoint_url=stalling_endpoint, region="us-east-1",
+                        timeouts=S3Timeouts(connect_seconds=1, read_seconds=3, attempts=1, deadline_seconds=2))
+    assert backend.client is not None  # built first: on a busy machine building it can take the deadline's time
+    with pytest.raises(S3DeadlineExceeded, match="did not finish within 2 s") as err:
+        if call == "read":
+            backend.read_bytes("slow/key")
+        else:
+            backend.download_file("slow/key", tmp_path / "file")
+    assert err.value.__cause__ is not None  # the timeout that ended it, kept as the cause
+    assert is_transient(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 class CuttingProxy:
     """A TCP proxy in front of the S3 endpoint that cuts every connection once it has carried ``cut_after``
     bytes from client to server (an upload cut mid-file by the network); ``cut_after=None`` heals it."""
