@@ -88,6 +88,7 @@ class Baselines:
         self.headline: str | None = None  # the two-tower row the headline compares (set by the benchmark)
         self.choices: dict[str, pd.DataFrame] = {}
         self._dense = None  # (validation encoder, test encoder, seconds) once encode_documents has run
+        self.dense_stored = 0  # of the documents the dense encoder needed, how many came from the encoder's store
 
     # -- what applies
     @property
@@ -141,11 +142,17 @@ class Baselines:
         calls this first, so that the encoder gets the cores to itself and the vectors exist before
         anything else needs them."""
         if self._dense is None:
+            from models.pretrained import text_encoder
+
+            stats = text_encoder("all-MiniLM-L6-v2").stats
+            before = dict(stats)
             t = time.perf_counter()
             dense_v = DenseEncoder(self.corpus, batch_size=64)
             dense = dense_v.for_documents(self.index)
             self._dense = (dense_v, dense, time.perf_counter() - t)
-            print(f"  (encoded {len(self.corpus):,} documents in {dense_v.encode_seconds:.0f} s)", flush=True)
+            self.dense_stored = stats["from_store"] - before["from_store"]
+            print(f"  ({len(self.corpus):,} documents: {stats['encoded'] - before['encoded']:,} encoded, "
+                  f"{self.dense_stored:,} read from the encoder's store, {dense_v.encode_seconds:.0f} s)", flush=True)
         return self._dense
 
     def run(self) -> None:
@@ -192,7 +199,9 @@ class Baselines:
                 self.score("LightFM WARP", lfm, res.params, time.perf_counter() - t)
         if self.dense and not self.recommendation:
             dense_v, dense, encode = self.encode_documents()
-            self.score("dense MiniLM-L6", dense, fit_seconds=encode)
+            # seconds with vectors read from the store are not the encoder's cost: the row says how many
+            stored = {"document vectors from the store": f"{self.dense_stored:,} of {len(self.corpus):,}"}
+            self.score("dense MiniLM-L6", dense, stored if self.dense_stored else None, fit_seconds=encode)
             t = time.perf_counter()
             bm25_v = BM25(self.corpus)
             res = fit_on_validation(

@@ -464,20 +464,20 @@ class DenseEncoder:
         self.n_docs = len(documents)
         t0 = time.perf_counter()
         if embeddings is None:
-            embeddings = self._encode(document_text(documents))
+            embeddings = self._encode(document_text(documents), persist=True)
         if len(embeddings) != len(documents):
             raise ValueError(f"{len(embeddings)} embeddings for {len(documents)} documents")
         self.doc_emb = np.asarray(embeddings, np.float32)
         self.encode_seconds = time.perf_counter() - t0
         self._query_cache: dict[str, np.ndarray] = {}
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str], persist: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.model.get_embedding_dimension()), np.float32)
         if self.model_path is None:  # the towers' sub-model: one cache for both (same texts, same vectors)
             from models.pretrained import text_encoder
 
-            return text_encoder("all-MiniLM-L6-v2").encode(texts, progress=self.progress)
+            return text_encoder("all-MiniLM-L6-v2").encode(texts, progress=self.progress, persist=persist)
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=self.progress).astype(np.float32)
 
@@ -489,7 +489,7 @@ class DenseEncoder:
         emb[known >= 0] = self.doc_emb[known[known >= 0]]
         new = np.flatnonzero(known < 0)
         if len(new):
-            emb[new] = self._encode(document_text(documents.iloc[new]))
+            emb[new] = self._encode(document_text(documents.iloc[new]), persist=True)
         return DenseEncoder(documents, self.batch_size, self.model_path, embeddings=emb)
 
     def embed_queries(self, queries: pd.DataFrame) -> np.ndarray:

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     s3_attempts: int = Field(default=3, ge=1, le=10, description="tries per S3 call (transient errors only)")
     s3_deadline: float = Field(default=900.0, gt=0, le=86400,
                                description="seconds one S3 call (a file's transfer included) may take overall")
+    encoder_store: str = Field(
+        default="",
+        description="directory of the frozen text encoders' document vectors (default <home>/encoders), so that "
+                    "retraining and rebuilds encode only new documents; 'off' keeps them in memory only")
     keep_versions: int = Field(
         default=10, ge=0, le=100_000,
         description="complete versions kept per artifact when a publishing flow starts (0: keep every version); "
@@ -57,6 +61,13 @@ class Settings(BaseSettings):
         from infra.names import check_name
 
         return self.data_dir / check_name(name, "dataset name")
+
+    @property
+    def encoder_store_dir(self) -> Path | None:
+        """Where frozen text encoders keep their documents' vectors (:mod:`models.vector_store`); None: off."""
+        if self.encoder_store.strip().lower() == "off":
+            return None
+        return Path(self.encoder_store) if self.encoder_store.strip() else self.home / "encoders"
 
     @property
     def artifacts_url(self) -> str:

