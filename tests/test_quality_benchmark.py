@@ -126,6 +126,14 @@ def test_datasets_prepared_ahead_in_a_process_of_their_own_are_the_ones_prepared
     assert next(turns, None) is None
 
 
+def test_the_dataset_prepared_in_seconds_runs_first_and_the_others_keep_their_order():
+    from bench.retrieval_quality import DATASETS, run_order
+
+    assert run_order(list(DATASETS)) == ["scifact", "synthetic", "lastfm", "meetup_montana", "meetup_chicago",
+                                         "movielens"]
+    assert run_order(["movielens", "lastfm"]) == ["movielens", "lastfm"]
+
+
 def test_a_benchmark_stopped_early_does_not_wait_for_the_preparation_under_way():
     """An error in a dataset's runs ends the benchmark at once: the preparation under way in the background
     (here the default world's, a minute or more) is stopped, not waited for."""
