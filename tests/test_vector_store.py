@@ -114,6 +114,27 @@ def test_documents_encoded_once_are_read_back_by_a_fresh_encoder(minilm, tmp_pat
     assert again.stats == {"encoded": 0, "from_store": 3}
 
 
+def test_a_long_encoding_is_stored_part_by_part(minilm, tmp_path, monkeypatch):
+    """A crash in the middle of encoding a large corpus keeps the parts already encoded."""
+    import models.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "STORE_EVERY", 2)
+    encoder = pretrained.TextEncoder("all-MiniLM-L6-v2", store_dir=tmp_path)
+    real, calls = encoder.model.encode, []
+
+    def crash_on_the_second_part(texts, **kw):
+        calls.append(list(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(texts, **kw)
+
+    monkeypatch.setattr(encoder.model, "encode", crash_on_the_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        encoder.encode(DOCS, persist=True)
+    (path,) = tmp_path.glob("*.sqlite")
+    assert sorted(VectorStore(path, encoder.dim).get(DOCS)) == sorted(calls[0])
+
+
 def test_another_encoder_version_does_not_read_these_vectors(minilm, tmp_path, monkeypatch):
     from models.pretrained import TextEncoder, encoder_fingerprint
 
