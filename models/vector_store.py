@@ -6,7 +6,8 @@ One SQLite file per encoder fingerprint (:func:`models.pretrained.encoder_finger
 width and token limit, and the versions of the packages that compute its vectors). Another model or library
 version starts a file of its own, so that no stale vector is ever served. A text's key is its SHA-256.
 SQLite's write-ahead log lets other processes (training workers, a serving process) read while one writes;
-every write is one transaction, so that a crash loses at most the batch under way, never the file.
+every write is one transaction, so that a crash loses at most the batch under way, never the file. The log
+needs a local disk: SQLite's write-ahead mode does not work over a network file system.
 
 The store is an optimization: where it cannot be opened, read or written (a read-only disk, a corrupt
 file), a warning says so once and the encoder goes on without it.
