@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -73,6 +74,16 @@ def _preload(vectors: dict[str, dict[str, Any]]) -> None:
         text_encoder(name).preload(cache)
 
 
+_OPEN: "weakref.WeakSet[Trainer]" = weakref.WeakSet()  # for close_all
+
+
+def close_all(wait: bool = False) -> None:
+    """Closes every open :class:`Trainer` of this process: an error in one dataset's runs stops the others'
+    (their queued runs are cancelled)."""
+    for trainer in list(_OPEN):
+        trainer.close(wait=wait)
+
+
 class Trainer:
     """Trains runs in ``workers`` spawned processes of one torch thread each, kept until :meth:`close`;
     with ``workers=1``, in the calling thread with each config's threads. :meth:`train` may be called from
@@ -95,6 +106,7 @@ class Trainer:
 
             self._pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_preload,
                                              initargs=({n: cached_vectors(n) for n in pretrained},))
+        _OPEN.add(self)
 
     def add(self, account: str, seconds: float) -> None:
         with self._lock:
@@ -128,6 +140,7 @@ class Trainer:
         """Stops the workers once their current runs end (``wait=False``: without waiting for them); queued
         runs are cancelled, so that a thread waiting for one gets an error instead of waiting on."""
         self._closed = True
+        _OPEN.discard(self)
         if self._pool is None:
             return
         with self._lock:

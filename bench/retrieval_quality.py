@@ -14,10 +14,11 @@ plus nDCG@10 where qrels exist.
     python -m bench.retrieval_quality --compare            # the model comparison on the default world
     python -m bench.retrieval_quality --ablation --datasets movielens,meetup_montana   # what each input is worth
 
-Both cores stay busy: two worker processes train the models' independent runs (``bench.parallel_training``),
-the baselines are fitted meanwhile in the parent, and the next datasets are prepared in a process of
-their own, SciFact (prepared in seconds) running first (``--workers 1``: everything one after the other,
-training with ``--threads``). The results are tabulated in the order asked.
+Both cores stay busy: two worker processes per dataset train the models' independent runs
+(``bench.parallel_training``), the baselines are fitted meanwhile in the parent, two datasets run at a time
+(``--lanes``), and the next datasets are prepared in a process of their own, SciFact (prepared in seconds)
+running first (``--workers 1``: everything one after the other, training with ``--threads``). The results
+are tabulated in the order asked.
 
 Prints markdown and writes ``bench/results/retrieval_quality.md`` (``model_comparison.md`` with
 ``--compare``; ``*_quick.md`` in quick mode) with the command that produced it.
@@ -33,7 +34,7 @@ import shlex
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -43,7 +44,7 @@ import pandas as pd
 
 from bench.baselines import Baselines, table
 from bench.common import Prepared, prepare, prepare_source
-from bench.parallel_training import Run, Trainer
+from bench.parallel_training import Run, Trainer, close_all
 from evaluation.baselines import BM25, Popularity, session_folds
 from evaluation.comparison import FEATURE_ABLATION, REPORT_VARIANTS, compare_models, comparison_markdown, variant_config
 from evaluation.protocol import EmbeddingRanker, consumed_documents, evaluate_ranker
@@ -125,7 +126,7 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
     time, each in its own process, its validation of the ensemble and its scoring. With worker processes
     the baselines are fitted meanwhile in this process (:func:`beside`): they are single-threaded, and
     would otherwise leave a core idle before the first run starts. The pretrained encoder's documents are
-    encoded before both, on every core: the towers' sub-model reads the same vectors.
+    encoded (or read from its store) before both: the towers' sub-model reads the same vectors.
 
     Recommendation datasets (no query text) follow the recommendation protocol: what a searcher consumed
     in training is never retrieved for it, by any method.
@@ -234,9 +235,14 @@ class Fitted:
     run its setting was judged by on validation (the same run where there is a validation split)."""
 
     config: TrainConfig
-    result: object  # models.train.TrainResult
+    final: object  # models.train.TrainResult, or a Future of it while it trains (fit_by_folds)
     validated: object
     fold_means: dict | None = None  # setting -> mean recall@10 over the folds (no validation split)
+
+    @property
+    def result(self):
+        """The run trained on the whole training split (waits for it while it trains)."""
+        return self.final.result() if isinstance(self.final, Future) else self.final
 
 
 def fit_model(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Path, trainer: Trainer | None = None,
@@ -278,7 +284,9 @@ def fit_by_folds(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out:
     """Where a source has no validation split: each setting trained on every fold's rest and judged on its
     held-out sessions (:func:`evaluation.baselines.session_folds`); the best mean recall@10 wins and is
     retrained on the whole training split with the epoch budget every model of such a source gets (one
-    fold is too small to pick an epoch with). One 20% slice of SciFact's training claims (~160) is too small
+    fold is too small to pick an epoch with). That last run trains in the background (:attr:`Fitted.result`
+    waits for it), so that the seed ensemble's members, judged on the slice, train beside it instead of after
+    it. One 20% slice of SciFact's training claims (~160) is too small
     to choose on alone: one claim moves its recall@10 by more than 0.005, and the settings differ by a few
     hundredths. Fold 0 is the baselines' slice, so its run is the one the seed ensemble is judged against."""
     folds = session_folds(prep.parts["train"], FOLDS, seed=0)
@@ -292,9 +300,19 @@ def fit_by_folds(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out:
     per_setting = [results[i * len(folds):(i + 1) * len(folds)] for i in range(len(configs))]
     means = [sum(r.best_metric or 0.0 for r in rs) / len(rs) for rs in per_setting]
     i = max(range(len(configs)), key=means.__getitem__)  # ties: the first setting
-    (final,) = trainer.train([Run(prep.parts["train"], None, prep.corpus, configs[i], out / "final")], account)
+    final = in_background(
+        lambda: trainer.train([Run(prep.parts["train"], None, prep.corpus, configs[i], out / "final")], account)[0])
     return Fitted(configs[i], final, per_setting[i][0],
                   fold_means={setting_label(g): m for g, m in zip(grid, means)})
+
+
+def in_background(work) -> Future:
+    """``work()`` started in a thread of its own; the Future gives its result or raises its error."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="background")
+    try:
+        return pool.submit(work)
+    finally:
+        pool.shutdown(wait=False)  # takes no more work; the thread ends with this one
 
 
 def setting_label(setting: dict) -> str:
@@ -346,7 +364,7 @@ def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: i
     single, concat = recall(validated[0].model), recall(ensemble)
     choice = {"members": f"{seeds} seeds", "validation R@10": f"{concat:.4f} vs {single:.4f} single",
               "chosen": "yes" if concat > single else "no"}
-    if fitted.validated is fitted.result:  # a validation split: the members are trained on the training split
+    if len(prep.parts["valid"]):  # a validation split: the members are trained on the training split
         return ensemble, choice
     if choice["chosen"] == "no":  # judged on the slice and not kept: no members on the whole split to pay for
         return None, choice
@@ -406,7 +424,8 @@ def headline(results: dict[str, Baselines]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def details(results: dict[str, Baselines], preps: dict[str, Prepared], seconds: dict[str, float]) -> str:
+def details(results: dict[str, Baselines], preps: dict[str, Prepared], seconds: dict[str, float],
+            lanes: int = 1) -> str:
     out = []
     for name, suite in results.items():
         p = preps[name]
@@ -420,9 +439,11 @@ def details(results: dict[str, Baselines], preps: dict[str, Prepared], seconds: 
                 f"chosen on {SLICED if suite.sliced else 'the validation split'}; "
                 f"prepared in {sum(p.seconds.values()):.0f} s; {seconds[name] / 60:.1f} min in all, from its turn "
                 "to its last row (column 'seconds': each method's fitting, its settings' and seeds' runs included, "
-                "and scoring; a model's runs are counted each in its own process, two training at a time, while "
-                "the baselines are fitted beside them, so that the rows add up to more than the dataset's "
-                "minutes; each dataset is prepared in a process of its own while the ones before it run (SciFact "
+                "and scoring; a model's runs are counted each in its own process, two training at a time per "
+                f"dataset, while the baselines are fitted beside them{' and another dataset runs' if lanes > 1 else ''}"
+                ", so that the rows add up to more than the dataset's minutes; "
+                f"{f'{lanes} datasets run at a time, so that their minutes overlap; ' if lanes > 1 else ''}"
+                "each dataset is prepared in a process of its own while the ones before it run (SciFact "
                 "first), and only the wait for it, if any, counts in its minutes).", "", table(suite), "",
                 against_each(suite), ""]
     return "\n".join(out)
@@ -508,6 +529,33 @@ def prepared_ahead(names: list[str], args):
         pool.join()
 
 
+def in_flight(turn, turns, lanes: int) -> None:
+    """``turn(name, prepared)`` for each of ``turns`` in order, ``lanes`` datasets at a time: a dataset starts
+    as soon as one before it ends, so that a dataset's last lone run and its scoring share the cores with the
+    next dataset's work instead of leaving one idle. The first error stops new turns and closes the trainers
+    under way (their queued runs are cancelled); it is raised once the turns under way have ended."""
+    if lanes <= 1:
+        for name, prepared in turns:
+            turn(name, prepared)
+        return
+    pool = ThreadPoolExecutor(lanes, thread_name_prefix="dataset")
+    running: set = set()
+    try:
+        for name, prepared in turns:
+            while len(running) >= lanes:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+            running.add(pool.submit(turn, name, prepared))
+        for future in as_completed(running):
+            future.result()
+    except BaseException:
+        close_all()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_order(names: list[str]) -> list[str]:
     """The datasets in the order they run: those of :data:`RUN_FIRST` first (their preparation takes seconds,
     so that the first runs start at once while the next datasets are prepared beside them), then the others
@@ -522,12 +570,16 @@ def main_quality(args) -> str:
         raise SystemExit(f"unknown dataset(s) {bad}; allowed: {list(DATASETS + OPTIONAL)}")
     results, preps, seconds = {}, {}, {}
     t0 = time.perf_counter()
-    for name, prepared in prepared_ahead(run_order(names), args):
-        print(f"== {name}", flush=True)
+
+    def turn(name: str, prepared) -> None:
         t = time.perf_counter()
         preps[name] = prepared()
+        print(f"== {name}", flush=True)
         results[name] = run_dataset(preps[name], args, MODELS)
         seconds[name] = time.perf_counter() - t
+        print(f"== {name} done ({seconds[name] / 60:.1f} min)", flush=True)
+
+    in_flight(turn, prepared_ahead(run_order(names), args), args.lanes)
     total = time.perf_counter() - t0
     results = {name: results[name] for name in names}  # tabulated in the order asked
     world = "tiny" if args.quick else "default"
@@ -577,7 +629,7 @@ def main_quality(args) -> str:
         "the second column, chosen on validation (grids in `evaluation/baselines.py`); a model's row gives its "
         "best epoch on validation.",
         "",
-        details(results, preps, seconds),
+        details(results, preps, seconds, args.lanes),
         "Features: every dataset goes through the same code: `training.examples.build_examples`, then "
         "`features.compute.compute_features` snapshots and `training.examples.join_features` with the as-of rule "
         "of the Feast repository (newest snapshot not after the session). The snapshots are computed in memory at "
@@ -682,22 +734,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2,
                     help="processes that train independent runs (settings, folds, seeds) side by side, 1 torch "
                          "thread each (default 2; 1: one after the other with --threads)")
+    ap.add_argument("--lanes", type=int, default=None,
+                    help="datasets run at a time, their runs sharing the cores (default 2 with --workers > 1, "
+                         "else 1)")
     ap.add_argument("--max-sessions", type=int, default=None, help="held-out sessions evaluated (default 10,000)")
     ap.add_argument("--max-snapshots", type=int, default=None, help="feature snapshots per dataset (default 24)")
     ap.add_argument("--no-progress", action="store_true", help="no training progress bars")
     ap.add_argument("--dense", default="scifact",
                     help="datasets that get the pretrained sentence encoder and its fusion with BM25 (default scifact)")
     args = ap.parse_args(argv)
-    if min(args.seeds, args.threads, args.workers) < 1:
-        ap.error("--seeds, --threads and --workers must be at least 1")
+    args.lanes = args.lanes if args.lanes is not None else (2 if args.workers > 1 else 1)
+    if min(args.seeds, args.threads, args.workers, args.lanes) < 1:
+        ap.error("--seeds, --threads, --workers and --lanes must be at least 1")
     import torch
 
-    torch.set_num_threads(args.threads)  # the pretrained encoder's too (training sets its own per run)
+    # the pretrained encoder's threads (training sets its own per run); with datasets side by side every
+    # core is busy anyway, and the parent's work of one dataset takes one thread
+    torch.set_num_threads(1 if args.lanes > 1 else args.threads)
     args.dense = {n.strip() for n in args.dense.split(",") if n.strip()}
     args.epochs = args.epochs or (2 if args.quick else 6)
     args.max_sessions = args.max_sessions or (2_000 if args.quick else 10_000)
     args.max_snapshots = args.max_snapshots or (8 if args.quick else 24)
     os.environ.setdefault("EBR_HOME", tempfile.mkdtemp(prefix="ebr-bench-"))  # nothing lands in the project
+    # the frozen encoder's document vectors outlive the run (a pure function of the text: models.vector_store)
+    os.environ.setdefault("EBR_ENCODER_STORE", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                                                   / "ebr" / "encoders"))
     print(main_compare(args) if args.compare else main_ablation(args) if args.ablation else main_quality(args))
 
 

@@ -76,15 +76,21 @@ class TextEncoder:
         self.dim = int(self.model.get_embedding_dimension())
         if self.dim != ENCODERS[name]:
             raise ValueError(f"{name} gives {self.dim}-d vectors, expected {ENCODERS[name]}")
-        self.store = None
-        if store_dir is not None:
-            from models.vector_store import VectorStore
-
-            fingerprint = encoder_fingerprint(name, self.model)
-            self.store = VectorStore(Path(store_dir) / f"{name}-{fingerprint}.sqlite", self.dim)
+        self.store_dir = None if store_dir is None else Path(store_dir)
+        self._store = None  # opened on the first document: a process that only serves queries never opens it
         self.stats = {"encoded": 0, "from_store": 0}
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = Lock()  # the service encodes from worker threads
+
+    @property
+    def store(self):
+        """The :class:`models.vector_store.VectorStore` of this encoder's fingerprint, or None."""
+        if self._store is None and self.store_dir is not None:
+            from models.vector_store import VectorStore
+
+            fingerprint = encoder_fingerprint(self.name, self.model)
+            self._store = VectorStore(self.store_dir / f"{self.name}-{fingerprint}.sqlite", self.dim)
+        return self._store
 
     def encode(self, texts: Sequence[str], progress: bool = False, persist: bool = False) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors; the empty text gets the zero vector (no evidence).

@@ -134,6 +134,45 @@ def test_the_dataset_prepared_in_seconds_runs_first_and_the_others_keep_their_or
     assert run_order(["movielens", "lastfm"]) == ["movielens", "lastfm"]
 
 
+def test_datasets_run_two_at_a_time_and_the_next_starts_when_either_ends():
+    import threading
+
+    from bench.retrieval_quality import in_flight
+
+    third_started, log = threading.Event(), []
+
+    def turn(name, prepared):
+        log.append(("start", name, prepared()))
+        if name == "long":  # ends only once the third dataset has started beside it
+            assert third_started.wait(30), "the third dataset waited for both before it"
+        if name == "third":
+            third_started.set()
+        log.append(("end", name))
+
+    in_flight(turn, ((n, lambda n=n: n.upper()) for n in ("long", "short", "third")), lanes=2)
+    assert log.index(("start", "third", "THIRD")) < log.index(("end", "long"))
+    assert ("start", "long", "LONG") in log and ("end", "short") in log
+
+
+def test_an_error_in_one_dataset_stops_the_others_and_is_raised():
+    from bench.parallel_training import Trainer
+    from bench.retrieval_quality import in_flight
+
+    other = Trainer(workers=2)  # the runs of the dataset under way beside the failing one
+    started = []
+
+    def turn(name, prepared):
+        started.append(name)
+        if name == "bad":
+            raise KeyError("bad dataset")
+
+    with pytest.raises(KeyError, match="bad dataset"):
+        in_flight(turn, ((n, None) for n in ("ok", "bad", "never", "never either")), lanes=2)
+    assert "never either" not in started
+    assert other._closed  # its queued runs were cancelled
+    other.close()
+
+
 def test_a_benchmark_stopped_early_does_not_wait_for_the_preparation_under_way():
     """An error in a dataset's runs ends the benchmark at once: the preparation under way in the background
     (here the default world's, a minute or more) is stopped, not waited for."""
@@ -200,6 +239,9 @@ def test_without_a_validation_split_the_seed_ensemble_is_judged_on_a_slice_then_
     """SciFact's path: the setting is chosen over folds of the training sessions, the members are judged on
     the baselines' slice (fold 0), and the ensemble served is made of members retrained on the whole
     training split."""
+    import time
+
+    import bench.parallel_training as parallel_training
     import bench.retrieval_quality as quality
     from bench.baselines import Baselines
     from bench.retrieval_quality import MODEL_GRID, base_config, fit_model, fit_seed_ensemble
@@ -208,8 +250,17 @@ def test_without_a_validation_split_the_seed_ensemble_is_judged_on_a_slice_then_
     suite = Baselines(prep, 300, dense=False)
     args = argparse.Namespace(epochs=1, threads=1, no_progress=True)
     monkeypatch.setattr(quality, "MIN_STEPS", 1)  # one epoch per run: 2 settings x 5 folds + 3 more runs
+    spans, timed = {}, parallel_training._timed
+
+    def timed_run(run):  # when each run trained
+        t0 = time.perf_counter()
+        try:
+            return timed(run)
+        finally:
+            spans[run.out.relative_to(tmp_path).as_posix()] = (t0, time.perf_counter())
+
+    monkeypatch.setattr(parallel_training, "_timed", timed_run)
     fitted = fit_model(prep, suite, base_config(args, len(prep.parts["train"])), MODEL_GRID, tmp_path / "grid")
-    assert fitted.validated is not fitted.result  # chosen on the folds, retrained on everything
     assert list(fitted.fold_means) == ["0.05", "0.1"]  # each temperature's mean over the folds
     assert fitted.config.loss.temperature == float(max(fitted.fold_means, key=fitted.fold_means.get))
     # the slice's verdict, fixed to "kept" (the single run scores 0.1, the concatenation 0.2) so that the
@@ -217,6 +268,9 @@ def test_without_a_validation_split_the_seed_ensemble_is_judged_on_a_slice_then_
     verdicts = iter([0.1, 0.2])
     monkeypatch.setattr(quality, "evaluate_ranker", lambda *a, **kw: {"recall@10": next(verdicts)})
     ensemble, choice = fit_seed_ensemble(prep, suite, fitted, 2, tmp_path / "seeds")
+    # the member judged on the slice trained while the final run did, not after it
+    assert spans["seeds/1"][0] < spans["grid/final"][1], spans
+    assert fitted.validated is not fitted.result  # chosen on the folds, retrained on everything
     assert choice["chosen"] == "yes"
     assert choice["members"] == "2 seeds" and " vs " in choice["validation R@10"]
     assert (ensemble is None) == (choice["chosen"] == "no")  # rejected on the slice: not retrained

@@ -102,8 +102,9 @@ def test_documents_encoded_once_are_read_back_by_a_fresh_encoder(minilm, tmp_pat
     from models.pretrained import TextEncoder
 
     first = TextEncoder("all-MiniLM-L6-v2", store_dir=tmp_path)
-    made = first.encode(DOCS, persist=True)
     first.encode(["a query typed once"])  # queries stay in memory: serving never writes to disk
+    assert not list(tmp_path.iterdir())
+    made = first.encode(DOCS, persist=True)
     assert first.stats == {"encoded": 4, "from_store": 0}
     (path,) = tmp_path.glob("all-MiniLM-L6-v2-*.sqlite")
     assert len(VectorStore(path, first.dim)) == len(DOCS)
