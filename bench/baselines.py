@@ -125,7 +125,8 @@ class Baselines:
         self.rows[name] = {"params": params or {}, "metrics": m, "seconds": fit_seconds + time.perf_counter() - t0,
                            "per_session": session_recalls(top, self.doc_ids, self.sessions, KS)}
         a = m["all"]
-        print(f"  {self.prep.name}: {name:<22} R@10 {a['recall@10']:.4f}  R@100 {a['recall@100']:.4f}  nDCG@10 {a['ndcg@10']:.4f}"
+        print(f"  {self.prep.name}: {name:<22} R@10 {a['recall@10']:.4f}  R@100 {a['recall@100']:.4f}  "
+              f"nDCG@10 {a['ndcg@10']:.4f}"
               f"  {params or ''}  ({self.rows[name]['seconds']:.1f} s)", flush=True)
 
     def compare(self, method: str, reference: str, k: int) -> RelativeDifference:
@@ -151,8 +152,9 @@ class Baselines:
             dense = dense_v.for_documents(self.index)
             self._dense = (dense_v, dense, time.perf_counter() - t)
             self.dense_stored = stats["from_store"] - before["from_store"]
-            print(f"  {self.prep.name}: ({len(self.corpus):,} documents: {stats['encoded'] - before['encoded']:,} encoded, "
-                  f"{self.dense_stored:,} read from the encoder's store, {dense_v.encode_seconds:.0f} s)", flush=True)
+            encoded = stats["encoded"] - before["encoded"]
+            print(f"  {self.prep.name}: ({len(self.corpus):,} documents: {encoded:,} encoded, {self.dense_stored:,} "
+                  f"read from the encoder's store, {dense_v.encode_seconds:.0f} s)", flush=True)
         return self._dense
 
     def run(self) -> None:
