@@ -586,7 +586,8 @@ def main_quality(args) -> str:
     text = "\n".join([
         "# Retrieval quality: two-tower models and plain baselines" + (" (quick mode)" if args.quick else ""),
         "",
-        f"Command: `{command()}` ({total / 60:.1f} min, {args.threads} torch thread(s)); {machine()}.",
+        f"Command: `{command()}` ({total / 60:.1f} min, "
+        f"{'1 torch thread per process' if args.workers > 1 else f'{args.threads} torch thread(s)'}); {machine()}.",
         "",
         "Test split of each dataset, by time: Last.fm its newest months, Meetup Montana, MovieLens and Meetup "
         "Chicago the newest 10% of sessions (the last two have random splits of their own, not used), the "
