@@ -86,28 +86,42 @@ def test_a_hung_s3_endpoint_fails_fast_and_is_retryable(silent_endpoint, monkeyp
     assert backend.timeouts == S3Timeouts(5.0, 2.5, 4, 900.0)
 
 
+def _object_headers(handler, size: int) -> None:
+    """The answer's status and headers, as S3 gives them for an object of ``size`` bytes."""
+    handler.send_response(200)
+    for name, value in (("Content-Length", str(size)), ("ETag", '"0"'), ("Content-Type", "binary/octet-stream"),
+                        ("Last-Modified", "Thu, 01 Jan 2026 00:00:00 GMT")):
+        handler.send_header(name, value)
+    handler.end_headers()
+
+
+def _serve(handler):
+    """Serves ``handler`` on a free local port in a thread: yields its URL, then stops it."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
 @pytest.fixture
 def trickling_endpoint():
     """An HTTP server that answers every request at once, then sends its 4 MB body at 64 KB every 0.2 s:
     each read is well within the read timeout, the whole answer takes 13 s."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     size, step = 4 * 1024 * 1024, 64 * 1024
 
     class Trickle(BaseHTTPRequestHandler):
-        def _headers(self):
-            self.send_response(200)
-            for name, value in (("Content-Length", str(size)), ("ETag", '"0"'), ("Content-Type", "binary/octet-stream"),
-                                ("Last-Modified", "Thu, 01 Jan 2026 00:00:00 GMT")):
-                self.send_header(name, value)
-            self.end_headers()
-
         def do_HEAD(self):
-            self._headers()
+            _object_headers(self, size)
 
         def do_GET(self):
-            self._headers()
+            _object_headers(self, size)
             import time
 
             try:
@@ -121,12 +135,7 @@ def trickling_endpoint():
         def log_message(self, *args):
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    yield from _serve(Trickle)
 
 
 @pytest.mark.parametrize("call", ["read", "download"])
@@ -163,17 +172,12 @@ def test_an_s3_endpoint_that_trickles_its_answer_ends_at_the_deadline(trickling_
 @pytest.fixture
 def stalling_endpoint():
     """An HTTP server that answers every request's headers at once, then sends nothing for 10 s."""
-    import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class Stall(BaseHTTPRequestHandler):
         def do_HEAD(self):
-            self.send_response(200)
-            for name, value in (("Content-Length", "1024"), ("ETag", '"0"'), ("Content-Type", "binary/octet-stream"),
-                                ("Last-Modified", "Thu, 01 Jan 2026 00:00:00 GMT")):
-                self.send_header(name, value)
-            self.end_headers()
+            _object_headers(self, 1024)
 
         def do_GET(self):
             self.do_HEAD()
@@ -182,12 +186,7 @@ def stalling_endpoint():
         def log_message(self, *args):
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Stall)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    yield from _serve(Stall)
 
 
 @pytest.mark.parametrize("call", ["read", "download"])
