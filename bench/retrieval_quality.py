@@ -16,7 +16,8 @@ plus nDCG@10 where qrels exist.
 
 Both cores stay busy: two worker processes per dataset train the models' independent runs
 (``bench.parallel_training``), the baselines are fitted meanwhile in the parent, two datasets run at a time
-(``--lanes``), and the next datasets are prepared in a process of their own, SciFact (prepared in seconds)
+(``--lanes``; a dataset whose frozen encoder lacks its documents' vectors encodes them first, alone, on
+``--threads``), and the next datasets are prepared in a process of their own, SciFact (prepared in seconds)
 running first (``--workers 1``: everything one after the other, training with ``--threads``). The results
 are tabulated in the order asked.
 
@@ -33,8 +34,10 @@ import platform
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -115,7 +118,7 @@ def base_config(args, n_train: int | None = None) -> TrainConfig:
     return cfg.model_copy(update=update)
 
 
-def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
+def run_dataset(prep: Prepared, args, variants: dict, let_next_start=lambda: None) -> Baselines:
     """Every baseline and library peer that applies (:class:`bench.baselines.Baselines`, settings chosen on
     validation) and the two-tower models, scored by the same code on the same test sessions: one row each.
     The headline model (unified, or unified + MiniLM where the dataset runs it) is also trained with
@@ -126,7 +129,10 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
     time, each in its own process, its validation of the ensemble and its scoring. With worker processes
     the baselines are fitted meanwhile in this process (:func:`beside`): they are single-threaded, and
     would otherwise leave a core idle before the first run starts. The pretrained encoder's documents are
-    encoded (or read from its store) before both: the towers' sub-model reads the same vectors.
+    encoded (or read from its store) before both, on ``args.threads`` threads, and only then may the next
+    dataset start beside this one (``let_next_start``, :func:`in_flight`): the towers' sub-model reads the
+    same vectors, and on one thread beside another dataset's training the encoding of a corpus the store
+    lacks would hold up this dataset's every run.
 
     Recommendation datasets (no query text) follow the recommendation protocol: what a searcher consumed
     in training is never retrieved for it, by any method.
@@ -135,7 +141,9 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
     if prep.name in args.dense:
         variants = {**variants, **PRETRAINED}
     if suite.dense and not suite.recommendation:
-        suite.encode_documents()
+        with torch_threads(args.threads):  # the cores are the encoder's: the next dataset waits (in_flight)
+            suite.encode_documents()
+    let_next_start()
     ensembled = headline_variant(variants)
     with tempfile.TemporaryDirectory(prefix="ebr-quality-") as tmp:
         if args.workers > 1:
@@ -167,6 +175,19 @@ def run_dataset(prep: Prepared, args, variants: dict) -> Baselines:
                 if choice["chosen"] == "yes":
                     suite.headline = label
     return suite
+
+
+@contextmanager
+def torch_threads(n: int):
+    """This process's torch threads set to ``n`` for the block, restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def beside(side, main):
@@ -442,7 +463,7 @@ def details(results: dict[str, Baselines], preps: dict[str, Prepared], seconds: 
                 "and scoring; a model's runs are counted each in its own process, two training at a time per "
                 f"dataset, while the baselines are fitted beside them{' and another dataset runs' if lanes > 1 else ''}"
                 ", so that the rows add up to more than the dataset's minutes; "
-                f"{f'{lanes} datasets run at a time, so that their minutes overlap; ' if lanes > 1 else ''}"
+                f"{f'{lanes} datasets run at a time, so that their minutes overlap (the next starts once the frozen encoder has the documents of the one before); ' if lanes > 1 else ''}"
                 "each dataset is prepared in a process of its own while the ones before it run (SciFact "
                 "first), and only the wait for it, if any, counts in its minutes).", "", table(suite), "",
                 against_each(suite), ""]
@@ -530,13 +551,16 @@ def prepared_ahead(names: list[str], args):
 
 
 def in_flight(turn, turns, lanes: int) -> None:
-    """``turn(name, prepared)`` for each of ``turns`` in order, ``lanes`` datasets at a time: a dataset starts
-    as soon as one before it ends, so that a dataset's last lone run and its scoring share the cores with the
-    next dataset's work instead of leaving one idle. The first error stops new turns and closes the trainers
-    under way (their queued runs are cancelled); it is raised once the turns under way have ended."""
+    """``turn(name, prepared, let_next_start)`` for each of ``turns`` in order, ``lanes`` datasets at a time: a
+    dataset starts as soon as one before it ends, so that a dataset's last lone run and its scoring share the
+    cores with the next dataset's work instead of leaving one idle. Each turn calls ``let_next_start()`` once
+    the work that needs the cores to itself is done (the frozen encoder's documents, encoded on every
+    thread): the next dataset starts only then, or when the turn ends. The first error stops new turns
+    and closes the trainers under way (their queued runs are cancelled); it is raised once the turns under
+    way have ended."""
     if lanes <= 1:
         for name, prepared in turns:
-            turn(name, prepared)
+            turn(name, prepared, lambda: None)
         return
     pool = ThreadPoolExecutor(lanes, thread_name_prefix="dataset")
     running: set = set()
@@ -546,7 +570,13 @@ def in_flight(turn, turns, lanes: int) -> None:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()
-            running.add(pool.submit(turn, name, prepared))
+            may_follow = threading.Event()
+            future = pool.submit(turn, name, prepared, may_follow.set)
+            future.add_done_callback(lambda _, ended=may_follow: ended.set())
+            running.add(future)
+            may_follow.wait()
+            if future.done():
+                future.result()  # its error, before anything else starts
         for future in as_completed(running):
             future.result()
     except BaseException:
@@ -571,11 +601,11 @@ def main_quality(args) -> str:
     results, preps, seconds = {}, {}, {}
     t0 = time.perf_counter()
 
-    def turn(name: str, prepared) -> None:
+    def turn(name: str, prepared, let_next_start) -> None:
         t = time.perf_counter()
         preps[name] = prepared()
         print(f"== {name}", flush=True)
-        results[name] = run_dataset(preps[name], args, MODELS)
+        results[name] = run_dataset(preps[name], args, MODELS, let_next_start)
         seconds[name] = time.perf_counter() - t
         print(f"== {name} done ({seconds[name] / 60:.1f} min)", flush=True)
 

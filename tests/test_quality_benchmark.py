@@ -141,8 +141,9 @@ def test_datasets_run_two_at_a_time_and_the_next_starts_when_either_ends():
 
     third_started, log = threading.Event(), []
 
-    def turn(name, prepared):
+    def turn(name, prepared, let_next_start):
         log.append(("start", name, prepared()))
+        let_next_start()  # nothing to do alone
         if name == "long":  # ends only once the third dataset has started beside it
             assert third_started.wait(30), "the third dataset waited for both before it"
         if name == "third":
@@ -154,6 +155,35 @@ def test_datasets_run_two_at_a_time_and_the_next_starts_when_either_ends():
     assert ("start", "long", "LONG") in log and ("end", "short") in log
 
 
+def test_the_next_dataset_waits_while_a_turn_has_the_cores_to_itself():
+    """A dataset whose frozen encoder's documents are encoded on every core (SciFact, when the store lacks
+    them) starts alone; the next one starts once it lets it, not before, and a turn that never says so lets
+    the next start when it ends."""
+    import threading
+    import time
+
+    from bench.retrieval_quality import in_flight
+
+    log, lock = [], threading.Lock()
+
+    def turn(name, prepared, let_next_start):
+        with lock:
+            log.append(("start", name))
+        if name == "encodes first":
+            time.sleep(0.5)  # the next dataset would have started by now without the wait
+            with lock:
+                log.append(("encoded", name))
+            let_next_start()
+        time.sleep(0.5 if name == "never says" else 0.2)  # the other lane ends first: "last" could start
+        with lock:
+            log.append(("end", name))
+
+    in_flight(turn, ((n, None) for n in ("encodes first", "second", "never says", "last")), lanes=2)
+    assert log.index(("encoded", "encodes first")) < log.index(("start", "second"))
+    assert log.index(("start", "second")) < log.index(("end", "encodes first"))  # then side by side
+    assert log.index(("end", "never says")) < log.index(("start", "last"))
+
+
 def test_an_error_in_one_dataset_stops_the_others_and_is_raised():
     from bench.parallel_training import Trainer
     from bench.retrieval_quality import in_flight
@@ -161,7 +191,7 @@ def test_an_error_in_one_dataset_stops_the_others_and_is_raised():
     other = Trainer(workers=2)  # the runs of the dataset under way beside the failing one
     started = []
 
-    def turn(name, prepared):
+    def turn(name, prepared, let_next_start):
         started.append(name)
         if name == "bad":
             raise KeyError("bad dataset")
