@@ -655,5 +655,57 @@ def versions_copy(kind: str, name: str, version: Optional[str] = typer.Argument(
     typer.echo(f"copied {av.ref} to {to}{' (current)' if make_current else ''}")
 
 
+encoder_store_app = Cli(no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="The frozen text encoders' stored document vectors (EBR_ENCODER_STORE).")
+app.add_typer(encoder_store_app, name="encoder-store")
+
+
+def _encoder_store_dir() -> Path:
+    directory = _settings().encoder_store_dir
+    if directory is None:
+        raise typer.BadParameter("the encoder store is off (EBR_ENCODER_STORE=off)")
+    return directory
+
+
+@encoder_store_app.command("list")
+def encoder_store_list() -> None:
+    """Each store file (one per encoder and version): its vectors, size on disk and last use."""
+    from datetime import date, timedelta
+
+    from models.vector_store import VectorStore
+
+    directory = _encoder_store_dir()
+    files = sorted(directory.glob("*.sqlite")) if directory.is_dir() else []
+    if not files:
+        typer.echo(f"no stored vectors in {directory}")
+    for path in files:
+        store = VectorStore(path, dim=0)
+        try:
+            n, last = len(store), store.last_used()
+        finally:
+            store.close()
+        size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*"))
+        used = "-" if last is None else (date(1970, 1, 1) + timedelta(days=last)).isoformat()
+        typer.echo(f"{path.name}  {n:,} vectors  {size / 1e6:.1f} MB  last used {used}")
+
+
+@encoder_store_app.command("prune")
+def encoder_store_prune(
+        unused_days: int = typer.Option(..., "--unused-days", min=0,
+                                        help="drop vectors neither stored nor read in this many days"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="count what would go, delete nothing")) -> None:
+    """Drop the documents no job has asked for in UNUSED_DAYS days (left the corpus, or an encoder version
+    no longer run: its file goes once empty). Run it while no job encodes: it rewrites the files."""
+    from models.vector_store import prune_directory
+
+    verb = "would remove" if dry_run else "removed"
+    directory = _encoder_store_dir()
+    done = prune_directory(directory, unused_days, dry_run=dry_run) if directory.is_dir() else []
+    for p in done:
+        gone = f" (the file{' would go' if dry_run else ' went'} too)" if p.deleted_file else ""
+        typer.echo(f"{p.path.name}: {verb} {p.removed:,} vectors, {p.left:,} kept{gone}")
+    typer.echo(f"{verb} {sum(p.removed for p in done):,} vectors in {len(done)} file(s) of {directory}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -84,6 +84,86 @@ def test_the_store_directory_follows_the_settings(tmp_path, monkeypatch):
     assert Settings().encoder_store_dir is None
 
 
+class Days:
+    """A clock for the store's days of use that a test moves forward."""
+
+    def __init__(self, day: int = 20_000):
+        self.day = day
+
+    def __call__(self) -> int:
+        return self.day
+
+
+def test_prune_drops_what_no_job_stored_or_read_within_the_days(tmp_path):
+    clock = Days()
+    store = VectorStore(tmp_path / "s.sqlite", 4, clock=clock)
+    store.put(_vectors(["left the corpus", "read again", "stored again"]))
+    clock.day += 10
+    store.get(["read again", "never stored"])
+    store.put(_vectors(["stored again", "new"], seed=1))  # a stored text keeps its vector, its use is renewed
+    assert store.prune(5, dry_run=True) == 1 and len(store) == 4  # a dry run deletes nothing
+    assert store.prune(5) == 1
+    assert sorted(store.get(["left the corpus", "read again", "stored again", "new"])) == [
+        "new", "read again", "stored again"]
+    np.testing.assert_array_equal(store.get(["stored again"])["stored again"],
+                                  _vectors(["left the corpus", "read again", "stored again"])["stored again"])
+    assert store.last_used() == clock.day
+    with pytest.raises(ValueError, match=">= 0"):
+        store.prune(-1)
+
+
+def test_a_store_written_before_uses_were_kept_counts_them_used_today(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID")
+    from models.vector_store import text_key
+
+    db.execute("INSERT INTO vectors VALUES (?, ?)", (text_key("a"), np.ones(4, np.float32).tobytes()))
+    db.commit()
+    db.close()
+    clock = Days()
+    store = VectorStore(path, 4, clock=clock)
+    assert store.last_used() == clock.day and store.prune(0) == 0
+    clock.day += 2
+    np.testing.assert_array_equal(store.get(["a"])["a"], np.ones(4, np.float32))
+    assert store.prune(1) == 0  # read just now
+    clock.day += 2
+    assert store.prune(1) == 1 and len(store) == 0
+
+
+def test_prune_removes_the_file_of_an_encoder_version_no_longer_run(tmp_path):
+    """Every file of the directory is pruned; the one nobody reads any more (an older library version's)
+    empties and goes, with its write-ahead log; the CLI says so."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from models.vector_store import prune_directory
+
+    clock = Days()
+    old, current = tmp_path / "enc-aaaaaaaaaaaa.sqlite", tmp_path / "enc-bbbbbbbbbbbb.sqlite"
+    for path, texts in ((old, ["x", "y"]), (current, ["x", "z"])):
+        VectorStore(path, 4, clock=clock).put(_vectors(texts))
+    clock.day += 40
+    VectorStore(current, 4, clock=clock).get(["x"])  # tonight's job reads the current version only
+    dry = prune_directory(tmp_path, 30, dry_run=True, clock=clock)
+    assert [(p.path.name, p.removed, p.left, p.deleted_file) for p in dry] == [
+        (old.name, 2, 0, True), (current.name, 1, 1, False)]
+    assert old.exists()
+    pruned = prune_directory(tmp_path, 30, clock=clock)
+    assert [(p.removed, p.left) for p in pruned] == [(2, 0), (1, 1)]
+    assert not list(tmp_path.glob(old.name + "*")) and current.exists()  # its -wal and -shm too
+    assert sorted(VectorStore(current, 4).get(["x", "z"])) == ["x"]
+
+    env = {"EBR_ENCODER_STORE": str(tmp_path)}
+    listed = CliRunner().invoke(app, ["encoder-store", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert f"{current.name}  1 vectors" in listed.output
+    dry_run = CliRunner().invoke(app, ["encoder-store", "prune", "--unused-days", "0", "--dry-run"], env=env)
+    assert dry_run.exit_code == 0 and "would remove 0 vectors in 1 file(s)" in dry_run.output, dry_run.output
+    off = CliRunner().invoke(app, ["encoder-store", "prune", "--unused-days", "1"], env={"EBR_ENCODER_STORE": "off"})
+    assert off.exit_code != 0 and "the encoder store is off" in off.output
+
+
 # ------------------------------------------------------------------------------------------- with the encoder
 
 @pytest.fixture(scope="module")
