@@ -174,7 +174,8 @@ def test_the_next_dataset_waits_while_a_turn_has_the_cores_to_itself():
             with lock:
                 log.append(("encoded", name))
             let_next_start()
-        time.sleep(0.5 if name == "never says" else 0.2)  # the other lane ends first: "last" could start
+            time.sleep(0.5)  # the next dataset runs beside this one's rest
+        time.sleep(1.0 if name == "never says" else 0.3)  # the other lane ends first: "last" could start
         with lock:
             log.append(("end", name))
 
