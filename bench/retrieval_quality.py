@@ -215,8 +215,6 @@ def fit_variants(prep: Prepared, suite: Baselines, args, variants: dict, out: Pa
     thread of its own over one :class:`bench.parallel_training.Trainer`, so that the runs of different models
     train side by side; the parent's own work (loading models, validating the ensemble) then takes one torch
     thread, leaving the cores to the workers."""
-    import torch
-
     base = base_config(args, len(prep.parts["train"]))
     ensembled = headline_variant(variants)
     pretrained = {variant_config(base, v).model.pretrained_text for v in variants.values()} - {None, ""}
@@ -232,21 +230,19 @@ def fit_variants(prep: Prepared, suite: Baselines, args, variants: dict, out: Pa
         return (fitted, *fit_seed_ensemble(prep, suite, fitted, args.seeds, out / f"{name}-seeds", trainer,
                                            ensemble_label(name, args.seeds)))
 
-    threads = torch.get_num_threads()
     with Trainer(args.workers, pretrained) as trainer:
         if trainer.workers == 1:
             return {name: fit(name, trainer) for name in variants}, dict(trainer.seconds)
-        torch.set_num_threads(1)
         pool = ThreadPoolExecutor(len(variants), thread_name_prefix="fit")
         try:
-            futures = {name: pool.submit(fit, name, trainer) for name in variants}
-            fits = {name: f.result() for name, f in futures.items()}
+            with torch_threads(1):
+                futures = {name: pool.submit(fit, name, trainer) for name in variants}
+                fits = {name: f.result() for name, f in futures.items()}
         except BaseException:
             trainer.close(wait=False)  # the other models' queued runs are cancelled: their threads end
             raise
         finally:
             pool.shutdown()
-            torch.set_num_threads(threads)
     return fits, dict(trainer.seconds)
 
 
