@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ann.index import IndexConfig
 from bench.common import Prepared, prepare, prepare_source
+from bench.comparison import variant_config
+from bench.peers import holdout_sessions
 from bench.retrieval_quality import RESULTS, base_config, load, machine, write
-from evaluation.baselines import holdout_sessions
-from evaluation.comparison import variant_config
 from evaluation.protocol import consumed_documents, evaluate_split, quantized_metrics
-from serving.index import IndexConfig
 from models.ensemble import Cascade, WeightedConcat, fit_concat_weights
 from models.mining import HARD_NEGATIVES, MiningConfig, mine_hard_negatives
 
@@ -285,8 +285,8 @@ def main_mining_cost(args) -> str:
     for col in DOC_NUMERIC:
         docs[col] = np.nan
     d_all = np.ascontiguousarray(model.embed_documents(docs), dtype=np.float32)
-    from serving.index import EmbeddingIndex
-    from models.evaluate import top_k
+    from ann.index import EmbeddingIndex
+    from models.knn import top_k
 
     for n in [int(x) for x in args.cost_sizes.split(",")]:
         if n > len(d_all):

@@ -2,7 +2,7 @@
 
 For MovieLens, Meetup Chicago (both with a time split), Last.fm and SciFact: the dataset prepared by
 ``bench.common.prepare`` (the same examples, sessions and index as ``bench.retrieval_quality``), then every
-baseline of ``evaluation.baselines`` that applies to it, fitted on the training split only, its
+baseline of ``bench.peers`` that applies to it, fitted on the training split only, its
 hyperparameters chosen on the validation split (SciFact has none: a seeded 20% slice of the training
 sessions, the baselines refitted on the whole training split afterwards), scored on the test split with
 exact rankings over the whole index: recall@10 / recall@100 / nDCG@10 (graded by qrels on SciFact), and the
@@ -38,15 +38,30 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from evaluation.baselines import (  # noqa: E402
-    ALS, ALS_GRID, BM25, FUSION_WEIGHTS, LIGHTFM_GRID, QP_ALS_WEIGHTS, DenseEncoder, Fusion, LightFMWarp,
-    NearbyPopularity, PROFILE_GRID, Popularity, ProfilePopularity, QueryPopularity, QueryPopularityALS,
-    RECENT_DAYS, RecentPopularity, fit_on_validation, holdout_sessions,
+from bench.peers import (
+    ALS,
+    ALS_GRID,
+    BM25,
+    FUSION_WEIGHTS,
+    LIGHTFM_GRID,
+    PROFILE_GRID,
+    QP_ALS_WEIGHTS,
+    RECENT_DAYS,
+    DenseEncoder,
+    Fusion,
+    LightFMWarp,
+    NearbyPopularity,
+    Popularity,
+    ProfilePopularity,
+    QueryPopularity,
+    QueryPopularityALS,
+    RecentPopularity,
+    fit_on_validation,
+    holdout_sessions,
 )
-from evaluation.protocol import (  # noqa: E402
-    consumed_documents, rank_sessions, split_metrics, warm_sessions,
-)
-from evaluation.significance import RelativeDifference, paired_bootstrap  # noqa: E402
+from bench.rankers import rank_sessions, split_metrics, warm_sessions
+from bench.significance import RelativeDifference, paired_bootstrap  # noqa: E402
+from evaluation.protocol import consumed_documents
 from models.evaluate import session_recalls, session_targets  # noqa: E402
 
 DATASETS = ("movielens", "meetup_chicago", "lastfm", "scifact")
@@ -131,7 +146,7 @@ class Baselines:
 
     def compare(self, method: str, reference: str, k: int) -> RelativeDifference:
         """recall@k of ``method`` relative to ``reference`` on the same test sessions, with its 95% interval
-        over resampled searchers (:func:`evaluation.significance.paired_bootstrap`)."""
+        over resampled searchers (:func:`bench.significance.paired_bootstrap`)."""
         rows = self.rows
         return paired_bootstrap(rows[method]["per_session"][k], rows[reference]["per_session"][k],
                                 self.sessions.queries["searcher_id"].to_numpy())

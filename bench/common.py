@@ -2,10 +2,10 @@
 
 One code path for every source (the synthetic world and the real datasets):
 
-1. sessions -> examples with ``training.examples.build_examples`` (clicks as positives, random and
+1. sessions -> examples with ``examples.build.build_examples`` (clicks as positives, random and
    impressed negatives, hard positives, the source's split or a time split);
 2. feature snapshots with ``features.compute.compute_features`` at a schedule of day ends
-   (:func:`snapshot_days`) and the point-in-time join of ``training.examples.join_features`` through
+   (:func:`snapshot_days`) and the point-in-time join of ``examples.build.join_features`` through
    :class:`SnapshotFeatures`, which applies Feast's as-of rule (the newest snapshot whose time is not after
    the event) without Feast's 7-day TTL. Daily snapshots in Feast cost a snapshot per day: about 3 s per day
    for the default world, and thousands of days for Last.fm (2005-2011) or Meetup Chicago (2002-2016), so the
@@ -30,17 +30,29 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from examples.build import (
+    ExampleConfig,
+    add_history,
+    build_examples,
+    fill_static_document_fields,
+    fill_static_searcher_fields,
+    join_features,
+    visible_memberships,
+)
+from examples.splits import SplitConfig, partition, split_cutoff
 from features.compute import (
-    DOC_KEY, DOCUMENT_FEATURES, EVENT_TIMESTAMP, FEATURE_TS, SEARCHER_FEATURES, SEARCHER_KEY, FeatureConfig, as_of_for_day,
+    DOC_KEY,
+    DOCUMENT_FEATURES,
+    EVENT_TIMESTAMP,
+    FEATURE_TS,
+    SEARCHER_FEATURES,
+    SEARCHER_KEY,
+    FeatureConfig,
+    as_of_for_day,
     compute_features,
 )
+from features.corpus import index_documents, servable
 from ingest.contract import CanonicalDataset
-from training.examples import (
-    ExampleConfig, SplitConfig, add_history, build_examples, join_features, partition, visible_memberships,
-)
-from evaluation.protocol import (
-    fill_static_document_fields, fill_static_searcher_fields, index_documents, servable, split_cutoff,
-)
 
 _ENTITY = {"searcher": (SEARCHER_KEY, SEARCHER_FEATURES), "document": (DOC_KEY, DOCUMENT_FEATURES)}
 
@@ -163,7 +175,7 @@ def prepare(name: str, data: CanonicalDataset, max_snapshots: int = 24,
     ex = build_examples(sessions, data.documents, examples or ExampleConfig(), split)
     t1 = time.perf_counter()
 
-    from training.examples import split_sessions
+    from examples.splits import split_sessions
 
     session_split = split_sessions(sessions.reset_index(drop=True), split)
     visible = feature_inputs(dataclasses.replace(data, sessions=sessions.reset_index(drop=True)), session_split)

@@ -128,9 +128,9 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def bench_store(cfg: BenchConfig, workdir: Path) -> tuple[list[str], list[str]]:
+    from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
-    from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.type_map import feast_value_type_to_python_type
 
     s, d = random_features(cfg.rows, max(cfg.rows // 5, 1), cfg.seed)

@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ann.index import EmbeddingIndex, IndexConfig
 from bench.common import prepare_source
+from bench.comparison import variant_config
+from bench.query_selection import without_nn
 from bench.retrieval_quality import MODEL_GRID, RESULTS, base_config, load, machine, write
-from evaluation.comparison import variant_config
-from serving.index import EmbeddingIndex, IndexConfig
 from models.evaluate import ranking_metrics, session_targets
 from serving.engine import Engine
 from serving.hybrid import HybridConfig, default_expression
 from serving.query import NN
-from serving.selection import without_nn
 from serving.terms import TermIndex, document_terms, tokens
 
 KEY = "m"
@@ -72,7 +72,7 @@ def run(name: str, args) -> tuple[str, dict]:
     valid = prep.parts["valid"] if len(prep.parts["valid"]) else None
     tower_train, rank_examples = prep.parts["train"], valid
     if valid is None:  # the second stage needs sessions the towers did not train on: 20% of the training ones
-        from evaluation.baselines import holdout_sessions
+        from bench.peers import holdout_sessions
 
         tower_train, rank_examples = holdout_sessions(prep.parts["train"], 0.2, seed=0)
     base = base_config(args, len(tower_train))
@@ -122,7 +122,7 @@ def run(name: str, args) -> tuple[str, dict]:
     faiss_ms = (time.perf_counter() - t) / len(q) * 1e3
 
     def metrics(top, mask):
-        from evaluation.protocol import subset_sessions
+        from bench.rankers import subset_sessions
 
         return ranking_metrics(top[mask], doc_ids, subset_sessions(sessions, mask), (10, 100))
 
@@ -140,7 +140,7 @@ def run(name: str, args) -> tuple[str, dict]:
                      + f" | {np.median(matched[v]) if matched[v] else 0:,.0f} | {np.percentile(s, 50):.2f} | "
                      f"{np.percentile(s, 99):.2f} |")
     # The second stage: LightGBM lambdarank over the hybrid candidates, with and without the cosine.
-    from serving.ranking import SecondStage, candidate_features
+    from bench.ranking import SecondStage, candidate_features
 
     def candidates(sess, vecs_q, limit):
         out = []
@@ -186,7 +186,7 @@ def run(name: str, args) -> tuple[str, dict]:
 
     # BM25 and EBR side by side: the union of BM25's top k and the nn top k, ordered by a learned second stage
     # with BM25's score and rank among its features (the term engine's own scoring, which AND-ed terms lack).
-    from evaluation.baselines import BM25
+    from bench.peers import BM25
 
     bm25 = BM25(index_docs)
 
@@ -238,12 +238,12 @@ def run(name: str, args) -> tuple[str, dict]:
         print(fusion_lines[-1], flush=True)
 
     # Query selection against always-on EBR, on the hybrid expression (no scope).
-    from serving.selection import QuerySelection, SelectionConfig
+    from bench.query_selection import QuerySelection, QuerySelectionConfig
 
     clicks = prep.parts["train"]
     policies = {"always-on EBR": None,
-                "skip navigational repeats": SelectionConfig(),
-                "skip navigational + text matches >= 20": SelectionConfig(enough_term_matches=20)}
+                "skip navigational repeats": QuerySelectionConfig(),
+                "skip navigational + text matches >= 20": QuerySelectionConfig(enough_term_matches=20)}
     sel_lines = ["| policy | nn triggered | R@10 | R@100 | mean ms | p99 ms |", "|---|---:|---:|---:|---:|---:|"]
     searchers = sessions.queries["searcher_id"].astype(str).to_numpy()
     for label, cfg_sel in policies.items():

@@ -38,7 +38,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from serving.index import EmbeddingIndex, IndexConfig, blas_distances, exact_search
+from ann.index import EmbeddingIndex, IndexConfig, blas_distances, exact_search
 
 RESULTS = Path(__file__).resolve().parent / "results" / "index_bench.md"
 DIM = 64

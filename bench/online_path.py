@@ -98,7 +98,7 @@ def scaled_index(published, scale: int, seed: int = 0):
     """``published`` with every document replicated ``scale`` times (see the module docstring)."""
     from pyroaring import BitMap
 
-    from serving.index import EmbeddingIndex, IndexConfig
+    from ann.index import EmbeddingIndex, IndexConfig
     from serving.index_store import PublishedIndex
     from serving.terms import TermIndex
 
@@ -149,11 +149,10 @@ def raw_faiss(index):
 def bare_pipeline(retriever, pairs):
     """(one-query function, what it does): a SQLite read of the searcher's online rows, the query tower on
     precomputed inputs, the FAISS search. The irreducible work of one query."""
+    import torch
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
-
-    import torch
 
     from serving.request import NNRequest
 

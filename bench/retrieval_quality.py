@@ -1,7 +1,7 @@
 """Retrieval quality per dataset: the two-tower models against the strongest simple baselines and peers.
 
 For each dataset (the default synthetic world and every real dataset with an adapter) the same code path
-(``bench.common.prepare``): examples from ``training.examples``, features joined point-in-time from
+(``bench.common.prepare``): examples from ``examples.build``, features joined point-in-time from
 snapshots computed with ``features.compute``, every method fitted on the training split only with its
 settings chosen on validation (``bench.baselines``: popularity, per-query popularity, nearby popularity,
 BM25, implicit's ALS, per-query popularity + ALS, LightFM where installed, a pretrained sentence encoder
@@ -47,10 +47,11 @@ import pandas as pd
 
 from bench.baselines import Baselines, table
 from bench.common import Prepared, prepare, prepare_source
+from bench.comparison import FEATURE_ABLATION, REPORT_VARIANTS, compare_models, comparison_markdown, variant_config
 from bench.parallel_training import Run, Trainer, close_all
-from evaluation.baselines import BM25, Popularity, session_folds
-from evaluation.comparison import FEATURE_ABLATION, REPORT_VARIANTS, compare_models, comparison_markdown, variant_config
-from evaluation.protocol import EmbeddingRanker, consumed_documents, evaluate_ranker
+from bench.peers import BM25, Popularity, session_folds
+from bench.rankers import EmbeddingRanker, evaluate_ranker
+from evaluation.protocol import consumed_documents
 from models.config import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -299,7 +300,7 @@ def fit_model(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Pa
 def fit_by_folds(prep: Prepared, suite: Baselines, base: TrainConfig, grid, out: Path, trainer: Trainer,
                  account: str = "") -> Fitted:
     """Where a source has no validation split: each setting trained on every fold's rest and judged on its
-    held-out sessions (:func:`evaluation.baselines.session_folds`); the best mean recall@10 wins and is
+    held-out sessions (:func:`bench.peers.session_folds`); the best mean recall@10 wins and is
     retrained on the whole training split with the epoch budget every model of such a source gets (one
     fold is too small to pick an epoch with). That last run trains in the background (:attr:`Fitted.result`
     waits for it), so that the seed ensemble's members, judged on the slice, train beside it instead of after
@@ -643,7 +644,7 @@ def main_quality(args) -> str:
         f"searcher clicked in training is never retrieved for it. Synthetic world: preset `{world}`, seed 0. "
         "The last two columns give the headline model's recall relative to the strongest baseline at each K "
         "and, in brackets, its 95% interval over resampled test searchers (each with all its sessions: "
-        "`evaluation.significance.paired_bootstrap`); an interval containing 0 is a tie on this test split.",
+        "`bench.significance.paired_bootstrap`); an interval containing 0 is a tie on this test split.",
         "",
         headline(results),
         graded(results),
@@ -653,12 +654,12 @@ def main_quality(args) -> str:
         "Warm: a test session one of whose (query, clicked document) pairs occurs in training (without query "
         "text: whose clicked document anyone clicked in training); cold: the others. Known searcher: the "
         "session's searcher has training examples; new searcher: it has none. Each baseline's settings are in "
-        "the second column, chosen on validation (grids in `evaluation/baselines.py`); a model's row gives its "
+        "the second column, chosen on validation (grids in `bench/peers.py`); a model's row gives its "
         "best epoch on validation.",
         "",
         details(results, preps, seconds, args.lanes),
-        "Features: every dataset goes through the same code: `training.examples.build_examples`, then "
-        "`features.compute.compute_features` snapshots and `training.examples.join_features` with the as-of rule "
+        "Features: every dataset goes through the same code: `examples.build.build_examples`, then "
+        "`features.compute.compute_features` snapshots and `examples.build.join_features` with the as-of rule "
         "of the Feast repository (newest snapshot not after the session). The snapshots are computed in memory at "
         f"up to {args.max_snapshots} evenly spaced day ends instead of Feast's daily ones (the column 'snapshots'): "
         "Last.fm spans 2005-2011 and Meetup 2008-2016, daily snapshots cost thousands of `compute_features` "
@@ -667,7 +668,7 @@ def main_quality(args) -> str:
         "future. Held-out test sessions, test-marked memberships and memberships made after the training data "
         "are left out of the feature inputs. The searcher's history (recent clicks and joins) is taken as the "
         "daily snapshot would serve it at each training example's time, and as of the end of the training data "
-        "for held-out sessions (`training.examples.add_history`). A searcher's or document's own fields "
+        "for held-out sessions (`examples.build.add_history`). A searcher's or document's own fields "
         "(location, profile, title, body, type) fill the gap where no snapshot preceded a session; their "
         "aggregates stay missing. Positives are embedded from the document table like every sampled negative "
         "(`models.batches`). The index: each document's newest snapshot up to the end of the training data, "
@@ -713,7 +714,7 @@ def main_compare(args) -> str:
 
 
 def main_ablation(args) -> str:
-    """:data:`evaluation.comparison.FEATURE_ABLATION` on each dataset: what every input is worth."""
+    """:data:`bench.comparison.FEATURE_ABLATION` on each dataset: what every input is worth."""
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     t0 = time.perf_counter()
     sections = []

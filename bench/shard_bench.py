@@ -5,7 +5,7 @@
 The corpus is the index benchmark's clustered synthetic vectors (d=64, one Gaussian cluster per 20
 documents). One IVF-PQ index over all documents (``IndexConfig.for_corpus``) is compared with ``--shards``
 indexes over ``id % shards``, each sized for its own part, searched by fan-out and merge
-(``serving.shards``). Latency is reported for a sequential fan-out (one process, as here) and for a parallel
+(``bench.shards``). Latency is reported for a sequential fan-out (one process, as here) and for a parallel
 one (the slowest shard plus the merge, what shards on separate cores or machines cost). Recall@10 is against
 exact search over the whole corpus, at each index's default nprobe and at a common nprobe per shard.
 """
@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
+from ann.index import EmbeddingIndex, IndexConfig, exact_search
 from bench.index_bench import DOCS_PER_CLUSTER, mixture, unit
 from bench.retrieval_quality import RESULTS, machine, write
-from serving.index import EmbeddingIndex, IndexConfig, exact_search
-from serving.shards import ShardedIndex, merge_top_k
+from bench.shards import ShardedIndex, merge_top_k
 
 K = 10
 

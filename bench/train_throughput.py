@@ -42,12 +42,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # allow running as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from bench.toy import location_task  # noqa: E402
 from models.batches import TrainingData  # noqa: E402
 from models.compact_bags import CompactEmbeddingBag  # noqa: E402
 from models.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
 from models.objective import RetrievalObjective  # noqa: E402
 from models.sparse_adam import RowSparseAdam  # noqa: E402
-from models.toy import location_task  # noqa: E402
 from models.towers import TwoTowerModel  # noqa: E402
 from models.train import train  # noqa: E402
 

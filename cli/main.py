@@ -148,7 +148,7 @@ def explicit_split(test_start, valid_start):
     """The split of explicit cutoff days (midnight UTC); a given test cutoff replaces a source's own split."""
     from datetime import datetime, time, timezone
 
-    from training.examples import SplitConfig
+    from examples.splits import SplitConfig
 
     at = lambda d: None if d is None else datetime.combine(d, time.min, tzinfo=timezone.utc)  # noqa: E731
     try:
@@ -202,7 +202,8 @@ def training_data(
         None, help="training sessions from this day on are the validation split (default: the newest 10%%)"),
 ) -> None:
     """Build point-in-time training examples behind the Great Expectations gate and publish them."""
-    from flows.training_data import TrainingDataParams, training_data as flow
+    from flows.training_data import TrainingDataParams
+    from flows.training_data import training_data as flow
     from validation.gate import GateFailed
     from validation.suites import GateConfig
 
@@ -248,7 +249,8 @@ def train(
     if pretrained_text is not None and pretrained_text not in ENCODERS:
         raise typer.BadParameter(f"unknown encoder {pretrained_text!r}; known: {', '.join(ENCODERS)}",
                                  param_hint="--pretrained-text")
-    from flows.train import TrainParams, laptop_config, train as flow
+    from flows.train import TrainParams, laptop_config
+    from flows.train import train as flow
 
     cfg = laptop_config()
     if pretrained_text is not None:
@@ -334,10 +336,11 @@ def evaluate(
 ) -> None:
     """Evaluate a registered model on a held-out split (recall@K with exact KNN)."""
     from flows.evaluate import evaluate as flow
+    from infra.names import default_model_name
     from models.evaluate import metrics_table
 
     metrics = flow(dataset, model_name=model_name, model_version=model_version, split=split)
-    typer.echo(metrics_table({model_name or f"{dataset}-two-tower": metrics}))
+    typer.echo(metrics_table({model_name or default_model_name(dataset): metrics}))
 
 
 @app.command()
@@ -375,9 +378,9 @@ def demo(
     a validated index, and a few searches."""
     from datetime import timedelta
 
+    from features.index_selection import SelectionConfig
     from flows.nightly import nightly as nightly_flow
     from flows.rebuild_index import RebuildParams
-    from serving.index_selection import SelectionConfig
     from infra.storage import ArtifactStore
     from ingest.synthetic import WorldConfig
 
@@ -402,7 +405,7 @@ def demo(
 
 def _describe_index(retriever) -> None:
     """What index selection kept, and what was built: from the manifest published with the index."""
-    from serving.index_selection import SelectionReport
+    from features.index_selection import SelectionReport
 
     m = retriever.manifest
     typer.echo(SelectionReport.model_validate(m.selection).to_markdown())
@@ -449,12 +452,12 @@ def search(
         "(location, region, country, cluster; \"\" for none)"),
 ) -> None:
     """Retrieve candidate documents for a query typed by a searcher, with their cosine scores."""
-    from serving.errors import RetrievalError
-    from serving.retriever import Retriever
     from pydantic import ValidationError
 
+    from serving.errors import RetrievalError
     from serving.hybrid import HybridConfig
     from serving.query import QuerySyntaxError, parse
+    from serving.retriever import Retriever
 
     try:
         hybrid_config = HybridConfig(scope=tuple(f.strip() for f in scope.split(",") if f.strip()))
@@ -542,11 +545,11 @@ def rebuild_index_command(
 
     from pydantic import ValidationError
 
+    from ann.index import IndexConfig
+    from ann.tuning import TuningConfig
+    from features.corpus import CorpusError
     from flows.rebuild_index import RebuildParams, rebuild_index
-    from serving.index import IndexConfig
     from infra.storage import ArtifactNotFoundError
-    from serving.corpus import CorpusError
-    from serving.ann_tuning import TuningConfig
     from serving.index_validation import IndexValidationError, ValidationConfig
     from validation.suites import GateConfig
 

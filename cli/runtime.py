@@ -15,6 +15,8 @@ import sys
 
 import typer
 
+from infra.patches import ephemeral_server_dies_with_us
+
 
 def one_line(exc: BaseException, limit: int = 600) -> str:
     """An error as one readable line: its message with whitespace runs collapsed, cut at ``limit``."""
@@ -43,36 +45,6 @@ class Cli(typer.Typer):
 
 def debug_enabled() -> bool:
     return os.environ.get("EBR_DEBUG", "") not in ("", "0")
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def ephemeral_server_dies_with_us() -> None:
-    """A flow command without PREFECT_API_URL starts a temporary Prefect server as a child process; when the
-    command is killed (SIGKILL cannot be caught), that server used to keep running. On Linux the child now
-    asks the kernel to be stopped when its parent dies (PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux") or os.environ.get("PREFECT_API_URL"):
-        return
-    import subprocess
-
-    from prefect.server.api import server
-
-    class _Subprocess:  # the server module's view of subprocess: Popen with the parent-death signal
-        def __getattr__(self, name):
-            return getattr(subprocess, name)
-
-        @staticmethod
-        def Popen(*args, **kwargs):  # noqa: N802 - the name Prefect calls
-            kwargs.setdefault("preexec_fn", _die_with_parent)
-            return subprocess.Popen(*args, **kwargs)
-
-    if type(server.subprocess).__name__ != "_Subprocess":
-        server.subprocess = _Subprocess()
 
 
 class _NoTraceback:

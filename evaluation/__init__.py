@@ -1,1 +1,1 @@
-"""Offline evaluation: the held-out protocol, plain baselines, the model comparison."""
+"""The held-out evaluation protocol of the flows: a model's metrics on a split, exact or through the ANN index."""

@@ -35,14 +35,15 @@ Definitions:
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
 from collections.abc import MutableMapping
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.history import HistoryConfig, interactions, recent_documents
 from features.schema import (
     DOC_CATEGORICAL,
     DOC_MULTI,
@@ -66,11 +67,11 @@ from features.social import (
     make_graph,
     neighbour_cluster_weights,
 )
-from features.history import HistoryConfig, interactions, recent_documents
 from ingest.contract import CanonicalDataset
 
 SEARCHER_KEY = "searcher_id"
 DOC_KEY = "doc_id"
+KEYS: dict[str, str] = {"searcher": SEARCHER_KEY, "document": DOC_KEY}  # entity -> its join key
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created_timestamp"
 FEATURE_TS = "feature_ts"  # the snapshot time as a feature, so a joined row shows which snapshot it got

@@ -70,7 +70,6 @@ def recent_documents(
     ev_ts = events["ts"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
     codes, uniques = pd.factorize(ev_who, sort=False)
     starts = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1]  # events are sorted by searcher
-    ends = np.r_[starts[1:], len(codes)]
     group = pd.Index(uniques).get_indexer(who)
     known = group >= 0
     lo, hi = np.zeros(n, np.int64), np.zeros(n, np.int64)

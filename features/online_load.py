@@ -27,7 +27,7 @@ import sqlite3
 import time
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,10 +36,28 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from features.compute import CREATED_TIMESTAMP, EVENT_TIMESTAMP, KEYS
+
 if TYPE_CHECKING:
-    from features.store import FeatureRepo
+    import feast
 
 log = logging.getLogger(__name__)
+
+
+class FeatureRepo(Protocol):
+    """What a load needs of :class:`features.store.FeatureRepo` (which calls this module, so it is not
+    imported here)."""
+
+    online_store: str
+    project: str
+
+    @property
+    def online_store_path(self) -> Path: ...
+
+    @property
+    def store(self) -> feast.FeatureStore: ...
+
+    def source_dir(self, entity: str) -> Path: ...
 
 MARKER = "online_snapshot"
 _TABLE = "ebr_online_snapshot"  # in the SQLite online store, next to Feast's tables
@@ -208,9 +226,6 @@ def _write_marker(repo: FeatureRepo, entity: str, value: dict) -> None:
 def load_snapshot(repo: FeatureRepo, entity: str, day: date, *, full: bool = False,
                   chunk_rows: int = 20_000, progress: bool = True) -> OnlineLoad:
     """Write the ``day`` snapshot of ``entity`` into the online store (see the module docstring)."""
-    from features.store import KEYS
-    from features.compute import CREATED_TIMESTAMP, EVENT_TIMESTAMP
-
     t0 = time.perf_counter()
     key = KEYS[entity]
     path = repo.source_dir(entity) / f"{day.isoformat()}.parquet"

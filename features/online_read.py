@@ -22,6 +22,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from infra.patches import feast_sqlite_table
+
 if TYPE_CHECKING:
     from features.store import FeatureRepo
 
@@ -99,7 +101,6 @@ class OnlineReader:
         """What the SQLite store's ``online_read`` returns for ``keys``: its query on its table, with its key
         encoding."""
         from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.infra.online_stores.sqlite import _quote_id, _table_id
         from feast.protos.feast.types.Value_pb2 import Value
 
         con = getattr(self._local, "con", None)
@@ -110,7 +111,7 @@ class OnlineReader:
         blobs = [serialize_entity_key(k, entity_key_serialization_version=version) for k in keys]
         out = []
         for view, _ in self._views:
-            table = _quote_id(_table_id(config.project, view, config.registry.enable_online_feature_view_versioning))
+            table = feast_sqlite_table(config, view)
             found: dict[bytes, dict] = {}
             for start in range(0, len(blobs), 900):  # SQLite's bound on the parameters of one statement
                 part = blobs[start:start + 900]

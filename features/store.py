@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import re
 import string
-import tempfile
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -28,18 +26,21 @@ import pyarrow.parquet as pq
 
 from features.compute import (
     CREATED_TIMESTAMP,
-    DOC_KEY,
     DOCUMENT_COLUMNS,
     EVENT_TIMESTAMP,
     FEATURE_TS,
+    KEYS,
     SEARCHER_COLUMNS,
-    SEARCHER_KEY,
     as_of_for_day,
     check_as_of,
 )
 from features.compute import compute_features as compute_features  # re-exported: part of this API
+from features.online_load import load_snapshot
 from features.repo import FEATURE_SERVICE_VERSION, PROJECT
-from features.schema import DOC_MULTI, DOC_NUMERIC, DOC_TIMES, SEARCHER_MULTI, SEARCHER_NUMERIC, weights_of
+from features.schema import DOC_MULTI, DOC_NUMERIC, DOC_TIMES, SEARCHER_MULTI, SEARCHER_NUMERIC
+from infra.atomic import atomic_file
+from infra.names import check_name
+from infra.settings import get_settings
 
 if TYPE_CHECKING:
     import feast
@@ -59,7 +60,6 @@ logging.getLogger("feast.repo_config").addFilter(_FileRegistryNote())
 
 EntityName = Literal["searcher", "document"]
 ENTITIES: tuple[str, ...] = ("searcher", "document")
-KEYS: dict[str, str] = {"searcher": SEARCHER_KEY, "document": DOC_KEY}
 COLUMNS: dict[str, tuple[str, ...]] = {"searcher": SEARCHER_COLUMNS, "document": DOCUMENT_COLUMNS}
 TEMPLATE = Path(__file__).resolve().parent / "repo" / "feature_store.yaml"
 _ROW = "__row__"
@@ -104,15 +104,8 @@ def _to_arrow(df: pd.DataFrame, entity: str) -> pa.Table:
 
 
 def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def online_store_yaml(url: str, root: Path) -> str:
@@ -145,9 +138,6 @@ class FeatureRepo:
     @classmethod
     def for_dataset(cls, dataset: str, home: Path | None = None) -> FeatureRepo:
         """The default location: ``<settings.home>/features/<dataset>``."""
-        from infra.names import check_name
-        from infra.settings import get_settings
-
         settings = get_settings()
         name = check_name(dataset, "dataset name")
         # A shared server holds every dataset: one Feast project (key prefix) each.
@@ -237,11 +227,8 @@ class FeatureRepo:
             root=self.root.as_posix(), project=self.project, online_store=self._online_yaml)
         if self.config_path.exists() and self.config_path.read_text() == text:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".feature_store.", suffix=".yaml", dir=self.root)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.config_path)
+        with atomic_file(self.config_path) as tmp:
+            tmp.write_text(text)
         self._store = None
 
     @property
@@ -265,7 +252,7 @@ class FeatureRepo:
 
         Copies, so several roots in one process never share mutated objects.
         """
-        from features.repo import definitions as d
+        from features.repo import definitions as d  # imports Feast: only where the declarations are needed
 
         objects = copy.deepcopy([*d.ENTITIES, *d.SOURCES, *d.FEATURE_VIEWS, *d.FEATURE_SERVICES])
         sources = {id(s) for s in objects if type(s).__name__ == "FileSource"}
@@ -304,8 +291,6 @@ class FeatureRepo:
         extend ``end`` to the newest written day. Only the entities that changed since the snapshot the store
         holds are written, unless ``full`` (see ``features.online_load``).
         """
-        from features.online_load import load_snapshot
-
         s, e = check_as_of(start), check_as_of(end)
         if e < s:
             raise ValueError(f"materialize end {end} is before start {start}")

@@ -24,17 +24,29 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from evaluation.protocol import evaluate_split, quantized_metrics
+from examples.splits import split_cutoff
 from flows.housekeeping import clean_up_leftovers
-from infra.retries import retry_transient
-from infra.run_dirs import run_dir
+from flows.mine import MineParams, mine
 from flows.train import (
-    NAME_PATTERN, TrainParams, artifact_key, documents_as_of, fetch_examples, laptop_config, publish_report,
-    read_document_snapshots, servable_index,
+    NAME_PATTERN,
+    TrainParams,
+    artifact_key,
+    documents_as_of,
+    fetch_examples,
+    laptop_config,
+    publish_report,
+    read_document_snapshots,
+    servable_index,
+    train,
 )
-from flows.mine import MineParams
-from infra.names import check_name
-from infra.settings import get_settings
+from infra.names import default_examples_name, default_model_name
+from infra.retries import retry_transient
+from infra.run_dirs import run_dir, runs_root
+from infra.storage import ArtifactStore
 from models.config import TrainConfig
+from models.ensemble import Cascade, WeightedConcat, fit_concat_weights, save_ensemble
+from models.registry import load_registered_model, register_ensemble, registered_model_path
 
 ALIASES = ("unified", "text", "hnm")
 SEED_ALIAS = re.compile(r"^seed([1-9][0-9]{0,2})$")  # seedN: the unified recipe trained with seed N
@@ -95,9 +107,9 @@ class EnsembleParams(BaseModel):
 
 def alias_name(alias: str, dataset: str) -> str:
     if seed_of(alias) is not None:
-        return f"{dataset}-two-tower-{alias}"
-    return {"unified": f"{dataset}-two-tower", "text": f"{dataset}-two-tower-text",
-            "hnm": f"{dataset}-two-tower-hnm"}.get(alias, alias.split("@", 1)[0])
+        return default_model_name(dataset, alias)
+    return {"unified": default_model_name(dataset), "text": default_model_name(dataset, "text"),
+            "hnm": default_model_name(dataset, "hnm")}.get(alias, alias.split("@", 1)[0])
 
 
 # --------------------------------------------------------------------------- tasks
@@ -105,16 +117,12 @@ def alias_name(alias: str, dataset: str) -> str:
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def is_registered(name: str) -> bool:
-    from infra.storage import ArtifactStore
-
     return ArtifactStore.from_settings().current("model", name) is not None
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_member(name: str, version: str | None):
     """(model, its manifest, its local model file)."""
-    from training.registry import load_registered_model, registered_model_path
-
     model, av = load_registered_model(name, version)
     return model, av, registered_model_path(name, av.version)
 
@@ -122,16 +130,11 @@ def load_member(name: str, version: str | None):
 @task(cache_policy=NO_CACHE)
 def fit_ensemble(kind: str, members: list, parts: dict, index: pd.DataFrame, params: EnsembleParams, seed: int):
     """(ensemble, the trials) with weights or depth chosen on the validation split."""
-    from evaluation.protocol import evaluate_split
-    from models.ensemble import Cascade, fit_concat_weights
-
     def score(model) -> float:
         return evaluate_split(model, parts, "valid", index, max_sessions=params.max_eval_sessions, seed=seed)[
             params.metric]
 
     if kind == "weighted_concat":
-        from models.ensemble import WeightedConcat
-
         weights, trials = fit_concat_weights(members, score, params.weight_grid)
         return WeightedConcat(members, weights), trials
     trials = [{"rerank_n": n, "score": score(Cascade(members[0], members[1], n))} for n in params.rerank_grid]
@@ -142,8 +145,6 @@ def fit_ensemble(kind: str, members: list, parts: dict, index: pd.DataFrame, par
 @task(cache_policy=NO_CACHE)
 def compare(named: dict, parts: dict, index: pd.DataFrame, max_sessions: int, seed: int) -> dict:
     """Test metrics of each model, exact and on the IVF-PQ index the nightly rebuild would build."""
-    from evaluation.protocol import evaluate_split, quantized_metrics
-
     out = {}
     for name, model in named.items():
         out[name] = {"exact": evaluate_split(model, parts, "test", index, max_sessions=max_sessions, seed=seed),
@@ -155,9 +156,6 @@ def compare(named: dict, parts: dict, index: pd.DataFrame, max_sessions: int, se
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_ensemble_version(ensemble, files: list[Path], refs: list[str], out_dir: Path, name: str,
                               metrics: dict, config: dict, examples_ref: str, extra: dict) -> str:
-    from models.ensemble import save_ensemble
-    from training.registry import register_ensemble
-
     save_ensemble(ensemble, files, refs, out_dir)
     return register_ensemble(out_dir, name, metrics, config, examples_ref, extra=extra).ref
 
@@ -182,10 +180,6 @@ def comparison_markdown(title: str, results: dict, trials: list[dict], chosen: s
 @flow(name="ensemble", log_prints=True)
 def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None = None) -> str:
     """Fit, evaluate and register an ensemble of ``dataset``'s models; returns its model ref."""
-    from evaluation.protocol import split_cutoff
-    from flows.mine import mine
-    from flows.train import train
-
     params = params or EnsembleParams()
     log = get_run_logger()
     members = params.member_list()
@@ -208,7 +202,7 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
     loaded = [load_member(n, m.split("@", 1)[1] if "@" in m else None) for m, n in zip(members, names)]
     models = [m for m, _, _ in loaded]
     refs = [av.ref for _, av, _ in loaded]
-    parts, examples_ref, _ = fetch_examples(f"{dataset}-examples", None)
+    parts, examples_ref, _ = fetch_examples(default_examples_name(dataset), None)
     train_end, test_as_of = split_cutoff(parts, "valid"), split_cutoff(parts, "test")
     snapshots = read_document_snapshots(dataset, min(train_end, test_as_of))
     valid_index = servable_index(dataset, documents_as_of(snapshots, train_end, include_later=True), train_end,
@@ -225,7 +219,7 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
     metrics = list(results.values())[-1]["exact"]
 
     model_name = params.model_name or f"{dataset}-ensemble"
-    runs = get_settings().home / "runs" / "ensemble" / check_name(dataset, "dataset name")
+    runs = runs_root("ensemble", dataset)
     clean_up_leftovers(runs)
     config = {"kind": params.kind, "members": refs, "params": params.model_dump(mode="json"), "trials": trials}
     extra = {"dataset": dataset, "evaluation": {"split": "test", "max_sessions": params.max_eval_sessions,
@@ -237,7 +231,7 @@ def ensemble(dataset: str = "synthetic-default", params: EnsembleParams | None =
         ref = register_ensemble_version(fitted, files, refs, out_dir / "ensemble", model_name, metrics, config,
                                         examples_ref, extra)
         if params.promote:
-            register_ensemble_version(fitted, files, refs, out_dir / "promoted", f"{dataset}-two-tower", metrics,
+            register_ensemble_version(fitted, files, refs, out_dir / "promoted", default_model_name(dataset), metrics,
                                       config, examples_ref, {**extra, "promoted_from": ref})
     facts = {"ensemble": f"`{ref}`", "members": ", ".join(f"`{r}`" for r in refs), "examples": f"`{examples_ref}`",
              "test index": f"{len(test_index)} documents", "fitting": f"{fit_seconds:.1f} s",

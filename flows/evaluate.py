@@ -14,7 +14,7 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from infra.retries import retry_transient
+from examples.splits import split_cutoff
 from flows.train import (
     artifact_key,
     documents_as_of,
@@ -25,12 +25,13 @@ from flows.train import (
     read_document_snapshots,
     servable_index,
 )
+from infra.names import default_examples_name, default_model_name
+from infra.retries import retry_transient
+from models.registry import load_registered_model
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_model_version(name: str, version: str | None):
-    from training.registry import load_registered_model
-
     model, av = load_registered_model(name, version)
     return model, av.ref, av.metadata
 
@@ -52,15 +53,13 @@ def evaluate(
     max_sessions: int | None = None,
 ) -> dict[str, float]:
     """Metrics of a registered model (None: ``<dataset>-two-tower``, its current version) on ``split``."""
-    from evaluation.protocol import split_cutoff
-
     log = get_run_logger()
-    model_name = model_name or f"{dataset}-two-tower"
-    examples_name = f"{dataset}-examples"
+    model_name = model_name or default_model_name(dataset)
+    examples = default_examples_name(dataset)
     model, model_ref, meta = load_model_version(model_name, model_version)
     recorded = meta.get("evaluation") or {}
-    version = examples_version or _examples_of(meta, examples_name)
-    parts, examples_ref, _ = fetch_examples(examples_name, version)
+    version = examples_version or _examples_of(meta, examples)
+    parts, examples_ref, _ = fetch_examples(examples, version)
     max_sessions = max_sessions or int(recorded.get("max_sessions", 10_000))
     seed = int(recorded.get("seed", (meta.get("config") or {}).get("seed", 0)))
 

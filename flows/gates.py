@@ -20,8 +20,8 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.settings import get_settings
 from ingest.contract import DatasetManifest, read_dataset, read_manifest
-from validation.gate import GateReport, latest_report
-from validation.suites import GateConfig
+from validation.gate import GateReport, enforce, latest_report, run_gate
+from validation.suites import GateConfig, examples_suite, input_suite
 
 INPUT_TABLES = ("searchers", "documents", "sessions")
 RELATION_TABLES = ("memberships", "friendships")  # gated against the ids of the searchers and documents
@@ -35,9 +35,6 @@ ISOLATE_ABOVE_ROWS = 2_000_000
 def gate(name: str, df: pd.DataFrame, config: GateConfig, previous: GateReport | None, run_dir: Path, dataset: str,
          references: dict[str, pd.Index] | None = None):
     """Validate, keep the report with the run (files + UI), then stop the run if it failed."""
-    from validation.gate import run_gate
-    from validation.suites import examples_suite, input_suite
-
     suite = (examples_suite(df.columns, config) if name == "examples"
              else input_suite(name, df.columns, config, references))
     return _record(run_gate(name, df, suite, previous), run_dir, dataset)
@@ -50,8 +47,6 @@ def record_gate(report: GateReport, run_dir: Path, dataset: str):
 
 
 def _record(report: GateReport, run_dir: Path, dataset: str) -> GateReport:
-    from validation.gate import enforce
-
     name = report.name
     report.save(run_dir / "gates")
     create_markdown_artifact(
@@ -85,9 +80,6 @@ def validate_dataset(dataset_path: str, config: GateConfig,
     """Read and validate a dataset's input tables in two reads, the first released before the second: the
     searchers, documents and sessions, then the memberships and friendships against the first two's ids.
     ``previous``: each table's newest accepted report. Every table is validated, also after a failure."""
-    from validation.gate import run_gate
-    from validation.suites import input_suite
-
     def validate(tables: dict[str, pd.DataFrame], references: dict[str, pd.Index]) -> list[GateReport]:
         return [run_gate(n, df, input_suite(n, df.columns, config, references), previous.get(n))
                 for n, df in tables.items()]

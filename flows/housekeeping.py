@@ -8,6 +8,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from infra.retries import retry_transient
+from infra.run_dirs import prune_keyed_dirs, sweep_run_dirs
+from infra.settings import get_settings
+from infra.storage import ArtifactStore
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -17,10 +20,6 @@ def clean_up_leftovers(runs_root: Path) -> dict[str, list[str]]:
     versions beyond the newest ``EBR_KEEP_VERSIONS`` of each artifact (never a current one nor one a kept
     version names), and local copies of artifact versions beyond the newest two of each (never the current
     one)."""
-    from infra.run_dirs import sweep_run_dirs
-    from infra.settings import get_settings
-    from infra.storage import ArtifactStore
-
     store = ArtifactStore.from_settings()
     keep = get_settings().keep_versions
     out = {"run_dirs": [p.name for p in sweep_run_dirs(runs_root)], "store_versions": store.gc_incomplete(),
@@ -34,8 +33,6 @@ def clean_up_leftovers(runs_root: Path) -> dict[str, list[str]]:
 def prune_resumable_runs(runs_root: Path, current: str) -> list[str]:
     """Old mining runs (directories named by their inputs, kept so that a re-run resumes) beyond retention;
     ``current`` is the run about to resume or start, never removed."""
-    from infra.run_dirs import prune_keyed_dirs
-
     removed = [p.name for p in prune_keyed_dirs(runs_root, keep={current})]
     if removed:
         get_run_logger().info("removed old mining runs: %s", removed)

@@ -12,6 +12,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from infra.retries import retry_transient
 from infra.settings import get_settings
+from ingest.contract import write_dataset
+from ingest.datasets import load_source
+from ingest.synthetic import WorldConfig, generate_world
 
 
 def _counts_markdown(title: str, path: Path, row_counts: dict[str, int]) -> str:
@@ -21,23 +24,17 @@ def _counts_markdown(title: str, path: Path, row_counts: dict[str, int]) -> str:
 
 @task
 def build_world(preset: str, seed: int):
-    from ingest.synthetic import WorldConfig, generate_world
-
     config = WorldConfig.preset(preset).model_copy(update={"seed": seed})
     return generate_world(config), config.model_dump(mode="json")
 
 
 @task
 def read_source(source: str):
-    from ingest.datasets import load_source
-
     return load_source(source)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def write(dataset, name: str, source: str, params: dict | None = None):
-    from ingest.contract import write_dataset
-
     target = get_settings().dataset_path(name)
     manifest = write_dataset(dataset, target, source=source, params=params)
     return target, manifest.row_counts

@@ -24,27 +24,27 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
-from infra.retries import retry_transient
-from flows.gates import gate_dataset
-from flows.housekeeping import clean_up_leftovers
-from infra.run_dirs import run_dir
-from validation.suites import GateConfig
 from features.compute import (
-    FEATURE_TABLES, SESSION_COLUMNS, FeatureConfig, as_of_for_day, cluster_anchor, compute_features, days_between,
+    FEATURE_TABLES,
+    SESSION_COLUMNS,
+    FeatureConfig,
+    as_of_for_day,
+    cluster_anchor,
+    compute_features,
+    days_between,
 )
-from flows.runners import task_runner
 from features.online_load import OnlineLoad
 from features.store import FeatureRepo
+from flows.gates import gate_dataset
+from flows.housekeeping import clean_up_leftovers
+from flows.runners import task_runner
+from infra.retries import retry_transient
+from infra.run_dirs import run_dir, runs_root
 from infra.settings import get_settings
 from ingest.contract import read_dataset
+from validation.suites import GateConfig
 
 MAX_DAYS = 3660
-
-
-def runs_root(dataset: str):
-    from infra.names import check_name
-
-    return get_settings().home / "runs" / "materialize" / check_name(dataset, "dataset name")
 
 
 class MaterializeParams(BaseModel):
@@ -222,7 +222,7 @@ def materialize(
     root = str(FeatureRepo.for_dataset(params.dataset).root)
     log.info("materializing %s for %s .. %s into %s", params.dataset, days[0], days[-1], root)
 
-    runs = runs_root(params.dataset)
+    runs = runs_root("materialize", params.dataset)
     clean_up_leftovers(runs)
     with run_dir(runs, flow_run.id) as rdir:
         manifest = gate_dataset(params.dataset, gates or GateConfig(), runs, rdir, params.isolate_gates)

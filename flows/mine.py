@@ -26,18 +26,36 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.retries import retry_transient
+from examples.build import write_splits
+from examples.splits import split_cutoff
 from flows.housekeeping import prune_resumable_runs
 from flows.runners import task_runner
 from flows.train import (
-    NAME_PATTERN, artifact_key, documents_as_of, evaluate_model, fetch_examples, fit, laptop_config,
-    publish_report, read_document_snapshots, register, servable_index,
+    NAME_PATTERN,
+    artifact_key,
+    documents_as_of,
+    evaluate_model,
+    fetch_examples,
+    fit,
+    laptop_config,
+    publish_report,
+    read_document_snapshots,
+    register,
+    servable_index,
 )
-from infra.names import check_name
-from infra.settings import get_settings
+from infra.atomic import atomic_directory
+from infra.names import default_examples_name, default_model_name
+from infra.retries import retry_transient
+from infra.run_dirs import runs_root
+from infra.storage import ArtifactStore
+from models.checkpoint import load_model
 from models.config import LossConfig, TrainConfig
-from models.mining import HARD_NEGATIVES, MiningConfig, MiningReport
-from validation.suites import MinedGateConfig
+from models.evaluate import metrics_table
+from models.mining import HARD_NEGATIVES, MiningConfig, MiningReport, finish_mining, plan_mining, search_sessions
+from models.registry import get_registered, register_model, registered_model_path
+from models.rounds import RoundRecord, finished_round, improved, record_of, rounds_markdown, run_key
+from validation.gate import enforce, run_gate
+from validation.suites import MinedGateConfig, mined_suite
 
 Transfer = Literal["easy_to_hard", "hard_to_easy"]
 
@@ -90,12 +108,8 @@ class MineParams(BaseModel):
         return self.config.model_copy(update={"loss": loss, "epochs": self.easy_epochs})
 
     def names(self, dataset: str) -> tuple[str, str, str]:
-        return (self.base_model or f"{dataset}-two-tower", self.model_name or f"{dataset}-two-tower-hnm",
-                self.examples_name or f"{dataset}-examples")
-
-
-def runs_root(dataset: str) -> Path:
-    return get_settings().home / "runs" / "mine" / check_name(dataset, "dataset name")
+        return (self.base_model or default_model_name(dataset), self.model_name or default_model_name(dataset, "hnm"),
+                self.examples_name or default_examples_name(dataset))
 
 
 # --------------------------------------------------------------------------- tasks
@@ -104,8 +118,6 @@ def runs_root(dataset: str) -> Path:
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def starting_model(name: str):
     """(model file, its manifest) of the current registered version of ``name``."""
-    from training.registry import get_registered, registered_model_path
-
     av = get_registered(name)
     return registered_model_path(name, av.version), av
 
@@ -114,8 +126,6 @@ def starting_model(name: str):
 def save_inputs(run_dir: Path, frames: dict[str, pd.DataFrame]) -> Path:
     """The round subflows' shared inputs (corpus and evaluation indexes) as parquet in the run directory:
     subflows take paths, not DataFrames, as parameters."""
-    from infra.atomic import atomic_directory
-
     out = run_dir / "inputs"
     with atomic_directory(out, marker="corpus.parquet") as tmp:
         for name, frame in frames.items():
@@ -125,29 +135,21 @@ def save_inputs(run_dir: Path, frames: dict[str, pd.DataFrame]) -> Path:
 
 @task(cache_policy=NO_CACHE)
 def load_model_file(path: Path):
-    from models.checkpoint import load_model
-
     return load_model(path)
 
 
 @task(cache_policy=NO_CACHE)
 def plan_negatives(model, examples: pd.DataFrame, corpus: pd.DataFrame, config: MiningConfig):
-    from models.mining import plan_mining
-
     return plan_mining(model, examples, corpus, config)
 
 
 @task(cache_policy=NO_CACHE)
 def search_negatives(space, start: int, end: int):
-    from models.mining import search_sessions
-
     return search_sessions(space, start, end)
 
 
 @task(cache_policy=NO_CACHE)
 def finish_negatives(plan, searched: list):
-    from models.mining import finish_mining
-
     return finish_mining(plan, searched)
 
 
@@ -171,8 +173,6 @@ def gate_mined(train: pd.DataFrame, config: MineParams, false_negative_share: fl
                round_no: int):
     """Great Expectations over the round's training examples; a failure stops the run before training."""
     from prefect.artifacts import create_markdown_artifact
-    from validation.gate import enforce, run_gate
-    from validation.suites import mined_suite
 
     suite = mined_suite(HARD_NEGATIVES, config.mining.negatives_per_example, false_negative_share, config.gate)
     report = run_gate(f"mined-round-{round_no}", train, suite)
@@ -184,9 +184,6 @@ def gate_mined(train: pd.DataFrame, config: MineParams, false_negative_share: fl
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish_mined(dataset: str, parts: dict[str, pd.DataFrame], out_dir: Path, metadata: dict) -> str:
-    from infra.storage import ArtifactStore
-    from training.examples import write_splits
-
     frame = pd.concat([parts[s] for s in ("train", "valid", "test")], ignore_index=True)
     write_splits(frame, out_dir, metadata)
     return ArtifactStore.from_settings().publish("dataset", f"{dataset}-examples-hnm", out_dir, metadata).ref
@@ -194,13 +191,9 @@ def publish_mined(dataset: str, parts: dict[str, pd.DataFrame], out_dir: Path, m
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def lookup_round(model_name: str, key: str, round_no: int):
-    from infra.storage import ArtifactStore
-    from training.rounds import finished_round, record_of
-
     av = finished_round(ArtifactStore.from_settings(), model_name, key, round_no)
     if av is None:
         return None
-    from training.registry import registered_model_path
 
     return record_of(av), registered_model_path(model_name, av.version)
 
@@ -208,9 +201,6 @@ def lookup_round(model_name: str, key: str, round_no: int):
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def lookup_mined(dataset: str, key: str, round_no: int):
     """(splits, ref, mining report) of the examples a round of run ``key`` already published, if any."""
-    from infra.storage import ArtifactStore
-    from training.rounds import finished_round
-
     store = ArtifactStore.from_settings()
     av = finished_round(store, f"{dataset}-examples-hnm", key, round_no, kind="dataset")
     if av is None:
@@ -222,16 +212,12 @@ def lookup_mined(dataset: str, key: str, round_no: int):
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def make_current(model_name: str, ref: str) -> None:
-    from infra.storage import ArtifactStore
-
     ArtifactStore.from_settings().set_current("model", model_name, ref.rsplit("@", 1)[1])
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def promote_round(model_path: Path, base_name: str, metrics: dict, config: TrainConfig, feature_service: str,
                   examples_ref: str, extra: dict) -> str:
-    from training.registry import register_model
-
     return register_model(model_path, base_name, metrics, config, feature_service, examples_ref, extra=extra).ref
 
 
@@ -244,9 +230,6 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
     """Mine with the model at ``model_path``, gate, publish the examples, train, evaluate, register.
     ``before``: the previous round's {"valid": ..., "test": ...} metrics, for the report. Returns
     (RoundRecord, the new model's local file)."""
-    from training.registry import registered_model_path
-    from training.rounds import RoundRecord
-
     log = get_run_logger()
     _, round_name, examples_name = params.names(dataset)
     done = lookup_round(round_name, key, round_no)
@@ -254,7 +237,7 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
         log.info("round %d of run %s already finished: %s", round_no, key, done[0].model_ref)
         return done
 
-    run_dir = runs_root(dataset) / key / f"round-{round_no}"
+    run_dir = runs_root("mine", dataset) / key / f"round-{round_no}"
     parts, examples_ref, _ = fetch_examples(examples_name, params.examples_version)
     corpus = pd.read_parquet(inputs / "corpus.parquet")
     valid_index = pd.read_parquet(inputs / "valid_index.parquet")
@@ -308,8 +291,6 @@ def mine_round(dataset: str, round_no: int, key: str, model_path: Path, inputs: 
 
 
 def _round_markdown(record, mining_md: str, metric: str, before: dict) -> str:
-    from models.evaluate import metrics_table
-
     rows = {f"before: {s}": before[s] for s in ("valid", "test") if before.get(s)}
     rows.update({f"after: {s}": getattr(record, s) for s in ("valid", "test")})
     ks = ["recall@1", "recall@10", "recall@100", "mrr", "ndcg@10"]
@@ -326,9 +307,6 @@ def _round_markdown(record, mining_md: str, metric: str, before: dict) -> str:
 @flow(name="mine", log_prints=True, task_runner=task_runner())
 def mine(dataset: str = "synthetic-default", params: MineParams | None = None) -> str:
     """Offline hard-negative mining rounds from the current model of ``dataset``; returns the best model ref."""
-    from evaluation.protocol import split_cutoff
-    from training.rounds import RoundRecord, improved, rounds_markdown, run_key
-
     params = params or MineParams()
     log = get_run_logger()
     base_name, round_name, examples_name = params.names(dataset)
@@ -339,8 +317,8 @@ def mine(dataset: str = "synthetic-default", params: MineParams | None = None) -
     key = run_key(dataset=dataset, start=start_av.ref, examples=examples_ref,
                   params=params.model_dump(mode="json", exclude={"rounds", "stop_early", "min_gain", "promote",
                                                                   "search_shards"}))
-    run_dir = runs_root(dataset) / key
-    prune_resumable_runs(runs_root(dataset), key)
+    run_dir = runs_root("mine", dataset) / key
+    prune_resumable_runs(runs_root("mine", dataset), key)
 
     train_end, test_as_of = split_cutoff(parts, "valid"), split_cutoff(parts, "test")
     snapshots = read_document_snapshots(dataset, min(train_end, test_as_of))

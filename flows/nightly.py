@@ -18,13 +18,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from infra.resources import StepFigures, measured
-from infra.retries import retry_transient
 from flows.evaluate import evaluate
 from flows.materialize import materialize
 from flows.rebuild_index import RebuildParams, rebuild_index
 from flows.train import TrainParams, artifact_key, train
 from flows.training_data import TrainingDataParams, training_data
+from infra.names import default_model_name
+from infra.resources import StepFigures, measured
+from infra.retries import retry_transient
+from infra.storage import ArtifactStore
 from validation.suites import GateConfig
 
 Retrain = Literal["auto", "always", "never"]
@@ -112,8 +114,6 @@ def retrain_due(mode: Retrain, has_model: bool, run_day: date, weekday: int) -> 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5)
 def has_registered_model(name: str) -> bool:
-    from infra.storage import ArtifactStore
-
     return ArtifactStore.from_settings().current("model", name) is not None
 
 
@@ -133,7 +133,7 @@ def nightly(
     decision that tonight's changes against the previous run are real (data gate drift and row counts, a drop
     of indexed documents); the reports record what was accepted."""
     log = get_run_logger()
-    model_name = (train_params.model_name if train_params else None) or f"{dataset}-two-tower"
+    model_name = (train_params.model_name if train_params else None) or default_model_name(dataset)
     scheduled = flow_run.scheduled_start_time or datetime.now(timezone.utc)
     run_day = end_date or (scheduled.date() - timedelta(days=1))
     # decided before any work, so that retrain="never" without a model stops here with nothing changed

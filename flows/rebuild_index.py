@@ -29,18 +29,41 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from ann.embedding import embed_documents_to_file, embed_rows, shard_bounds, write_vectors_to_file
+from ann.index import EmbeddingIndex, IndexConfig
+from ann.tuning import TuningConfig, TuningResult, tune_nprobe
+from features.corpus import index_corpus, rebuild_time, snapshot_day_for
+from features.index_selection import SelectionConfig, SelectionReport
+from features.store import FeatureRepo
 from flows.gates import gate_inputs
 from flows.housekeeping import clean_up_leftovers
-from flows.runners import task_runner
+from flows.runners import cached_model, task_runner
+from infra.names import default_model_name
 from infra.retries import retry_transient
-from infra.run_dirs import MARKER, finish_run_dir, new_run_dir
-from serving.ann_tuning import TuningConfig, TuningResult
-from serving.index import EmbeddingIndex, IndexConfig
-from serving.index_selection import SelectionConfig, SelectionReport
-from serving.index_store import IndexManifest, ModelRef
-from infra.names import check_name
+from infra.run_dirs import MARKER, finish_run_dir, new_run_dir, runs_root
 from infra.settings import get_settings
-from serving.index_validation import IndexValidation, IndexValidationError, ValidationConfig
+from infra.storage import ArtifactStore
+from ingest.contract import read_dataset
+from models.ensemble import is_cascade
+from models.registry import load_registered_model
+from serving.index_store import (
+    IndexManifest,
+    ModelRef,
+    current_version,
+    doc_map_frame,
+    publish_index,
+    stage_index,
+    staged_size,
+)
+from serving.index_validation import (
+    IndexValidation,
+    IndexValidationError,
+    ValidationConfig,
+    held_out_sample,
+    sample_rows,
+    validate_index,
+)
+from serving.terms import TermIndex
 from validation.suites import GateConfig
 
 QuerySource = Literal["auto", "held_out", "documents"]
@@ -76,10 +99,6 @@ class RebuildParams(BaseModel):
                     "EBR_DASK_ADDRESS); 1 embeds in the flow's process")
 
 
-def runs_root(dataset: str) -> Path:
-    return get_settings().home / "runs" / "rebuild-index" / check_name(dataset, "dataset name")
-
-
 def artifact_key(dataset: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"rebuild-index-{dataset}".lower()).strip("-")
 
@@ -90,10 +109,6 @@ def artifact_key(dataset: str) -> str:
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_inputs(dataset: str, as_of: date | None) -> tuple[pd.DataFrame, pd.DataFrame, date]:
     """(canonical documents, the document snapshot, its day)."""
-    from features.store import FeatureRepo
-    from ingest.contract import read_dataset
-    from serving.corpus import snapshot_day_for
-
     path = get_settings().dataset_path(dataset)
     if not path.is_dir():
         raise FileNotFoundError(f"no canonical dataset {dataset!r} at {path}; run 'ebr generate' or 'ebr ingest'")
@@ -105,22 +120,16 @@ def read_inputs(dataset: str, as_of: date | None) -> tuple[pd.DataFrame, pd.Data
 
 @task(cache_policy=NO_CACHE)
 def select_corpus(documents: pd.DataFrame, snapshot: pd.DataFrame, at: datetime, selection: SelectionConfig):
-    from serving.corpus import index_corpus
-
     return index_corpus(documents, snapshot, at, selection)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_model(model_name: str):
-    from training.registry import load_registered_model
-
     return load_registered_model(model_name)
 
 
 @task(cache_policy=NO_CACHE)
 def embed_corpus(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np.ndarray:
-    from serving.embedding import embed_documents_to_file
-
     return embed_documents_to_file(model, corpus, path, model.output_dim, batch_size)
 
 
@@ -128,9 +137,6 @@ def embed_corpus(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np
 def embed_shard(model_name: str, version: str, rows: pd.DataFrame, dim: int, batch_size: int) -> np.ndarray:
     """One shard of the corpus through the registered model (loaded once per worker process)."""
     import torch
-
-    from flows.runners import cached_model
-    from serving.embedding import embed_rows
 
     torch.set_num_threads(1)  # one shard per worker core
     return embed_rows(cached_model(model_name, version), rows, dim, batch_size)
@@ -142,8 +148,6 @@ def embed_corpus_sharded(model_name: str, version: str, dim: int, corpus: pd.Dat
     a Dask cluster with EBR_DASK_ADDRESS), written in order to ``path``."""
     from prefect import unmapped
 
-    from serving.embedding import shard_bounds, write_vectors_to_file
-
     bounds = shard_bounds(len(corpus), params.embed_shards, params.embed_batch_size)
     futures = embed_shard.map(unmapped(model_name), unmapped(version), [corpus.iloc[a:b] for a, b in bounds],
                               unmapped(dim), unmapped(params.embed_batch_size))
@@ -153,8 +157,6 @@ def embed_corpus_sharded(model_name: str, version: str, dim: int, corpus: pd.Dat
 @task(cache_policy=NO_CACHE)
 def embed_second_stage(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np.ndarray:
     """A cascade's second-stage document vectors, which the retriever re-scores the first stage's top N with."""
-    from serving.embedding import embed_documents_to_file
-
     class SecondStage:
         def embed_documents(self, frame, batch_size):
             return model.rescore_documents(frame, batch_size=batch_size)
@@ -173,8 +175,6 @@ def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: Que
                        seed: int | None = None) -> tuple[np.ndarray, str, np.ndarray | None]:
     """Up to ``n`` (default: the gate's) queries: held-out ones through the query tower (with the document
     each one clicked), or document vectors (no clicks)."""
-    from serving.index_validation import held_out_sample, sample_rows
-
     n = config.n_queries if n is None else n
     seed = config.seed if seed is None else seed
     if source != "documents":
@@ -189,9 +189,7 @@ def validation_queries(model, model_meta: dict, vectors: np.ndarray, source: Que
 
 @task(cache_policy=NO_CACHE)
 def tune(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, params: "RebuildParams") -> TuningResult:
-    """The recall/cost curve on the tuning queries and the least nprobe meeting the target (serving.ann_tuning)."""
-    from serving.ann_tuning import tune_nprobe
-
+    """The recall/cost curve on the tuning queries and the least nprobe meeting the target (ann.tuning)."""
     v, t = params.validation, params.tuning
     target = t.target_recall if t.target_recall is not None else min(1.0, v.min_recall + t.margin)
     result = tune_nprobe(index, vectors, queries, min(v.k, index.ntotal), target, t.max_nprobe)
@@ -202,16 +200,12 @@ def tune(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, params
 @task(cache_policy=NO_CACHE)
 def build_terms(corpus: pd.DataFrame):
     """The term index of the corpus (positions = rows = the FAISS ids), published with the vectors."""
-    from serving.terms import TermIndex
-
     return TermIndex.build(corpus)
 
 
 @task(cache_policy=NO_CACHE)
 def stage(index: EmbeddingIndex, corpus: pd.DataFrame, dest: Path, rescore: np.ndarray | None = None,
           terms=None) -> Path:
-    from serving.index_store import doc_map_frame, stage_index
-
     return stage_index(index, doc_map_frame(corpus), dest, rescore, terms)
 
 
@@ -221,18 +215,12 @@ def validate(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray, so
              type_counts: dict[str, int], targets: np.ndarray | None = None) -> IndexValidation:
     """The publish gate, including the comparison with the version that is current now. ``targets``: the
     index positions of the held-out queries' clicked documents (-1: not indexed)."""
-    from serving.index_store import current_version, staged_size
-    from serving.index_validation import validate_index
-
     return validate_index(index, vectors, queries, config, source, expected, staged_size(staged), type_counts,
                           current_version(dataset), targets)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish(dataset: str, staged: Path, manifest: IndexManifest) -> str:
-    from serving.index_store import publish_index
-    from infra.storage import ArtifactStore
-
     return publish_index(ArtifactStore.from_settings(), dataset, staged, manifest).ref
 
 
@@ -286,16 +274,14 @@ def rebuild_index(
 ) -> str:
     """Rebuild, validate and publish the document index of ``dataset`` with the current registered model
     (None: ``<dataset>-two-tower``) as of the end of ``as_of`` (None: the newest feature snapshot)."""
-    from serving.corpus import rebuild_time
-
     params = params or RebuildParams()
-    model_name = model_name or f"{dataset}-two-tower"
+    model_name = model_name or default_model_name(dataset)
     log = get_run_logger()
-    clean_up_leftovers(runs_root(dataset))
-    run_dir = new_run_dir(runs_root(dataset), flow_run.id)
+    clean_up_leftovers(runs_root("rebuild-index", dataset))
+    run_dir = new_run_dir(runs_root("rebuild-index", dataset), flow_run.id)
     try:
         documents, snapshot, snapshot_day = read_inputs(dataset, as_of)
-        gate_inputs({"documents": documents}, params.gates, runs_root(dataset), run_dir, dataset)  # before any use
+        gate_inputs({"documents": documents}, params.gates, runs_root("rebuild-index", dataset), run_dir, dataset)  # before any use
         if as_of is not None and (as_of - snapshot_day).days > STALE_SNAPSHOT_DAYS:
             log.warning("the newest document snapshot (%s) is more than %d days older than as_of %s: member "
                         "aggregates are stale; materialize the missing days first", snapshot_day,
@@ -306,8 +292,6 @@ def rebuild_index(
         model, model_av = load_model(model_name)
 
         t0 = time.perf_counter()
-        from models.ensemble import is_cascade
-
         if params.embed_shards > 1 and not is_cascade(model):
             vectors = embed_corpus_sharded(model_name, model_av.version, model.output_dim, corpus,
                                            run_dir / "vectors.npy", params)

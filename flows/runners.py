@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+from models.registry import load_registered_model
+
 
 def task_runner():
     """A DaskTaskRunner on ``EBR_DASK_ADDRESS`` when set, else Prefect's thread pool (one worker: the heavy
@@ -29,6 +31,4 @@ def task_runner():
 @lru_cache(maxsize=4)
 def cached_model(name: str, version: str):
     """A registered model loaded once per worker process (a Dask worker embeds many shards)."""
-    from training.registry import load_registered_model
-
     return load_registered_model(name, version)[0]

@@ -5,7 +5,7 @@ document snapshots of the dataset's feature repository -> train (``models.train`
 from the current registered model, optionally with an extra-negatives column such as the ``hard_negatives``
 of an offline mining round) -> evaluate on the held-out split against the whole index -> register the model
 version with its metrics and config -> publish the metrics table as a Prefect markdown artifact.
-The work is done by plain functions in ``models/`` and ``training/``; only I/O steps retry.
+The work is done by plain functions in ``models/``, ``examples/`` and ``evaluation/``; only I/O steps retry.
 
 The laptop defaults (:func:`laptop_config`) use smaller hashed tables than ``ModelConfig``'s defaults:
 2^16 rows per text n-gram range and 2^15 context rows (a ~60 MB model, ~180 MB checkpoint with SparseAdam
@@ -27,12 +27,22 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from evaluation.protocol import evaluate_split, protocol_exclusions
+from examples.build import fill_static_document_fields
+from examples.splits import split_cutoff
+from features.corpus import document_snapshots_from_repo, index_documents, servable
+from features.store import FeatureRepo
 from flows.housekeeping import clean_up_leftovers
+from infra.names import NAME_PATTERN, default_examples_name, default_model_name
 from infra.retries import retry_transient
-from infra.run_dirs import finish_run_dir, new_run_dir
-from infra.names import NAME_PATTERN, check_name
+from infra.run_dirs import finish_run_dir, new_run_dir, runs_root
 from infra.settings import get_settings
+from infra.storage import ArtifactStore
+from ingest.contract import read_dataset
 from models.config import LossConfig, ModelConfig, TrainConfig
+from models.evaluate import metrics_table
+from models.registry import get_registered, register_model, registered_model_path
+from models.train import train as train_model
 
 ExtraNegatives = Literal["random_negatives", "impressed_negatives", "hard_negatives"]
 
@@ -84,11 +94,7 @@ class TrainParams(BaseModel):
         return self.config.model_copy(update={"loss": loss})
 
     def names(self, dataset: str) -> tuple[str, str]:
-        return self.model_name or f"{dataset}-two-tower", self.examples_name or f"{dataset}-examples"
-
-
-def runs_root(dataset: str) -> Path:
-    return get_settings().home / "runs" / "train" / check_name(dataset, "dataset name")
+        return self.model_name or default_model_name(dataset), self.examples_name or default_examples_name(dataset)
 
 
 def artifact_key(*parts: str) -> str:
@@ -101,8 +107,6 @@ def artifact_key(*parts: str) -> str:
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def fetch_examples(name: str, version: str | None) -> tuple[dict[str, pd.DataFrame], str, dict]:
     """(train/valid/test frames, the examples ref, its metadata)."""
-    from infra.storage import ArtifactStore
-
     store = ArtifactStore.from_settings()
     av = store.get("dataset", name, version)
     local = store.fetch("dataset", name, av.version)
@@ -112,16 +116,11 @@ def fetch_examples(name: str, version: str | None) -> tuple[dict[str, pd.DataFra
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_document_snapshots(dataset: str, as_of: pd.Timestamp) -> pd.DataFrame:
-    from features.store import FeatureRepo
-    from evaluation.protocol import document_snapshots_from_repo
-
     return document_snapshots_from_repo(FeatureRepo.for_dataset(dataset), as_of)
 
 
 @task(cache_policy=NO_CACHE)
 def documents_as_of(snapshots: pd.DataFrame, as_of: pd.Timestamp, include_later: bool) -> pd.DataFrame:
-    from evaluation.protocol import index_documents
-
     return index_documents(snapshots, as_of, include_later=include_later)
 
 
@@ -129,18 +128,12 @@ def documents_as_of(snapshots: pd.DataFrame, as_of: pd.Timestamp, include_later:
 def servable_index(dataset: str, index: pd.DataFrame, as_of: pd.Timestamp, train: pd.DataFrame) -> pd.DataFrame:
     """The evaluation index as the nightly rebuild at ``as_of`` serves it (no event that already started,
     where the training clicks show that events are not clicked once started)."""
-    from evaluation.protocol import servable
-    from infra.settings import get_settings
-    from ingest.contract import read_dataset
-
     documents = read_dataset(get_settings().dataset_path(dataset), tables=("documents",)).documents
     return servable(index, documents, as_of, train)
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate_model(model, parts: dict, split: str, index: pd.DataFrame, max_sessions: int, seed: int) -> dict:
-    from evaluation.protocol import evaluate_split
-
     return evaluate_split(model, parts, split, index, max_sessions=max_sessions, seed=seed)
 
 
@@ -150,8 +143,6 @@ def publish_report(key: str, markdown: str, description: str) -> None:
 
 
 def metrics_markdown(title: str, label: str, metrics: dict, facts: dict) -> str:
-    from models.evaluate import metrics_table
-
     lines = [f"# {title}", "", metrics_table({label: metrics}), ""]
     lines += [f"- **{k}**: {v}" for k, v in facts.items()]
     return "\n".join(lines) + "\n"
@@ -162,8 +153,6 @@ def metrics_markdown(title: str, label: str, metrics: dict, facts: dict) -> str:
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def warm_start_from(model_name: str) -> tuple[Path, str]:
-    from training.registry import get_registered, registered_model_path
-
     av = get_registered(model_name)
     return registered_model_path(model_name, av.version), av.ref
 
@@ -171,20 +160,15 @@ def warm_start_from(model_name: str) -> tuple[Path, str]:
 @task(cache_policy=NO_CACHE)
 def fit(parts: dict, corpus: pd.DataFrame, config: TrainConfig, out_dir: Path, init_from: Path | None,
         feature_service: str, valid_index: pd.DataFrame | None = None):
-    from models.train import train
-    from evaluation.protocol import fill_static_document_fields, protocol_exclusions
-
     train_ex = fill_static_document_fields(parts["train"], corpus)
     valid = parts["valid"] if len(parts["valid"]) else None
-    return train(train_ex, valid, corpus, config, out_dir, init_from=init_from, feature_service=feature_service,
+    return train_model(train_ex, valid, corpus, config, out_dir, init_from=init_from, feature_service=feature_service,
                  consumed=protocol_exclusions(parts), valid_documents=valid_index)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register(model_dir: Path, name: str, metrics: dict, config: TrainConfig, feature_service: str,
              examples_ref: str, extra: dict) -> str:
-    from training.registry import register_model
-
     return register_model(model_dir, name, metrics, config, feature_service, examples_ref, extra=extra).ref
 
 
@@ -194,14 +178,12 @@ def register(model_dir: Path, name: str, metrics: dict, config: TrainConfig, fea
 @flow(name="train", log_prints=True)
 def train(dataset: str = "synthetic-default", params: TrainParams | None = None) -> str:
     """Train a two-tower model on the published examples of ``dataset``, evaluate it, register it."""
-    from evaluation.protocol import split_cutoff
-
     params = params or TrainParams()
     config = params.train_config()
     log = get_run_logger()
     model_name, examples_name = params.names(dataset)
-    clean_up_leftovers(runs_root(dataset))
-    run_dir = new_run_dir(runs_root(dataset), flow_run.id)
+    clean_up_leftovers(runs_root("train", dataset))
+    run_dir = new_run_dir(runs_root("train", dataset), flow_run.id)
     try:
         parts, examples_ref, examples_meta = fetch_examples(examples_name, params.examples_version)
         feature_service = str(examples_meta.get("feature_service") or "")

@@ -4,7 +4,7 @@ Steps: read the dataset -> gate the inputs -> build examples -> join features th
 examples -> write train/valid/test -> publish as the artifact ``dataset/<dataset>-examples``. A failed gate
 stops the run before anything downstream; its report stays in the run directory
 (``<home>/runs/training-data/<dataset>/<run>/gates/``) and in the Prefect UI as a markdown artifact.
-The work is done by plain functions in ``training/`` and ``validation/``.
+The work is done by plain functions in ``examples/`` and ``validation/``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from examples.build import ExampleConfig, add_history, build_examples, join_features, write_splits
+from examples.splits import SplitConfig, sessions_until
+from features.compute import FEATURE_TS
+from features.store import FEATURE_SERVICE_VERSION, FeatureRepo
 from flows.gates import INPUT_TABLES, gate, references_of
 from flows.housekeeping import clean_up_leftovers
+from infra.names import default_examples_name
 from infra.retries import retry_transient
-from infra.run_dirs import finish_run_dir, new_run_dir
-from infra.names import check_name
+from infra.run_dirs import finish_run_dir, new_run_dir, runs_root
 from infra.settings import get_settings
-from training.examples import ExampleConfig, SplitConfig
+from infra.storage import ArtifactStore
+from ingest.contract import read_dataset
+from validation.gate import latest_report
 from validation.suites import GateConfig
 
 GATES = (*INPUT_TABLES, "memberships", "examples")
@@ -42,33 +48,21 @@ class TrainingDataParams(BaseModel):
     feature_service: str | None = Field(None, description="Feast feature service (None: the current version)")
 
 
-def runs_root(dataset: str) -> Path:
-    return get_settings().home / "runs" / "training-data" / check_name(dataset, "dataset name")
-
-
 # --------------------------------------------------------------------------- tasks
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_canonical(dataset: str):
-    from ingest.contract import read_dataset
-
     return read_dataset(get_settings().dataset_path(dataset), tables=(*INPUT_TABLES, "memberships"))
 
 
 @task(cache_policy=NO_CACHE)
 def make_examples(sessions: pd.DataFrame, documents: pd.DataFrame, params: TrainingDataParams):
-    from training.examples import build_examples
-
     return build_examples(sessions, documents, params.examples, params.split)
 
 
 @task(retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def join_point_in_time(examples: pd.DataFrame, dataset: str, service: str | None):
-    from features.compute import FEATURE_TS
-    from features.store import FeatureRepo
-    from training.examples import join_features
-
     root = get_settings().home / "features" / dataset
     if not root.is_dir():
         raise FileNotFoundError(
@@ -82,23 +76,17 @@ def history_at_serving_time(examples: pd.DataFrame, sessions: pd.DataFrame, memb
                             params: TrainingDataParams):
     """The searcher history as the daily snapshot serves it at each example's time (not as of the possibly
     older snapshot the join found), and as of the cutoff for held-out splits."""
-    from training.examples import add_history
-
     return add_history(examples, sessions, memberships, params.split)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def write_examples(examples: pd.DataFrame, out_dir: Path, config: dict) -> dict[str, int]:
-    from training.examples import write_splits
-
     return write_splits(examples, out_dir, config)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish(dataset: str, src: Path, metadata: dict) -> str:
-    from infra.storage import ArtifactStore
-
-    return ArtifactStore.from_settings().publish("dataset", f"{dataset}-examples", src, metadata).ref
+    return ArtifactStore.from_settings().publish("dataset", default_examples_name(dataset), src, metadata).ref
 
 
 # --------------------------------------------------------------------------- flow
@@ -111,15 +99,11 @@ def training_data(
     params: TrainingDataParams | None = None,
 ) -> str:
     """Build the gated training examples of ``dataset`` from sessions up to ``end_date`` and publish them."""
-    from features.store import FEATURE_SERVICE_VERSION
-    from training.examples import sessions_until
-    from validation.gate import latest_report
-
     params = params or TrainingDataParams()
     log = get_run_logger()
-    clean_up_leftovers(runs_root(dataset))
-    previous = {name: latest_report(runs_root(dataset), name) for name in GATES}
-    run_dir = new_run_dir(runs_root(dataset), flow_run.id)
+    clean_up_leftovers(runs_root("training-data", dataset))
+    previous = {name: latest_report(runs_root("training-data", dataset), name) for name in GATES}
+    run_dir = new_run_dir(runs_root("training-data", dataset), flow_run.id)
     try:
         data = read_canonical(dataset)
         sessions = sessions_until(data.sessions, end_date)

@@ -1,4 +1,7 @@
-"""Writing a directory so that readers see the old one or the whole new one, never half of it."""
+"""Writing a file or a directory so that readers see the old one or the whole new one, never half of it.
+
+Every atomic write of the project goes through here: a temporary sibling (its name carries :data:`TMP_MARK`,
+so listings can skip it) filled, then renamed onto the target; on any error it is removed."""
 
 from __future__ import annotations
 
@@ -9,6 +12,30 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+TMP_MARK = ".ebr-tmp-"  # in the name of every temporary sibling: never listed, swept when a crash leaves one
+
+
+def temporary_sibling(target: Path, prefix: str = "") -> Path:
+    """A fresh name next to ``target`` for a temporary file or directory."""
+    return target.with_name(f"{prefix}{target.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path of ``target`` to write; on success it replaces ``target`` (after an
+    fsync with ``fsync``, for files that must survive a power loss); on any error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(target)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class NotOursError(FileExistsError):

@@ -29,7 +29,8 @@ def _chain(exc: BaseException):
 def is_transient(exc: BaseException) -> bool:
     """True for an error that a later attempt may not meet (this exception or one it was raised from)."""
     try:
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
     except ImportError:  # pragma: no cover - boto3 is a dependency
         ClientError = BotoConnectionError = HTTPClientError = ()  # type: ignore[assignment,misc]
     for e in _chain(exc):

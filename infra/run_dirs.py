@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from infra.names import check_name
+from infra.settings import get_settings
+
 log = logging.getLogger(__name__)
 
 MARKER = "RUNNING"
@@ -32,6 +35,11 @@ MARKER = "RUNNING"
 class Retention:
     keep: int = 5  # newest finished run directories always kept
     max_age_days: float = 14.0  # older finished ones beyond those are deleted
+
+
+def runs_root(flow: str, dataset: str) -> Path:
+    """Where ``flow`` keeps its run directories for ``dataset``: ``<EBR_HOME>/runs/<flow>/<dataset>``."""
+    return get_settings().home / "runs" / flow / check_name(dataset, "dataset name")
 
 
 def _alive(pid: int) -> bool:

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.names import check_name
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,8 +60,6 @@ class Settings(BaseSettings):
 
     def dataset_path(self, name: str) -> Path:
         """``<home>/data/<name>`` for a checked dataset name (:func:`infra.names.check_name`)."""
-        from infra.names import check_name
-
         return self.data_dir / check_name(name, "dataset name")
 
     @property

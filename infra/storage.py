@@ -26,16 +26,19 @@ import re
 import secrets
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
+
+from infra.atomic import TMP_MARK, atomic_file, temporary_sibling
+from infra.names import NAME_RE, InvalidNameError, check_name
+from infra.settings import get_settings
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -48,10 +51,8 @@ MANIFEST_FORMAT = 1
 MULTIPART_THRESHOLD = 8 * 1024 * 1024  # S3 uploads above this size go multipart, in parts of this size
 _CHUNK = 1024 * 1024
 _BODY_CHUNK = 256 * 1024  # an S3 body is read in chunks this size, with the call's deadline checked between them
-_TMP_MARK = ".ebr-tmp-"  # temp files of atomic local writes carry this in their name and are never listed
 
 KIND_RE = re.compile(r"^[a-z0-9_-]+$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 Keys = list[str]  # an alias: backends have a method named ``list``, which shadows the builtin in their bodies
@@ -64,7 +65,7 @@ class ArtifactError(Exception):
     """Base class of every error raised by this module."""
 
 
-class InvalidArtifactNameError(ArtifactError, ValueError):
+class InvalidArtifactNameError(ArtifactError, InvalidNameError):
     """A kind, name, version or file path that does not follow the allowed pattern."""
 
 
@@ -129,32 +130,16 @@ def _check_prefix(prefix: str) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path, fsync=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def _atomic_copy(src: Path, dest: Path, callback: Callable[[int], None] | None = None) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while block := fin.read(_CHUNK):
-                fout.write(block)
-                if callback is not None:
-                    callback(len(block))
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(dest, fsync=True) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while block := fin.read(_CHUNK):
+            fout.write(block)
+            if callback is not None:
+                callback(len(block))
 
 
 # -------------------------------------------------------------------------------------------------- backends
@@ -232,7 +217,7 @@ class LocalBackend:
         for dirpath, _dirnames, filenames in os.walk(base):
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
             for fn in filenames:
-                if _TMP_MARK not in fn:
+                if TMP_MARK not in fn:
                     keys.append(fn if rel_dir == "." else f"{rel_dir}/{fn}")
         return sorted(keys)
 
@@ -484,20 +469,14 @@ class S3Backend:
                                     Callback=self._bounded_callback(deadline, callback))
 
     def download_file(self, key: str, dest: Path, callback: Callable[[int], None] | None = None) -> None:
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f"{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
         try:
-            with self._deadline(f"download of {key}") as deadline:
+            with self._deadline(f"download of {key}") as deadline, atomic_file(dest) as tmp:
                 self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self._transfer_config(),
                                           Callback=self._bounded_callback(deadline, callback))
-            os.replace(tmp, dest)
         except self.client.exceptions.ClientError as e:
             if self._is_missing(e):
                 raise MissingKeyError(f"no key {key!r} in {self.describe()}") from e
             raise
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def checksum(self, key: str) -> FileDigest:
         with self._deadline(f"checksum of {key}"):
@@ -577,15 +556,6 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidArtifactNameError(
-            f"invalid artifact name {name!r}: 1-128 characters of letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit (e.g. 'synthetic-default', 'two-tower')"
-        )
-    return name
-
-
 def check_version(version: str) -> str:
     if not isinstance(version, str) or not VERSION_RE.match(version):
         raise InvalidArtifactNameError(
@@ -640,8 +610,6 @@ class ArtifactStore:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ArtifactStore:
         """The store named by ``EBR_STORAGE_URL`` (default ``<home>/artifacts``), fetch cache under home."""
-        from infra.settings import get_settings
-
         settings = settings or get_settings()
         timeouts = S3Timeouts(settings.s3_connect_timeout, settings.s3_read_timeout, settings.s3_attempts,
                               settings.s3_deadline)
@@ -653,7 +621,6 @@ class ArtifactStore:
         """Where ``fetch`` puts versions when no ``dest`` is given (resolved late: tests change EBR_HOME)."""
         if self._cache_dir is not None:
             return self._cache_dir
-        from infra.settings import get_settings
 
         return get_settings().home / "cache" / "artifacts"
 
@@ -661,7 +628,7 @@ class ArtifactStore:
 
     @staticmethod
     def artifact_prefix(kind: str, name: str) -> str:
-        return f"{check_kind(kind)}/{check_name(name)}/"
+        return f"{check_kind(kind)}/{check_name(name, 'artifact name', InvalidArtifactNameError)}/"
 
     def version_prefix(self, kind: str, name: str, version: str) -> str:
         return f"{self.artifact_prefix(kind, name)}versions/{check_version(version)}/"
@@ -776,7 +743,7 @@ class ArtifactStore:
                 return dest
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.with_name(f".{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
+        staging = temporary_sibling(dest, prefix=".")
         try:
             with _progress(av.total_size, f"fetch {av.ref}") as advance:
                 for rel, expected in sorted(av.files.items()):
@@ -826,7 +793,7 @@ class ArtifactStore:
         verification removes them at once).
         """
         check_kind(kind)
-        check_name(name)
+        check_name(name, "artifact name", InvalidArtifactNameError)
         src = Path(src)
         metadata = dict(metadata or {})
         try:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from infra.atomic import atomic_file
 from models.config import ModelConfig
 from models.features import FittedInputs
 from models.towers import TwoTowerModel
@@ -32,17 +32,8 @@ FORMAT_VERSION = 1
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary sibling, fsync, then os.replace onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

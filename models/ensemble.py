@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.checkpoint import load_model
 from models.features import Records
+from models.knn import top_k
 
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT = 1
@@ -158,8 +160,6 @@ def exact_top_k(model: Any, q_frame: pd.DataFrame, doc_frame: pd.DataFrame, k: i
     """Exact ranking of documents for queries by any retrieval model, (n_queries, k) document rows, best
     first: KNN of its embeddings, and for a cascade the second stage re-ranking the first stage's top N.
     ``doc_first`` / ``doc_second`` are the documents' embeddings when already computed."""
-    from models.evaluate import top_k
-
     d1 = doc_first if doc_first is not None else model.embed_documents(doc_frame, batch_size=batch_size)
     q1 = model.embed_queries(q_frame, batch_size=batch_size)
     if not is_cascade(model):
@@ -191,8 +191,6 @@ def save_ensemble(ensemble: WeightedConcat | Cascade, member_files: Sequence[str
 
 def load_ensemble(path: str | Path, device: str = "cpu") -> WeightedConcat | Cascade:
     """An ensemble from its directory (or its ``ensemble.json``)."""
-    from models.checkpoint import load_model
-
     p = Path(path)
     root = p if p.is_dir() else p.parent
     spec = json.loads((root / ENSEMBLE_FILE).read_text())

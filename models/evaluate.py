@@ -14,9 +14,10 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from models.columns import DOC_ID
+from models.ensemble import exact_top_k
+from models.knn import top_k
 
 
 class Embedder(Protocol):
@@ -98,34 +99,6 @@ def drop_excluded(top: np.ndarray, exclude_rows: Sequence[np.ndarray] | None, k:
     for i, (ranked, ex) in enumerate(zip(top, exclude_rows)):
         keep = ranked[(ranked >= 0) & ~np.isin(ranked, ex)][:k]
         out[i, : len(keep)] = keep
-    return out
-
-
-SCORE_BLOCK = 2**26  # scores per block of queries (256 MB of float32): bounded whatever the corpus size
-
-
-def top_k(
-    query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: int = 2048,
-    exclude_rows: Sequence[np.ndarray] | None = None,
-) -> np.ndarray:
-    """Exact inner-product KNN: (n_queries, k) document rows, best first; ``exclude_rows[i]`` are never
-    returned for query i (-1 pads a row when fewer than k documents remain). Queries go in blocks of at most
-    ``chunk``, fewer on a large corpus, so the score matrix stays within :data:`SCORE_BLOCK` (at 1M
-    documents a block of 2,048 queries would be 8 GB)."""
-    k = min(k, len(doc_emb))
-    chunk = max(1, min(chunk, SCORE_BLOCK // max(len(doc_emb), 1)))
-    d = torch.from_numpy(np.ascontiguousarray(doc_emb, dtype=np.float32))
-    out = np.empty((len(query_emb), k), np.int64)
-    for s in range(0, len(query_emb), chunk):
-        q = torch.from_numpy(np.ascontiguousarray(query_emb[s : s + chunk], dtype=np.float32))
-        scores = q @ d.T
-        if exclude_rows is not None:
-            ex = exclude_rows[s : s + chunk]
-            r = np.repeat(np.arange(len(ex)), [len(e) for e in ex])
-            if len(r):
-                scores[torch.from_numpy(r), torch.from_numpy(np.concatenate(ex).astype(np.int64))] = -torch.inf
-        val, idx = scores.topk(k, dim=1)
-        out[s : s + chunk] = np.where(torch.isinf(val).numpy(), -1, idx.numpy())
     return out
 
 
@@ -221,8 +194,6 @@ def evaluate(
     """
     if len(documents) == 0:
         raise ValueError("empty document table: nothing to retrieve from")
-    from models.ensemble import exact_top_k
-
     sessions = session_targets(examples_test, max_sessions, seed, qrels, consumed)
     d = doc_embeddings
     if d is None:

@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from evaluation.baselines import normalize_query
+from ann.embedding import shard_bounds
+from ann.index import EmbeddingIndex, IndexConfig
+from features.query_text import normalize_query
 from models.columns import DOC_ID
-from serving.index import EmbeddingIndex, IndexConfig
 
 HARD_NEGATIVES = "hard_negatives"
 RANK_BINS = (1, 11, 51, 101, 201, 501, 1001)  # edges of the rank histogram in the report
@@ -134,7 +135,7 @@ class MiningReport(BaseModel):
             f"- false negatives removed: {r.removed_known_positives:,} known positives, {r.removed_by_margin:,} "
             f"above the margin ({r.false_negative_share:.1%} of {r.candidates:,} candidates)",
             f"- time: embedding {r.embed_seconds:.1f} s, ANN search {r.ann_seconds:.1f} s; {speed}",
-            f"- mined pool overlap with exact KNN: "
+            "- mined pool overlap with exact KNN: "
             + ("-" if r.pool_overlap_with_exact is None else f"{r.pool_overlap_with_exact:.3f}")
             + f" ({r.exact_check_queries} queries)",
             "",
@@ -285,8 +286,6 @@ class MiningPlan:
     def ranges(self, shards: int = 1) -> list[tuple[int, int]]:
         """Session ranges for ``shards`` searches, on batch boundaries: each batch keeps its seeded draw, so
         any split selects the same negatives."""
-        from serving.embedding import shard_bounds
-
         return shard_bounds(len(self.space.q_emb), shards, self.space.config.batch_size)
 
 

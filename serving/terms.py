@@ -53,7 +53,6 @@ def as_list(cell) -> list:
 
 def document_terms(corpus: pd.DataFrame) -> pd.DataFrame:
     """Long frame (position, term): the terms of each corpus row (position = row order), deduplicated."""
-    n = len(corpus)
     parts: list[tuple[np.ndarray, list[str]]] = []
 
     def add(positions: Iterable[int], terms: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""The baselines and library peers of evaluation.baselines on tiny hand-made data, and the warm/cold split."""
+"""The baselines and library peers of bench.peers on tiny hand-made data, and the warm/cold split."""
 
 from __future__ import annotations
 
@@ -9,14 +9,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.baselines import (
-    ALS, BM25, DenseEncoder, Fusion, LightFMWarp, NearbyPopularity, Popularity, ProfilePopularity, QueryPopularity,
-    QueryPopularityALS, RecentPopularity, fit_on_validation, holdout_sessions, normalize_query, sentence_encoder,
+from bench.peers import (
+    ALS,
+    BM25,
+    DenseEncoder,
+    Fusion,
+    LightFMWarp,
+    NearbyPopularity,
+    Popularity,
+    ProfilePopularity,
+    QueryPopularity,
+    QueryPopularityALS,
+    RecentPopularity,
+    fit_on_validation,
+    holdout_sessions,
+    sentence_encoder,
     session_folds,
 )
-from evaluation.protocol import (
-    consumed_documents, evaluate_ranker, rank_sessions, split_metrics, subset_sessions, warm_sessions,
-)
+from bench.rankers import evaluate_ranker, rank_sessions, split_metrics, subset_sessions, warm_sessions
+from evaluation.protocol import consumed_documents
+from features.query_text import normalize_query
 from models.evaluate import session_targets
 
 

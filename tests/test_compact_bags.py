@@ -71,10 +71,10 @@ def test_without_gradients_it_is_the_plain_lookup_and_its_state_loads_into_the_p
 
 
 def test_a_two_tower_training_step_is_the_same_with_either_gradient():
+    from bench.toy import location_task
     from models.batches import TrainingData
     from models.config import LossConfig, ModelConfig
     from models.objective import RetrievalObjective
-    from models.toy import location_task
     from models.towers import TwoTowerModel
 
     examples, documents = location_task(n_names=8, n_cities=6, n_examples=600, seed=2)

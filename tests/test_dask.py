@@ -31,9 +31,9 @@ def test_sharded_embedding_on_a_dask_cluster_equals_the_in_process_rebuild(world
     from distributed import LocalCluster
     from prefect_dask import DaskTaskRunner
 
+    from ann.embedding import shard_bounds
+    from ann.index import IndexConfig
     from flows.rebuild_index import RebuildParams, rebuild_index
-    from serving.embedding import shard_bounds
-    from serving.index import IndexConfig
 
     assert shard_bounds(10, 3, 2) == [(0, 4), (4, 8), (8, 10)]  # on batch boundaries, covering every row
     assert shard_bounds(5, 8, 4) == [(0, 4), (4, 5)]
@@ -128,12 +128,12 @@ def test_mining_searches_its_sessions_on_a_dask_cluster_with_the_same_negatives(
     from prefect import flow
     from prefect_dask import DaskTaskRunner
 
+    from ann.index import IndexConfig
+    from bench.toy import location_task
     from flows.mine import mine_negatives
     from models.config import LossConfig, ModelConfig, TrainConfig
     from models.mining import HARD_NEGATIVES, MiningConfig, mine_hard_negatives
-    from models.toy import location_task
     from models.train import train
-    from serving.index import IndexConfig
 
     examples, documents = location_task(n_names=10, n_cities=40, n_examples=1500, seed=5)
     cfg = TrainConfig(model=ModelConfig(trigram_buckets=2048, word_buckets=1024, bigram_buckets=1024,

@@ -21,16 +21,16 @@ N_SESSIONS = 60
 
 
 def test_generate_to_retrieve(home, prefect_harness):
-    from flows.materialize import materialize
     from typer.testing import CliRunner
 
     from cli.main import app
+    from flows.materialize import materialize
     from flows.train import TrainParams, train
     from flows.training_data import training_data
-    from serving.index_store import load_index
     from ingest.contract import write_dataset
     from ingest.synthetic import WorldConfig, generate_world
     from models.config import LossConfig, ModelConfig, TrainConfig
+    from serving.index_store import load_index
     from serving.retriever import Retriever
 
     world = generate_world(WorldConfig.preset("tiny"))

@@ -6,14 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.comparison import compare_models, comparison_markdown, variant_config
+from bench.peers import BM25, Popularity
+from bench.rankers import evaluate_ranker
+from evaluation.protocol import consumed_documents, protocol_exclusions
+from examples.build import fill_static_document_fields
+from examples.splits import split_cutoff
+from features.corpus import index_documents, servable
 from models.config import LossConfig, ModelConfig, TrainConfig
-from evaluation.baselines import BM25, Popularity
-from evaluation.comparison import compare_models, comparison_markdown, variant_config
-from evaluation.protocol import (
-    consumed_documents, evaluate_ranker, fill_static_document_fields, index_documents, protocol_exclusions,
-    servable, split_cutoff,
-)
-from models.evaluate import exclusion_rows, ranking_metrics, retrieval_metrics, session_targets, top_k
+from models.evaluate import exclusion_rows, ranking_metrics, retrieval_metrics, session_targets
+from models.knn import top_k
 
 
 def T(s: str) -> pd.Timestamp:
@@ -135,7 +137,7 @@ def test_variant_config_merges_and_rejects():
 
 
 def test_compare_models_one_row_per_variant():
-    from models.toy import location_task
+    from bench.toy import location_task
 
     examples, documents = location_task(n_names=8, n_cities=12, n_examples=1500, seed=1)
     parts = {s: examples[examples["split"] == s].reset_index(drop=True) for s in ("train", "valid", "test")}

@@ -162,7 +162,7 @@ import sys
 from flows.mine import MineParams, mine
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.mining import MiningConfig
-from serving.index import IndexConfig
+from ann.index import IndexConfig
 tiny = ModelConfig(trigram_buckets=4096, word_buckets=2048, bigram_buckets=2048, context_buckets=1024,
                    embedding_dim=16, hidden_dims=(64,), output_dim=32)  # the tiny world's model
 config = TrainConfig(model=tiny, loss=LossConfig(n_corpus_negatives=64), batch_size=128, epochs=1,

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.toy import location_task
+from examples.build import add_history, attach_history, history_events
 from features.history import HistoryConfig, interactions, recent_documents
 from models.batches import positive_frame
 from models.config import ModelConfig
-from models.toy import location_task
 from models.towers import TwoTowerModel
-from training.examples import add_history, attach_history, history_events
 
 TINY = ModelConfig(
     trigram_buckets=512, word_buckets=256, bigram_buckets=256, context_buckets=4096, embedding_dim=8,

@@ -8,13 +8,8 @@ import faiss
 import numpy as np
 import pytest
 
-from serving.index import (
-    EmbeddingIndex,
-    EmbeddingIndexError,
-    IndexConfig,
-    ann_recall_at_k,
-    exact_search,
-)
+from ann.index import EmbeddingIndex, EmbeddingIndexError, IndexConfig, exact_search
+from ann.recall import recall_at_k
 
 DIM = 64
 N_DOCS = 20_000
@@ -102,7 +97,7 @@ def test_flat_equals_exact(flat, docs, doc_ids, queries):
     e_scores, e_ids = exact_search(docs[:5000], queries, 10, doc_ids[:5000])
     np.testing.assert_array_equal(ids, e_ids)
     np.testing.assert_allclose(scores, e_scores, atol=1e-5)
-    assert ann_recall_at_k(flat, docs[:5000], doc_ids[:5000], queries, k=10) == 1.0
+    assert recall_at_k(flat, docs[:5000], queries, 10, ids=doc_ids[:5000]) == 1.0
     # Scores are cosines: check against numpy.
     cos = unit(queries) @ unit(docs[:5000]).T
     np.testing.assert_allclose(scores[:, 0], cos.max(axis=1), atol=1e-5)
@@ -110,10 +105,10 @@ def test_flat_equals_exact(flat, docs, doc_ids, queries):
 
 def test_ivfpq_recall_against_exact(ivf, docs, doc_ids, queries):
     assert ivf.kind == "ivfpq" and ivf.ntotal == N_DOCS and ivf.dim == DIM
-    recalls = [ann_recall_at_k(ivf, docs, doc_ids, queries, k=10, nprobe=p) for p in (1, 4, 16, 64)]
+    recalls = [recall_at_k(ivf, docs, queries, 10, nprobe=p, ids=doc_ids) for p in (1, 4, 16, 64)]
     assert all(b >= a - 0.005 for a, b in zip(recalls, recalls[1:])), recalls
     assert recalls[-1] > recalls[0] + 0.1, recalls
-    assert ann_recall_at_k(ivf, docs, doc_ids, queries, k=10) >= 0.9  # default nprobe, refine on
+    assert recall_at_k(ivf, docs, queries, 10, ids=doc_ids) >= 0.9  # default nprobe, refine on
 
 
 def test_refined_scores_are_exact_cosines(ivf, docs, doc_ids, queries):
@@ -128,8 +123,8 @@ def test_refine_beats_pq_alone(ivf, docs, doc_ids, queries):
     # Same seed and training sample as the refined fixture, so only the re-ranking differs.
     pq_only = EmbeddingIndex.build(docs, doc_ids, ivf.config.model_copy(update={"refine": False}), progress=False)
     assert pq_only.stats().bytes_per_vector < ivf.stats().bytes_per_vector
-    r_pq = ann_recall_at_k(pq_only, docs, doc_ids, queries, k=10, nprobe=32)
-    r_ref = ann_recall_at_k(ivf, docs, doc_ids, queries, k=10, nprobe=32)
+    r_pq = recall_at_k(pq_only, docs, queries, 10, nprobe=32, ids=doc_ids)
+    r_ref = recall_at_k(ivf, docs, queries, 10, nprobe=32, ids=doc_ids)
     assert r_ref > r_pq + 0.05, (r_pq, r_ref)
 
 
@@ -284,8 +279,8 @@ def test_bad_inputs_raise_clear_errors(flat, docs):
 
 
 def test_tuning_chooses_the_least_nprobe_meeting_the_target(docs, queries):
-    from serving.ann_tuning import nprobe_ladder, tune_nprobe
-    from serving.index_validation import recall_at_k
+    from ann.recall import recall_at_k
+    from ann.tuning import nprobe_ladder, tune_nprobe
 
     vectors = unit(docs[:8000])
     index = EmbeddingIndex.build(vectors, np.arange(len(vectors), dtype=np.int64),
@@ -318,7 +313,7 @@ def test_tuning_chooses_the_least_nprobe_meeting_the_target(docs, queries):
 
 
 def test_sharded_exact_search_equals_one_index(docs, doc_ids, queries):
-    from serving.shards import ShardedIndex, merge_top_k
+    from bench.shards import ShardedIndex, merge_top_k
 
     vectors, ids = docs[:6000], doc_ids[:6000]
     one = EmbeddingIndex.build(vectors, ids, IndexConfig(kind="flat"), progress=False)
@@ -365,7 +360,8 @@ def test_an_index_that_loses_what_searchers_clicked_is_refused(docs, queries):
     """Held-out recall: the share of held-out queries whose clicked document the index returns in its top k.
     A rebuild that falls more than max_held_out_drop (relative) below the current version's is refused unless
     accepted; a document missing from the index counts as a miss."""
-    from serving.index_validation import CurrentVersion, ValidationConfig, held_out_recall, validate_index
+    from ann.recall import held_out_recall
+    from serving.index_validation import CurrentVersion, ValidationConfig, validate_index
 
     vectors = unit(docs[:2000])
     index = EmbeddingIndex.build(vectors, np.arange(len(vectors), dtype=np.int64), IndexConfig(kind="flat"),

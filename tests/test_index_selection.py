@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.schema import DOC_NUMERIC
-from serving.index_selection import (
+from features.index_selection import (
     ACTIVE_MEMBERS,
     MEMBER_COUNT,
     ActiveWithinDays,
@@ -19,6 +18,7 @@ from serving.index_selection import (
     member_aggregates,
     select_documents,
 )
+from features.schema import DOC_NUMERIC
 from ingest.contract import DOCUMENTS, validate_table
 
 AS_OF = pd.Timestamp("2024-06-01", tz="UTC")

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ann.index import IndexConfig
 from infra.storage import ArtifactStore
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.mining import MiningConfig
-from serving.index import IndexConfig
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +178,7 @@ def test_a_seed_ensemble_trains_its_missing_members_and_registers(world):
     import torch
 
     from flows.ensemble import EnsembleParams, ensemble
-    from training.registry import load_registered_model
+    from models.registry import load_registered_model
 
     with pytest.raises(ValueError, match="seedN"):
         EnsembleParams(members=("unified", "seed1/../x"))

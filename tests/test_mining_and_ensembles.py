@@ -7,17 +7,23 @@ import pandas as pd
 import pytest
 import torch
 
-from serving.index import IndexConfig
+from ann.index import IndexConfig
+from bench.toy import location_task
 from models.batches import TrainingData
 from models.checkpoint import MODEL
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.ensemble import (
-    Cascade, WeightedConcat, concat_constant, exact_top_k, fit_concat_weights, load_ensemble, rerank,
+    Cascade,
+    WeightedConcat,
+    concat_constant,
+    exact_top_k,
+    fit_concat_weights,
+    load_ensemble,
+    rerank,
     save_ensemble,
 )
 from models.evaluate import evaluate
 from models.mining import HARD_NEGATIVES, MiningConfig, mine_hard_negatives
-from models.toy import location_task
 from models.train import train
 
 MODEL_CFG = ModelConfig(
@@ -269,8 +275,8 @@ def test_concat_weights_are_fit_on_validation_and_the_ensemble_saves_and_loads(t
 
 
 def test_quantized_metrics_go_through_an_ivf_pq_index(task, base):
+    from ann.index import IndexConfig as IC
     from evaluation.protocol import evaluate_split, quantized_metrics
-    from serving.index import IndexConfig as IC
 
     examples, documents = task
     parts = {s: examples[examples["split"] == s] for s in ("train", "valid", "test")}

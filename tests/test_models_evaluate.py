@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.evaluate import evaluate, metrics_table, retrieval_metrics, session_targets, top_k
+from models.evaluate import evaluate, metrics_table, retrieval_metrics, session_targets
+from models.knn import top_k
 
 
 class FixedEmbedder:
@@ -93,7 +94,7 @@ def test_exact_knn_bounds_its_score_matrix_on_a_large_corpus(monkeypatch):
     blocks shrink with the corpus, and the results do not change."""
     import torch
 
-    import models.evaluate as ev
+    import models.knn as ev
 
     rng = np.random.default_rng(1)
     q, d = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(300, 8)).astype(np.float32)

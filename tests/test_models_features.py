@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.toy import location_task
 from models.columns import documents_from_examples, to_document_columns, to_example_columns
 from models.config import ModelConfig
 from models.features import gather_bags
 from models.hashing import UNKNOWN, hash_strings
 from models.text import normalize_text, text_bags
-from models.toy import location_task
 from models.towers import TwoTowerModel
 
 ROOT = Path(__file__).resolve().parent.parent

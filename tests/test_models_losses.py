@@ -9,7 +9,13 @@ import torch
 
 from models.config import LossConfig
 from models.losses import (
-    LossInputs, SoftmaxLoss, TripletLoss, build_loss, hardest_negatives, score_candidates, softmax_logits,
+    LossInputs,
+    SoftmaxLoss,
+    TripletLoss,
+    build_loss,
+    hardest_negatives,
+    score_candidates,
+    softmax_logits,
     triplet_loss,
 )
 

@@ -11,7 +11,11 @@ import torch
 
 from models.losses import LossInputs, SoftmaxLoss
 from models.sampling import (
-    ExtraNegatives, NegativeSampler, batch_log_q, click_probabilities, uniform_log_q,
+    ExtraNegatives,
+    NegativeSampler,
+    batch_log_q,
+    click_probabilities,
+    uniform_log_q,
 )
 
 

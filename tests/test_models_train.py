@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.toy import location_task
 from models.checkpoint import CHECKPOINT, MODEL, load_file, load_model, read_model_info
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.evaluate import evaluate
-from models.toy import location_task
 from models.train import StepInfo, train
 
 MODEL_CFG = ModelConfig(
@@ -187,7 +187,7 @@ def test_validation_ranks_the_documents_it_is_given(task, tmp_path):
 def test_a_training_window_keeps_the_newest_days_only(task, tmp_path):
     """train_window_days: only the examples of the newest N days train (counted per epoch), the window is
     saved with the model's config, and a frame without times is refused with the reason."""
-    from training.examples import recent_examples
+    from examples.splits import recent_examples
 
     split, documents = task
     train_split = split["train"]

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from infra.atomic import NotOursError, atomic_directory
 from infra.names import InvalidNameError, check_name
+from infra.run_dirs import runs_root
 from infra.settings import get_settings
 
 BAD = ["../../somewhere", "/tmp/x", "..", ".hidden", "a/b", "", "x" * 200, "a b"]
@@ -16,14 +17,13 @@ BAD = ["../../somewhere", "/tmp/x", "..", ".hidden", "a/b", "", "x" * 200, "a b"
 @pytest.mark.parametrize("name", BAD)
 def test_unsafe_names_are_refused_everywhere_they_become_paths(name, home):
     from features.store import FeatureRepo
-    from flows.train import runs_root
 
     with pytest.raises(InvalidNameError, match="invalid dataset name"):
         get_settings().dataset_path(name)
     with pytest.raises(InvalidNameError):
         FeatureRepo.for_dataset(name)
     with pytest.raises(InvalidNameError):
-        runs_root(name)
+        runs_root("train", name)
     assert check_name("synthetic-default") == "synthetic-default"
 
 
@@ -64,7 +64,7 @@ def test_saving_an_index_never_replaces_a_directory_that_is_not_ours(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from serving.index import EmbeddingIndex, IndexConfig
+    from ann.index import EmbeddingIndex, IndexConfig
     from serving.index_store import doc_map_frame, stage_index
 
     vectors = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from features import online_load
-from features.compute import FeatureConfig, as_of_for_day, compute_features
-from features.store import KEYS, FeatureRepo
+from features.compute import KEYS, FeatureConfig, as_of_for_day, compute_features
+from features.store import FeatureRepo
 from ingest.synthetic import WorldConfig, generate_world
 
 

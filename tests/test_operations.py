@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.run_dirs import runs_root
+
 pytestmark = pytest.mark.faults  # the fault suite: `./run test -m faults`
 
 
@@ -464,7 +466,7 @@ def test_a_failed_nightly_shows_the_step_and_the_report_on_its_own_run(home, pre
     from flows.nightly import failure_markdown, nightly
     from flows.train import artifact_key
     from tests.test_rebuild_index import _markdown_artifact
-    from validation.gate import GateFailure, GateFailed, GateReport
+    from validation.gate import GateFailed, GateFailure, GateReport
 
     gate = GateReport(name="sessions", passed=False, row_count=3,
                       failures=[GateFailure("expect_column_values_to_be_in_set", "_unknown_doc_ids", 1, ["d404"])])
@@ -509,10 +511,9 @@ def test_materialize_gates_the_canonical_tables_before_anything_reaches_the_onli
         materialize(dataset=name, start_date=day, end_date=day, isolate_gates=isolate)
     repo = FeatureRepo.for_dataset(name)
     assert repo.source_days("searcher") == [] and not repo.online_store_path.exists()
-    from flows.materialize import runs_root
     from validation.gate import latest_report
 
-    runs = runs_root(name)
+    runs = runs_root("materialize", name)
     assert not latest_report(runs, "sessions", passed_only=False).passed
     for table in ("searchers", "documents", "memberships", "friendships"):
         assert latest_report(runs, table).passed  # kept, and the next run compares with them

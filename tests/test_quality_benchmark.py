@@ -21,10 +21,17 @@ def tiny():
 
 
 def test_every_method_is_scored_on_the_same_sessions_and_tabulated(tiny):
+    from bench.rankers import EmbeddingRanker, rank_sessions
     from bench.retrieval_quality import (
-        MODELS, against_each, details, headline, headline_model, is_model, run_dataset, strongest_baseline,
+        MODELS,
+        against_each,
+        details,
+        headline,
+        headline_model,
+        is_model,
+        run_dataset,
+        strongest_baseline,
     )
-    from evaluation.protocol import EmbeddingRanker, rank_sessions
 
     args = argparse.Namespace(epochs=1, threads=1, no_progress=True, max_sessions=500, dense="", seeds=2, workers=2)
     suite = run_dataset(tiny, args, MODELS)
@@ -238,7 +245,7 @@ def test_validation_period_data_never_reaches_the_features_of_the_validation_ind
     import pandas as pd
 
     from bench.common import prepare
-    from evaluation.protocol import split_cutoff
+    from examples.splits import split_cutoff
     from ingest.synthetic import WorldConfig, generate_world
 
     data = generate_world(WorldConfig.preset("tiny"))

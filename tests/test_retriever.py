@@ -118,7 +118,7 @@ def test_candidates_within_an_allowed_set(world, index_parts, retriever, searche
 
 
 def test_ivfpq_version_pinned_while_rolled_back(world, index_parts, retriever, searcher_id, home):
-    from serving.index import IndexConfig
+    from ann.index import IndexConfig
     from serving.index_store import publish_index, rollback_index
     from serving.retriever import Retriever
 
@@ -158,8 +158,8 @@ def test_request_errors_say_what_is_allowed(retriever, searcher_id):
 
 def test_load_errors_say_what_to_run(world, index_parts, home, tmp_path):
     from features.store import FeatureRepo
-    from serving.index_store import publish_index
     from serving.errors import FeatureStoreNotFoundError, IndexNotFoundError, ModelNotFoundError
+    from serving.index_store import publish_index
     from serving.retriever import Retriever
 
     with pytest.raises(IndexNotFoundError, match="run 'ebr rebuild-index --dataset no-such-dataset' first"):
@@ -261,7 +261,7 @@ def test_hybrid_errors_are_clear(retriever, searcher_id):
 
 SERVING_IMPORT = """
 import sys
-from infra.feast_imports import without_runtime_type_checks
+from infra.patches import without_runtime_type_checks
 first = without_runtime_type_checks()
 import feast.feature_service as fs
 again = without_runtime_type_checks()  # feast is imported now: too late, nothing to do

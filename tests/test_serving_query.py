@@ -10,10 +10,18 @@ import pandas as pd
 import pytest
 from pyroaring import BitMap
 
-from serving.index import EmbeddingIndex, IndexConfig
+from ann.index import EmbeddingIndex, IndexConfig
 from serving.engine import Engine, EngineConfig, UnknownModelKeyError
 from serving.query import (
-    MAX_DEPTH, NN, And, Not, Or, QuerySyntaxError, Term, parse, unparse,
+    MAX_DEPTH,
+    NN,
+    And,
+    Not,
+    Or,
+    QuerySyntaxError,
+    Term,
+    parse,
+    unparse,
 )
 from serving.terms import TermIndex, document_terms, tokens, value_term
 
@@ -251,24 +259,24 @@ def test_unknown_model_key_and_missing_vector_are_errors(served):
 
 
 def test_query_selection_skips_navigational_repeats_and_well_answered_text():
-    from serving.selection import QuerySelection, SelectionConfig
+    from bench.query_selection import QuerySelection, QuerySelectionConfig
 
     clicks = pd.DataFrame({
         "searcher_id": ["a", "a", "a", "b", "b", "c"],
         "query": ["John Smith", "john  smith", "jazz", "jazz", "jazz", "yoga"],
         "doc_id": ["d1", "d1", "d2", "d3", "d4", "d5"],
     })
-    sel = QuerySelection.fit(clicks, SelectionConfig(min_repeats=2, enough_term_matches=50))
+    sel = QuerySelection.fit(clicks, QuerySelectionConfig(min_repeats=2, enough_term_matches=50))
     assert sel.memory == {("a", "john smith"): "d1"}  # b's jazz went to two documents; a's jazz only once
     d = sel.decide("a", "JOHN SMITH")
     assert not d.use_nn and d.reason == "navigational" and d.known_doc == "d1"
     assert sel.decide("b", "jazz", term_matches=3).use_nn
     assert sel.decide("b", "jazz", term_matches=80).reason == "enough term matches"
-    assert QuerySelection.fit(clicks, SelectionConfig(navigational=False)).decide("a", "john smith").use_nn
+    assert QuerySelection.fit(clicks, QuerySelectionConfig(navigational=False)).decide("a", "john smith").use_nn
 
 
 def test_without_nn_keeps_the_term_branches():
-    from serving.selection import without_nn
+    from bench.query_selection import without_nn
 
     e = parse("(and (or (term location:x) (term cluster:k1)) (or (and (term text:a) (term text:b)) (nn m :k 5)))")
     assert unparse(without_nn(e)) == "(and (or (term location:x) (term cluster:k1)) (and (term text:a) (term text:b)))"
@@ -280,7 +288,7 @@ def test_without_nn_keeps_the_term_branches():
 
 
 def test_candidate_features_and_a_second_stage_that_learns_them():
-    from serving.ranking import SecondStage, candidate_features
+    from bench.ranking import SecondStage, candidate_features
 
     c = corpus(60, seed=5)
     searcher = {"city": "Seattle", "region": "WA", "country": "US", "clusters": ["k1"], "clusters_weights": [1.0]}

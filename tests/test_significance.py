@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.significance import MIN_GROUPS, paired_bootstrap
+from bench.significance import MIN_GROUPS, paired_bootstrap
 from models.evaluate import EvalSessions, ranking_metrics, session_recalls
 
 
@@ -23,7 +23,7 @@ def test_a_clear_gain_is_separated_and_a_coin_flip_is_a_tie():
     assert tie.tie and tie.low < 0 < tie.high
     assert str(gain).startswith("+") and "[" in str(gain) and "tie" not in str(gain)
     assert str(tie).endswith(" (tie)")
-    from evaluation.significance import RelativeDifference
+    from bench.significance import RelativeDifference
 
     # a bound that rounds to 0% keeps a decimal, so that its side of 0 shows
     assert str(RelativeDifference(0.2, 0.003, 0.45, 100, 0.95)) == "+20% [+0.3%, +45%]"

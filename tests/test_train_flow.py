@@ -52,7 +52,7 @@ def trained(examples_ref):
 
 
 def test_train_flow_registers_a_model_with_metrics_and_config(trained, examples_ref):
-    from training.registry import load_registered_model
+    from models.registry import load_registered_model
 
     ref, params = trained
     store = ArtifactStore.from_settings()
@@ -112,7 +112,7 @@ def test_warm_start_with_extra_negatives_registers_a_new_version(trained):
 
 
 def test_register_model_checks_its_inputs(tmp_path, trained):
-    from training.registry import load_registered_model, register_model
+    from models.registry import load_registered_model, register_model
 
     with pytest.raises(FileNotFoundError, match="neither"):
         register_model(tmp_path, "x", {}, tiny_config(), "v1", "dataset/x@1")

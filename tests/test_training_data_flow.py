@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from examples.build import ExampleConfig, build_examples, join_features
+from examples.splits import SplitConfig
 from features.compute import as_of_for_day, compute_features
 from features.store import FeatureRepo
-from ingest.contract import read_dataset, write_dataset
+from infra.run_dirs import runs_root
 from infra.settings import get_settings
 from infra.storage import ArtifactStore
-from training.examples import ExampleConfig, SplitConfig, build_examples, join_features
+from ingest.contract import read_dataset, write_dataset
 from validation.gate import GateFailed, GateReport
 
 pytestmark = pytest.mark.slow
@@ -146,7 +148,7 @@ def test_point_in_time_join_never_leaks_a_later_value(tiny):
 
 
 def test_flow_builds_gates_and_publishes(prefect_api, tiny):
-    from flows.training_data import TrainingDataParams, runs_root, training_data
+    from flows.training_data import TrainingDataParams, training_data
 
     params = TrainingDataParams(
         examples=ExampleConfig(random_negatives=3),
@@ -173,7 +175,7 @@ def test_flow_builds_gates_and_publishes(prefect_api, tiny):
     assert allex["searcher_city"].isin(["Paris", "Lyon"]).all()
     assert av.metadata["rows"] == {s: len(p) for s, p in parts.items()}
 
-    run = sorted(runs_root(tiny).iterdir())[-1]
+    run = sorted(runs_root("training-data", tiny).iterdir())[-1]
     for name in ("searchers", "documents", "sessions", "memberships", "examples"):
         report = GateReport.load(run / "gates" / f"{name}.json")
         assert report.passed and (run / "gates" / f"{name}.md").exists()
@@ -191,15 +193,15 @@ def test_flow_builds_gates_and_publishes(prefect_api, tiny):
 def test_a_backfill_and_then_the_scheduled_run_both_pass_the_gates(prefect_api, tiny):
     """A backfill of the first days, then the nightly over the whole history: the row-count bounds compare
     rows per day, so the nightly after a backfill is not stopped by the backfill's smaller tables."""
-    from flows.training_data import TrainingDataParams, runs_root, training_data
+    from flows.training_data import TrainingDataParams, training_data
 
     params = TrainingDataParams(examples=ExampleConfig(random_negatives=3),
                                 split=SplitConfig(test_fraction=0.2, valid_fraction=0.2))
     training_data(dataset=tiny, end_date=START + timedelta(days=2), params=params)
-    backfill = sorted(runs_root(tiny).iterdir())[-1]
+    backfill = sorted(runs_root("training-data", tiny).iterdir())[-1]
     small = GateReport.load(backfill / "gates" / "sessions.json").row_count
     training_data(dataset=tiny, params=params)  # the scheduled run: every session so far
-    nightly = sorted(runs_root(tiny).iterdir())[-1]
+    nightly = sorted(runs_root("training-data", tiny).iterdir())[-1]
     sessions = GateReport.load(nightly / "gates" / "sessions.json")
     assert sessions.passed and sessions.previous_row_count == small and sessions.row_count > 2 * small
     assert not sessions.accepted  # nothing had to be accepted by hand
@@ -208,7 +210,7 @@ def test_a_backfill_and_then_the_scheduled_run_both_pass_the_gates(prefect_api, 
 
 
 def test_corrupted_input_stops_the_flow_and_publishes_nothing(prefect_api, home):
-    from flows.training_data import runs_root, training_data
+    from flows.training_data import training_data
 
     name = "tiny-noclicks"  # sessions without a single click: valid for the contract, not for training
     target = get_settings().data_dir / name
@@ -217,6 +219,6 @@ def test_corrupted_input_stops_the_flow_and_publishes_nothing(prefect_api, home)
         training_data(dataset=name)
     assert "sessions" in str(err.value) and "_has_click" in str(err.value)
     assert ArtifactStore.from_settings().list_versions("dataset", f"{name}-examples") == []
-    run = sorted(runs_root(name).iterdir())[-1]
+    run = sorted(runs_root("training-data", name).iterdir())[-1]
     assert not GateReport.load(run / "gates" / "sessions.json").passed
     assert not (run / "gates" / "examples.json").exists() and not (run / "examples").exists()

@@ -8,16 +8,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from examples.build import ExampleConfig, build_examples, sample_random_negatives
+from examples.splits import SplitConfig, partition, sessions_until, split_sessions
 from features.schema import EXAMPLE_KEYS
-from training.examples import (
-    ExampleConfig,
-    SplitConfig,
-    build_examples,
-    partition,
-    sample_random_negatives,
-    sessions_until,
-    split_sessions,
-)
 
 
 def T(s: str) -> pd.Timestamp:
@@ -197,7 +190,7 @@ def test_no_sessions_give_no_examples():
 
 
 def test_write_splits_writes_every_split_and_replaces(tmp_path):
-    from training.examples import write_splits
+    from examples.build import write_splits
 
     ex = build_examples(SESSIONS, DOCS, ExampleConfig(random_negatives=2), SplitConfig(test_fraction=0.2, valid_fraction=0.2))
     out = tmp_path / "examples"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from examples.build import ExampleConfig, build_examples
 from ingest.contract import SCHEMAS, validate_table
-from training.examples import ExampleConfig, build_examples
 from validation.gate import GateFailed, GateReport, enforce, latest_report, run_gate
 from validation.suites import GateConfig, examples_suite, input_suite
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from infra.atomic import atomic_file
+from validation.drift import coverage, describe, drift, profile, time_span_days
 
 REPORT_FORMAT = 1
 MAX_EXAMPLES = 5
@@ -130,9 +131,8 @@ class GateReport:
         directory.mkdir(parents=True, exist_ok=True)
         paths = directory / f"{self.name}.json", directory / f"{self.name}.md"
         for path, text in zip(paths, (self.to_json(), self.to_markdown())):
-            tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                tmp.write_text(text)
         return paths
 
     @classmethod
@@ -229,7 +229,6 @@ def run_gate(
 
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"gate {name!r} needs a pandas DataFrame, got {type(df).__name__}")
-    from validation.drift import coverage, describe, drift, profile, time_span_days
 
     frame = suite.derive(df) if suite.derive is not None else df
     # One consolidated block per dtype: GE's metrics otherwise make pandas merge the object blocks again and

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from examples.build import EXTRA_COLUMNS, FEATURE_TS_COLUMNS
 from features.schema import DOC_NUMERIC, EXAMPLE_KEYS, SEARCHER_NUMERIC, SPLITS, doc_column, searcher_column
 from ingest.contract import SCHEMAS, Column, TableSchema
-from training.examples import EXTRA_COLUMNS, FEATURE_TS_COLUMNS
 from validation.drift import DriftBounds
 from validation.gate import GateSuite
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from infra.settings import get_settings
 from ingest.contract import CanonicalDataset
 from ingest.datasets import lastfm, meetup_chicago, meetup_montana, movielens, scifact
 from ingest.datasets.common import DATASETS_DIR_SETTING, DatasetNotFoundError
@@ -37,8 +38,6 @@ def load_source(name: str, datasets_dir: Path | None = None) -> CanonicalDataset
     if name not in ADAPTERS:
         raise ValueError(f"unknown dataset source {name!r}; allowed: {sorted(ADAPTERS)}")
     if datasets_dir is None:
-        from infra.settings import get_settings
-
         datasets_dir = get_settings().datasets_dir
     return ADAPTERS[name](Path(datasets_dir))
 

@@ -71,7 +71,7 @@ def _person_names(pools: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
 
 
 def _pools_of(country: np.ndarray, language: np.ndarray, foreign_share: float, rng) -> np.ndarray:
-    pool = np.array([N.pool_for(c, l) for c, l in zip(country, language)], dtype=object)
+    pool = np.array([N.pool_for(c, lang) for c, lang in zip(country, language)], dtype=object)
     foreign = rng.random(len(pool)) < foreign_share
     pool[foreign] = np.asarray(N.POOLS, dtype=object)[rng.integers(0, len(N.POOLS), int(foreign.sum()))]
     return pool

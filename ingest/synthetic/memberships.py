@@ -41,7 +41,7 @@ def make_memberships(cfg: WorldConfig, people: People, friends: Friends, docs: D
     rng = stream(cfg.seed, "memberships")
     mc = cfg.membership
     n_s, n_d = people.n, docs.n
-    start, end = int(cfg.start.timestamp()), int(cfg.end.timestamp())
+    end = int(cfg.end.timestamp())
     group_idx = np.flatnonzero(docs.kind == GROUP)
     event_idx = np.flatnonzero(docs.kind == EVENT)
     n_cities = int(max(people.city.max(), docs.city.max())) + 1

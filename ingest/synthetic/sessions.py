@@ -29,7 +29,7 @@ from .memberships import Members
 from .names import OPTIONAL_TERMS
 from .people import Friends, People
 from .sampling import Groups, expand_ranges, sorted_contains, stream, uniform_times, unique_sorted, weighted_choice
-from .text import normalize, noisy_query
+from .text import noisy_query, normalize
 
 QMAX = 8  # query tokens kept for matching
 

@@ -16,18 +16,19 @@ can prove that nothing newer than the session reached an example.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from datetime import date, datetime, time, timedelta, timezone
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from infra.atomic import atomic_directory
+from examples.splits import SplitConfig, partition, split_cutoff, split_sessions
+from features.corpus import STATIC_FIELDS
 from features.history import HistoryConfig, interactions, recent_documents
-from features.schema import EXAMPLE_KEYS, SPLITS, doc_column, searcher_column, weights_of
+from features.schema import EXAMPLE_KEYS, SEARCHER_CATEGORICAL, SPLITS, doc_column, searcher_column, weights_of
+from infra.atomic import atomic_directory
 
 SEARCHER_FEATURE_TS = "searcher_feature_ts"
 DOC_FEATURE_TS = "doc_feature_ts"
@@ -52,112 +53,6 @@ class ExampleConfig(BaseModel):
         False, description="keep hard positives in valid/test too (default: training only, eval = clicks)"
     )
     seed: int = Field(0, description="seed of the random negatives")
-
-
-class SplitConfig(BaseModel):
-    """Time split: the newest sessions are held out. Cut dates win over fractions when given."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    test_fraction: float = Field(0.1, ge=0, lt=1, description="share of sessions (the newest) for test")
-    valid_fraction: float = Field(
-        0.1, ge=0, lt=1, description="share of the training sessions (the newest) for validation"
-    )
-    test_start: datetime | None = Field(None, description="sessions at or after this time are test")
-    valid_start: datetime | None = Field(None, description="training sessions at or after this are valid")
-    use_source_split: bool = Field(
-        True, description="when sessions carry a source split, keep it (valid is carved out of train by time)"
-    )
-
-    @field_validator("test_start", "valid_start")
-    @classmethod
-    def _utc(cls, v: datetime | None) -> datetime | None:
-        if v is None:
-            return v
-        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "SplitConfig":
-        if self.test_start and self.valid_start and self.valid_start >= self.test_start:
-            raise ValueError(
-                f"valid_start ({self.valid_start}) must be before test_start ({self.test_start})"
-            )
-        return self
-
-
-# --------------------------------------------------------------------------- selection and split
-
-
-def end_of_day(day: date | datetime) -> pd.Timestamp:
-    """The first instant after ``day`` (UTC): the exclusive upper bound of a run over data up to ``day``."""
-    if isinstance(day, datetime):
-        ts = pd.Timestamp(day)
-        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return pd.Timestamp(datetime.combine(day, time.min, tzinfo=timezone.utc) + timedelta(days=1))
-
-
-def sessions_until(sessions: pd.DataFrame, end: date | datetime | None) -> pd.DataFrame:
-    """Sessions up to and including the day ``end`` (all of them when ``end`` is None)."""
-    if end is None:
-        return sessions
-    return sessions[sessions["ts"] < end_of_day(end)].reset_index(drop=True)
-
-
-def recent_examples(examples: pd.DataFrame, days: float | None) -> pd.DataFrame:
-    """The examples (or click rows) of the newest ``days`` days, measured back from the newest ``ts``; all of
-    them when ``days`` is None."""
-    if days is None:
-        return examples
-    if days <= 0:
-        raise ValueError(f"days must be positive, got {days}")
-    if "ts" not in examples.columns:
-        raise ValueError(f"a window of {days} days needs a 'ts' column; present: {list(examples.columns)}")
-    ts = pd.to_datetime(examples["ts"], utc=True)
-    return examples[(ts > ts.max() - pd.Timedelta(days=days)).to_numpy()].reset_index(drop=True)
-
-
-def _newest(ts: pd.Series, fraction: float, start: datetime | None) -> pd.Series:
-    """Mask of the newest rows: those at or after ``start``, or the newest ``fraction`` of them.
-
-    A cut is a timestamp, so rows sharing the boundary time land on the same side and every held-out
-    row is at least as new as every kept one.
-    """
-    if start is not None:
-        return ts >= pd.Timestamp(start)
-    if fraction <= 0 or ts.empty:
-        return pd.Series(False, index=ts.index)
-    n = max(1, int(round(fraction * len(ts))))
-    cut = ts.sort_values(kind="stable").iloc[len(ts) - n]
-    return ts >= cut
-
-
-def split_sessions(sessions: pd.DataFrame, config: SplitConfig | None = None) -> pd.Series:
-    """train / valid / test for every session (aligned with ``sessions.index``)."""
-    config = config or SplitConfig()
-    ts = sessions["ts"]
-    out = pd.Series("train", index=sessions.index, dtype=object)
-    source = sessions["split"] if "split" in sessions.columns else None
-    if config.use_source_split and source is not None and source.notna().any():
-        src = source.fillna("train").astype(str)
-        bad = ~src.isin(SPLITS)
-        if bad.any():
-            raise ValueError(
-                f"sessions.split has value {src[bad].iloc[0]!r} (session {sessions.loc[bad, 'session_id'].iloc[0]!r});"
-                f" allowed: {list(SPLITS)}"
-            )
-        out[:] = src.to_numpy()
-    else:
-        out[_newest(ts, config.test_fraction, config.test_start)] = "test"
-    if not (out == "valid").any():
-        train = out == "train"
-        valid = _newest(ts[train], config.valid_fraction, config.valid_start)
-        out[valid[valid].index] = "valid"
-    return out
-
-
-def partition(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """One frame per split, in the order of SPLITS (a split may be empty)."""
-    return {s: examples[examples["split"] == s].reset_index(drop=True) for s in SPLITS}
 
 
 # --------------------------------------------------------------------------- negatives
@@ -397,14 +292,51 @@ def add_history(
 ) -> pd.DataFrame:
     """:func:`attach_history` with the events of :func:`history_events` and the held-out cutoffs of the
     evaluation protocol: the one call of the training-data flow and of the benchmarks."""
-    from evaluation.protocol import split_cutoff
-
     parts = partition(examples)
     cutoffs = {}
     for name in ("valid", "test"):
         if len(parts[name]) and any(len(parts[s]) for s in SPLITS[: SPLITS.index(name)]):
             cutoffs[name] = split_cutoff(parts, name)
     return attach_history(examples, history_events(sessions, memberships, split), cutoffs, config)
+
+
+# --------------------------------------------------------------------------- fields known from creation
+
+
+STATIC_SEARCHER_FIELDS = (*SEARCHER_CATEGORICAL, "profile", "profile_weights")  # a searcher's own fields
+
+
+def _fill(examples: pd.DataFrame, table: pd.DataFrame, key: str, fields: Sequence[str], column, ts_column: str
+          ) -> pd.DataFrame:
+    hole = examples[ts_column].isna() if ts_column in examples.columns else pd.Series(True, index=examples.index)
+    if not hole.any():
+        return examples
+    static = table.drop_duplicates(key).set_index(key)
+    out = examples.copy()
+    ids = out.loc[hole, key].astype(str)
+    for f in fields:
+        if f not in static.columns:
+            continue
+        col = column(f)
+        values = static[f].reindex(ids).to_numpy(dtype=object)
+        if col not in out.columns:
+            out[col] = None
+        current = out.loc[hole, col].to_numpy(dtype=object)
+        out.loc[hole, col] = np.where(pd.isna(current), values, current)
+    return out
+
+
+def fill_static_document_fields(examples: pd.DataFrame, documents: pd.DataFrame) -> pd.DataFrame:
+    """Fill a document's own fields (title, body, type, location) where the point-in-time join found no
+    snapshot (a document created after the last snapshot before the session). Those fields exist from the
+    document's creation, so this adds nothing from the future; member aggregates stay missing."""
+    return _fill(examples, documents, "doc_id", STATIC_FIELDS, doc_column, "doc_feature_ts")
+
+
+def fill_static_searcher_fields(examples: pd.DataFrame, searchers: pd.DataFrame) -> pd.DataFrame:
+    """The same for the searcher's own fields (city, region, country, language) of a searcher who joined
+    after the last snapshot before the session; social features and counts stay missing."""
+    return _fill(examples, searchers, "searcher_id", STATIC_SEARCHER_FIELDS, searcher_column, "searcher_feature_ts")
 
 
 # --------------------------------------------------------------------------- output

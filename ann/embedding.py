@@ -8,7 +8,6 @@ their featurized inputs at once.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
+
+from infra.atomic import atomic_file
 
 
 class DocumentEmbedder(Protocol):
@@ -49,18 +50,11 @@ def shard_bounds(n: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
 def _npy_file(path: Path, shape: tuple[int, int]) -> Iterator[np.memmap]:
     """A float32 .npy memmap to fill, written under a temporary name and renamed when the block ends
     without an error, so a crashed run never leaves a partial file that looks finished."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-    try:
+    with atomic_file(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         yield out
         out.flush()
         del out
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_vectors_to_file(parts: list[np.ndarray], path: Path) -> np.memmap:

@@ -19,8 +19,8 @@ import time
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.index import EmbeddingIndex
-from serving.index_validation import exact_top_k
+from ann.index import EmbeddingIndex
+from ann.recall import exact_neighbours
 
 
 class TuningConfig(BaseModel):
@@ -130,7 +130,7 @@ def tune_nprobe(index: EmbeddingIndex, vectors: np.ndarray, queries: np.ndarray,
     if index.kind == "flat":
         raise ValueError("a flat index is exact: there is no nprobe to tune")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    truth = exact_top_k(vectors, queries, k)
+    truth = exact_neighbours(vectors, queries, k)
     curve: list[CurvePoint] = []
     chosen = None
     for nprobe in nprobe_ladder(index.config.nlist or 1, max_nprobe):

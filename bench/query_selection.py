@@ -19,14 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.query import NN, And, Expr, Not, Or, Term
 
+
 def normalize(text: str | None) -> str:
-    """The query text as the rest of the project compares queries (:func:`evaluation.baselines.normalize_query`)."""
-    from evaluation.baselines import normalize_query
+    """The query text as the rest of the project compares queries (:func:`bench.peers.normalize_query`)."""
+    from features.query_text import normalize_query
 
     return normalize_query(str(text or ""))
 
 
-class SelectionConfig(BaseModel):
+class QuerySelectionConfig(BaseModel):
     """When to skip the nn branch."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -48,17 +49,17 @@ class Decision:
 class QuerySelection:
     """The policy with its memory of navigational repeats (fitted on past sessions)."""
 
-    def __init__(self, config: SelectionConfig | None = None, memory: dict[tuple[str, str], str] | None = None):
-        self.config = config or SelectionConfig()
+    def __init__(self, config: QuerySelectionConfig | None = None, memory: dict[tuple[str, str], str] | None = None):
+        self.config = config or QuerySelectionConfig()
         self.memory = memory or {}
 
     @classmethod
-    def fit(cls, clicks: pd.DataFrame, config: SelectionConfig | None = None) -> "QuerySelection":
+    def fit(cls, clicks: pd.DataFrame, config: QuerySelectionConfig | None = None) -> "QuerySelection":
         """Learn the navigational repeats from past clicks (searcher_id, query, doc_id; one row per click):
         a (searcher, normalized text) whose every click went to one document, at least ``min_repeats`` times."""
-        from evaluation.baselines import normalize_query
+        from features.query_text import normalize_query
 
-        config = config or SelectionConfig()
+        config = config or QuerySelectionConfig()
         c = clicks[["searcher_id", "query", "doc_id"]].astype(str)
         c = c.assign(query=normalize_query(c["query"]))
         c = c[c["query"] != ""]
@@ -95,4 +96,4 @@ def without_nn(expr: Expr) -> Expr | None:
     return And(kept) if isinstance(expr, And) else Or(kept)
 
 
-__all__ = ["Decision", "QuerySelection", "SelectionConfig", "normalize", "without_nn"]
+__all__ = ["Decision", "QuerySelection", "QuerySelectionConfig", "normalize", "without_nn"]

@@ -691,36 +691,11 @@ def exact_search(
     return scores, labels.astype(np.int64)
 
 
-def ann_recall_at_k(
-    index: EmbeddingIndex,
-    doc_vectors: np.ndarray,
-    ids: np.ndarray,
-    queries: np.ndarray,
-    k: int = 10,
-    nprobe: int | None = None,
-) -> float:
-    """Mean fraction of the exact top-``k`` that the index returns in its top-``k`` (1.0 = same sets).
-
-    Used to validate a rebuilt index against exact search before publishing it.
-    """
-    k = _check_k(k)
-    _, truth = exact_search(doc_vectors, queries, k, ids)
-    _, got = index.search(queries, k, nprobe=nprobe)
-    hits = 0
-    total = 0
-    for t, g in zip(truth, got):
-        t = t[t >= 0]
-        hits += len(np.intersect1d(t, g[g >= 0], assume_unique=True))
-        total += len(t)
-    return hits / total if total else 1.0
-
-
 __all__ = [
     "EmbeddingIndex",
     "EmbeddingIndexError",
     "IndexConfig",
     "IndexStats",
     "blas_distances",
-    "ann_recall_at_k",
     "exact_search",
 ]

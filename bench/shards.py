@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serving.index import EmbeddingIndex, IndexConfig
+from ann.index import EmbeddingIndex, IndexConfig
 
 
 class ShardedIndex:

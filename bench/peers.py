@@ -1,4 +1,4 @@
-"""Plain baselines a practitioner tries first, and library peers, as :class:`evaluation.protocol.Ranker` objects.
+"""Plain baselines a practitioner tries first, and library peers, as :class:`bench.rankers.Ranker` objects.
 
 Every ranker returns, per session query (a frame row), the top ``k`` rows of the document table it was built
 with (-1: an empty slot). The learned ones are fitted from the training examples (plus the document table)
@@ -18,13 +18,12 @@ only; their hyperparameters are chosen with :func:`fit_on_validation` on a valid
 - :class:`Fusion`: weighted reciprocal-rank or normalized-score fusion of rankers (BM25 + dense).
 
 Exclusions (what a searcher consumed in training, for recommendation datasets) are not the rankers' job:
-:func:`evaluation.protocol.evaluate_ranker` asks for ``k`` plus the widest exclusion list and drops them.
+:func:`bench.rankers.evaluate_ranker` asks for ``k`` plus the widest exclusion list and drops them.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,22 +32,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from examples.splits import recent_examples
+from features.query_text import normalize_query
 from models.pretrained import sentence_encoder
-from training.examples import recent_examples
 
 CHUNK = 1024  # queries scored at once against all documents (a CHUNK x n_documents float32 matrix)
-_SPACE = re.compile(r"\s+")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def normalize_query(text: pd.Series | Sequence[str] | str) -> pd.Series | str:
-    """Lower-case, whitespace collapsed and stripped; missing -> ""."""
-    if isinstance(text, str):
-        return _SPACE.sub(" ", text).strip().lower()
-    s = pd.Series(text, dtype=object) if not isinstance(text, pd.Series) else text
-    return s.fillna("").astype(str).str.replace(_SPACE, " ", regex=True).str.strip().str.lower()
 
 
 def _doc_index(documents: pd.DataFrame) -> pd.Index:
@@ -651,12 +642,12 @@ def fit_on_validation(
     consumed: Mapping[str, Sequence[str]] | None = None,
 ) -> GridResult:
     """Try every setting of ``grid``: ``build(documents, **params)`` -> a ranker over ``documents``, scored
-    with :func:`evaluation.protocol.evaluate_ranker` on the ``valid`` examples; keep the best ``metric``
+    with :func:`bench.rankers.evaluate_ranker` on the ``valid`` examples; keep the best ``metric``
     (ties: the first setting). ``build`` closes over the training examples; the test split never enters.
 
     ``consumed``: for recommendation datasets, what each searcher clicked in training (excluded, as on test).
     """
-    from evaluation.protocol import evaluate_ranker
+    from bench.rankers import evaluate_ranker
 
     if valid is None or valid.empty:
         raise ValueError("no validation examples to choose hyperparameters on (use holdout_sessions)")

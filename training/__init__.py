@@ -1,1 +1,0 @@
-"""Training data: sessions turned into labelled examples, joined point-in-time with features, split by time."""
