@@ -486,7 +486,9 @@ class EmbeddingIndex:
         nprobe_ = self._nprobe(nprobe)
         pos = self._positions(allowed_ids)
         if nprobe is None and self.kind == "ivfpq" and len(pos):
-            nprobe_ = min(self.config.nlist, math.ceil(nprobe_ * self.ntotal / len(pos)))
+            nlist = self.config.nlist
+            assert nlist is not None  # an IVF-PQ index's config is resolved (build, or the saved resolved one)
+            nprobe_ = min(nlist, math.ceil(nprobe_ * self.ntotal / len(pos)))
         if len(pos) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         if self._refine_store is not None and len(pos) <= self.config.subset_exact_max:
@@ -558,6 +560,7 @@ class EmbeddingIndex:
             lims, _, labels = self._base.range_search(q, probe_r, params=base_params)
             exact = np.empty(len(labels), np.float32)
             if len(labels):
+                assert self._refine_store is not None  # refine: the index is an IndexRefine, which keeps the vectors
                 vecs = self._refine_store.reconstruct_batch(labels)
                 owner = np.repeat(np.arange(len(q)), np.diff(lims).astype(np.int64))
                 exact = np.einsum("ij,ij->i", vecs, q[owner])
@@ -589,6 +592,7 @@ class EmbeddingIndex:
             per_vec = code + 8
             memory = int(n * per_vec)
             return IndexStats("flat", n, d, None, None, None, None, False, code, per_vec, memory, None)
+        assert c.nlist is not None and c.pq_m is not None  # an IVF-PQ index's config is resolved
         code = c.pq_m * c.nbits / 8.0
         per_vec = code + 8 + 8 + (4.0 * d if c.refine else 0.0)  # code + list id + id map (+ vector)
         fixed = c.nlist * d * 4 + (2**c.nbits) * d * 4  # coarse centroids + PQ codebooks

@@ -90,7 +90,7 @@ class Baselines:
             self.fit_train, self.valid = holdout_sessions(self.train, 0.2, seed=0)
             self.sliced = True
         # the documents validation ranks: what a nightly at the validation cutoff serves (as the test split
-        # ranks what is servable at its own); a slice of the training sessions ranks the training corpus
+        # ranks what is served at its own); a slice of the training sessions ranks the training corpus
         self.corpus = prep.valid_index if prep.valid_index is not None and not self.sliced else prep.corpus
         self.consumed = consumed_documents(self.train) if self.recommendation else None
         self.valid_consumed = consumed_documents(self.fit_train) if self.recommendation else None

@@ -51,7 +51,7 @@ from features.compute import (
     as_of_for_day,
     compute_features,
 )
-from features.corpus import index_documents, servable
+from features.corpus import index_documents, served_documents
 from ingest.contract import CanonicalDataset
 
 _ENTITY = {"searcher": (SEARCHER_KEY, SEARCHER_FEATURES), "document": (DOC_KEY, DOCUMENT_FEATURES)}
@@ -119,8 +119,9 @@ def feature_inputs(data: CanonicalDataset, session_split: pd.Series, held_out: t
 def validation_index(data: CanonicalDataset, sessions: pd.DataFrame, session_split: pd.Series,
                      snaps: SnapshotFeatures, days: list[date], valid_cut: pd.Timestamp, train: pd.DataFrame,
                      label: str = "") -> pd.DataFrame:
-    """What validation ranks: what a nightly at the validation cutoff would serve (no started events), as the
-    test split ranks what is servable at its own. A document born after the cutoff gets its first later
+    """What validation ranks: what the nightlies from the validation cutoff on would serve (the production
+    index selection: :func:`features.corpus.served_documents`), as the test split ranks what they serve from its
+    own. A document born after the cutoff gets its first later
     snapshot, recomputed without the validation sessions: the shared snapshots count them, so an event's
     member aggregates would hold the very RSVPs validation asks for (the test index never sees test ones)."""
     documents = snaps.documents
@@ -131,7 +132,7 @@ def validation_index(data: CanonicalDataset, sessions: pd.DataFrame, session_spl
         redone = compute_snapshots(without_valid, later, label=f"{label} (validation index)").documents
         early = documents[pd.to_datetime(documents[FEATURE_TS], utc=True) <= valid_cut]
         documents = pd.concat([early, redone], ignore_index=True)
-    return servable(index_documents(documents, valid_cut), data.documents, valid_cut, train)
+    return served_documents(index_documents(documents, valid_cut), data.documents, valid_cut, train[["doc_id", "ts"]])
 
 
 def compute_snapshots(data: CanonicalDataset, days: list[date], config: FeatureConfig | None = None,
@@ -194,7 +195,7 @@ def prepare(name: str, data: CanonicalDataset, max_snapshots: int = 24,
     corpus = index_documents(snaps.documents, valid_cut)  # training negatives: every document
     valid_index = validation_index(data, sessions, session_split, snaps, days, valid_cut, parts["train"], name)
     full_index = index_documents(snaps.documents, test_cut)
-    index = servable(full_index, data.documents, test_cut, parts["train"])
+    index = served_documents(full_index, data.documents, test_cut, parts["train"][["doc_id", "ts"]])
     # A searcher's or document's own fields exist from its creation: fill them where no snapshot preceded
     # the session (newcomers, fresh events); aggregates stay missing.
     searchers = snaps.searchers.sort_values(EVENT_TIMESTAMP, kind="stable").drop_duplicates(SEARCHER_KEY)

@@ -619,7 +619,7 @@ def main_quality(args) -> str:
         "Test split of each dataset, by time: Last.fm its newest months, Meetup Montana, MovieLens and Meetup "
         "Chicago the newest 10% of sessions (the last two have random splits of their own, not used), the "
         "synthetic world the newest 10%; SciFact its test qrels. At most "
-        f"{args.max_sessions:,} sessions, exact rankings over the index a nightly rebuild at the end of the training data would serve (every document known then or born later, except events that had already started where training shows events are not clicked once started, as on Meetup: `evaluation.protocol.servable`). recall@K = |top-K ∩ clicked| / |clicked| "
+        f"{args.max_sessions:,} sessions, exact rankings over the index a nightly rebuild at the end of the training data would serve (every document known then or born later, through the production index selection: no group inactive for 90 days, and no event that had already started where training shows events are not clicked once started, as on Meetup: `features.corpus.served_documents`). recall@K = |top-K ∩ clicked| / |clicked| "
         "per session (eq. 1), averaged. Models: the default recipe (sampled softmax, mixed negatives B'=256 "
         "with log-Q correction; laptop-sized hashed tables, see `flows/train.py`), trained on the training split "
         f"only with early stopping on the validation split and the softmax temperature (0.05 or 0.1; the unified "

@@ -56,7 +56,7 @@ def _invalid(exc: Exception) -> typer.BadParameter:
 
 
 def _human_size(path: Path) -> str:
-    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    total: float = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     for unit in ("B", "KiB", "MiB", "GiB"):
         if total < 1024 or unit == "GiB":
             return f"{total:.1f} {unit}" if unit != "B" else f"{total} B"
@@ -378,9 +378,7 @@ def demo(
     a validated index, and a few searches."""
     from datetime import timedelta
 
-    from features.index_selection import SelectionConfig
     from flows.nightly import nightly as nightly_flow
-    from flows.rebuild_index import RebuildParams
     from infra.storage import ArtifactStore
     from ingest.synthetic import WorldConfig
 
@@ -389,11 +387,9 @@ def demo(
     dataset = f"synthetic-{preset}"
     world = WorldConfig.preset(preset)
     first, last = world.start.date(), (world.end - timedelta(days=1)).date()
-    # A weekly backfill of the world's weeks, then one retrain and one index rebuild at its end, with the
-    # index selection of the nightly deployment (prefect.yaml): no past events, no inactive groups.
-    selection = SelectionConfig(upcoming_events=True, active_within_days=90, active_doc_types=["group"])
-    report = nightly_flow(dataset, first, last, every_days=7, retrain="always",
-                          rebuild_params=RebuildParams(selection=selection))
+    # A weekly backfill of the world's weeks, then one retrain and one index rebuild at its end (the production
+    # index selection: features.index_selection.SelectionConfig's defaults).
+    report = nightly_flow(dataset, first, last, every_days=7, retrain="always")
     typer.echo("")
     typer.echo(report.to_markdown())
     typer.echo(f"index published in the artifact store {ArtifactStore.from_settings().backend.describe()} as {report.index}")
@@ -511,6 +507,7 @@ def serve(
     except RetrievalError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    assert state.served is not None  # start() serves a version or raises
     typer.echo(f"serving {state.served.retriever.version.ref} on http://{host}:{port}")
     try:
         uvicorn.run(create_app(state, timeout), host=host, port=port, log_level="info")

@@ -26,7 +26,7 @@ DEFAULT_KS = (1, 10, 50, 100)
 def evaluate_split(
     model, parts: Mapping[str, pd.DataFrame], split: str, index: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
     max_sessions: int = 10_000, qrels: pd.DataFrame | None = None, seed: int = 0,
-    consumed: Mapping[str, Sequence[str]] | None = None,
+    consumed: Mapping[str, Sequence[str] | np.ndarray] | None = None,
 ) -> dict[str, float]:
     """A model's metrics on one held-out split against ``index`` (exact KNN over all its documents);
     ``consumed`` defaults to :func:`protocol_exclusions` of ``parts``."""
@@ -63,7 +63,7 @@ def consumed_documents(examples: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def quantized_metrics(
     model, parts: Mapping[str, pd.DataFrame], split: str, index: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
-    max_sessions: int = 10_000, seed: int = 0, consumed: Mapping[str, Sequence[str]] | None = None,
+    max_sessions: int = 10_000, seed: int = 0, consumed: Mapping[str, Sequence[str] | np.ndarray] | None = None,
     config=None, qrels: pd.DataFrame | None = None,
 ) -> dict[str, float] | None:
     """:func:`evaluate_split`'s metrics when retrieval goes through the IVF-PQ index the nightly rebuild

@@ -17,12 +17,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features.compute import FEATURE_TS, as_of_for_day
-from features.index_selection import SelectionConfig, SelectionReport, UpcomingEvents, select_documents
+from features.index_selection import SelectionConfig, SelectionReport, select_documents
 from features.schema import DOC_CATEGORICAL, DOC_MULTI, DOC_NUMERIC, DOC_TEXT, DOC_TIMES, weights_of
 
 STATIC_FIELDS = (*DOC_TEXT, *DOC_CATEGORICAL)
 AGGREGATE_FIELDS = (*[c for m in DOC_MULTI for c in (m, weights_of(m))], *DOC_NUMERIC)
 CORPUS_COLUMNS = ("doc_id", *STATIC_FIELDS, *AGGREGATE_FIELDS, FEATURE_TS)
+NO_CLICKS = pd.DataFrame({"doc_id": pd.Series([], dtype=object), "ts": pd.Series([], dtype="datetime64[ns, UTC]")})
 
 
 class CorpusError(ValueError):
@@ -49,16 +50,34 @@ def rebuild_time(as_of: date | None, snapshot_day: date) -> datetime:
     return as_of_for_day(as_of or snapshot_day)
 
 
+def _select(documents: pd.DataFrame, snapshot: pd.DataFrame, as_of: datetime | pd.Timestamp,
+            selection: SelectionConfig | None) -> tuple[pd.DataFrame, SelectionReport]:
+    """:func:`select_documents` over the canonical ``documents`` with the activity and member aggregates of
+    their ``snapshot`` rows."""
+    snap = snapshot.assign(doc_id=snapshot["doc_id"].astype(str)).drop_duplicates("doc_id", keep="last")
+    snap = snap.set_index("doc_id")
+    docs = documents.assign(doc_id=documents["doc_id"].astype(str)).reset_index(drop=True)
+    # Activity as the snapshot saw it: the canonical last_active_at may lie after a backfill's as_of.
+    if "last_active_at" in snap.columns and "last_active_at" in docs.columns:
+        seen = pd.to_datetime(docs["doc_id"].map(snap["last_active_at"]), utc=True)
+        docs["last_active_at"] = seen.fillna(pd.to_datetime(docs["last_active_at"], utc=True))
+    aggregates = snap[[c for c in DOC_NUMERIC if c in snap.columns]].reset_index()
+    return select_documents(docs, as_of, selection, aggregates=aggregates)
+
+
 def index_corpus(
     documents: pd.DataFrame,
     snapshot: pd.DataFrame,
     as_of: datetime | pd.Timestamp,
     selection: SelectionConfig | None = None,
+    clicks: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, SelectionReport]:
     """(corpus in document-table convention, sorted by doc_id; the selection report).
 
     ``documents`` is the canonical table; ``snapshot`` one day's document feature rows. The corpus has
-    :data:`CORPUS_COLUMNS`; ``feature_ts`` is null for documents without a snapshot row.
+    :data:`CORPUS_COLUMNS`; ``feature_ts`` is null for documents without a snapshot row. ``selection``
+    (default: the production selection) is decided by ``clicks`` (``doc_id``, ``ts``) where it depends on
+    them (:meth:`~features.index_selection.SelectionConfig.resolved`).
     """
     missing = [c for c in ("doc_id", "doc_type", "created_at", *STATIC_FIELDS) if c not in documents.columns]
     if missing:
@@ -68,13 +87,8 @@ def index_corpus(
         raise CorpusError(f"the document snapshot lacks column(s) {missing}; present: {list(snapshot.columns)}")
     snap = snapshot.assign(doc_id=snapshot["doc_id"].astype(str)).drop_duplicates("doc_id", keep="last")
     snap = snap.set_index("doc_id")
-    docs = documents.assign(doc_id=documents["doc_id"].astype(str)).reset_index(drop=True)
-    # Activity as the snapshot saw it: the canonical last_active_at may lie after a backfill's as_of.
-    seen = pd.to_datetime(docs["doc_id"].map(snap["last_active_at"]), utc=True)
-    if "last_active_at" in docs.columns:
-        docs["last_active_at"] = seen.fillna(pd.to_datetime(docs["last_active_at"], utc=True))
-    aggregates = snap[list(DOC_NUMERIC)].reset_index()
-    selected, report = select_documents(docs, as_of, selection, aggregates=aggregates)
+    chosen = (selection or SelectionConfig()).resolved(documents, NO_CLICKS if clicks is None else clicks, as_of)
+    selected, report = _select(documents, snapshot, as_of, chosen)
 
     corpus = pd.DataFrame({"doc_id": selected["doc_id"].to_numpy(dtype=object)})
     for c in STATIC_FIELDS:
@@ -85,7 +99,6 @@ def index_corpus(
     return corpus.sort_values("doc_id", kind="stable").reset_index(drop=True), report
 
 
-__all__ = ["CORPUS_COLUMNS", "CorpusError", "index_corpus", "rebuild_time", "snapshot_day_for"]
 
 
 # --------------------------------------------------------------------------- as of a held-out cutoff
@@ -116,42 +129,21 @@ def index_documents(snapshots: pd.DataFrame, as_of: datetime | pd.Timestamp, inc
     return out.sort_values("doc_id", kind="stable").reset_index(drop=True)
 
 
-MAX_CLICKS_ON_STARTED_EVENTS = 0.01
-
-
-def _event_starts(doc_ids: pd.Series, documents: pd.DataFrame) -> pd.DataFrame:
-    dated = documents[["doc_id", "doc_type", "starts_at"]].assign(doc_id=documents["doc_id"].astype(str))
-    meta = pd.DataFrame({"doc_id": doc_ids.astype(str).to_numpy()}).merge(dated, on="doc_id", how="left")
-    meta["doc_type"] = meta["doc_type"].fillna("")
-    return meta
-
-
-def servable(
-    index: pd.DataFrame, documents: pd.DataFrame, as_of: datetime | pd.Timestamp, train: pd.DataFrame | None = None,
+def served_documents(
+    index: pd.DataFrame, documents: pd.DataFrame, as_of: datetime | pd.Timestamp, clicks: pd.DataFrame,
+    selection: SelectionConfig | None = None,
 ) -> pd.DataFrame:
-    """The rows of ``index`` that a nightly rebuild at ``as_of`` would serve: events that already started are
-    dropped (the ``upcoming_events`` filter of index selection, on the canonical ``starts_at``), where an
-    event cannot be joined once it started. Without it a held-out split is ranked against every past event
-    too, and a model that learned that documents with members are the ones people join ranks each new
-    event below all the old ones.
-
-    Whether a source's events stay clickable after they start is read from ``train`` (the training
-    examples; never the held-out ones): the filter applies when at most
-    :data:`MAX_CLICKS_ON_STARTED_EVENTS` of the training clicks on events came after the event started
-    (Meetup RSVPs: none; the synthetic world: people look past events up, and they stay served).
-    """
-    if "starts_at" not in documents.columns:
-        return index
-    if train is not None and len(train):
-        meta = _event_starts(train["doc_id"], documents)
-        events = (meta["doc_type"] == "event").to_numpy() & meta["starts_at"].notna().to_numpy()
-        if events.any():
-            after = pd.to_datetime(train["ts"], utc=True).to_numpy()[events] > pd.to_datetime(
-                meta.loc[events, "starts_at"], utc=True).to_numpy()
-            if after.mean() > MAX_CLICKS_ON_STARTED_EVENTS:
-                return index
-    keep = UpcomingEvents().keep(_event_starts(index["doc_id"], documents), pd.Timestamp(as_of), None)
-    return index[keep].reset_index(drop=True)
+    """The rows of ``index`` (one per document: :func:`index_documents`) that the nightly rebuilds of a
+    held-out period starting at ``as_of`` serve: the production selection (or ``selection``), decided by the
+    ``clicks`` (``doc_id``, ``ts``: the training clicks) as a rebuild decides it, applied as of ``as_of`` with
+    the activity and member aggregates of each document's row. Documents born after ``as_of`` stay: the
+    period's nightlies add them. What evaluation and early stopping rank against."""
+    chosen = (selection or SelectionConfig()).resolved(documents, clicks, as_of).model_copy(
+        update={"exists_as_of": False})
+    ids = index["doc_id"].astype(str)
+    docs = documents[documents["doc_id"].astype(str).isin(set(ids))]
+    kept, _ = _select(docs, index, as_of, chosen)
+    return index[ids.isin(set(kept["doc_id"])).to_numpy()].reset_index(drop=True)
 
 
 def document_snapshots_from_repo(repo, as_of: datetime | pd.Timestamp) -> pd.DataFrame:
@@ -168,3 +160,7 @@ def document_snapshots_from_repo(repo, as_of: datetime | pd.Timestamp) -> pd.Dat
     frames = [repo.read_source("document", d) for d in tqdm(days[first:], desc="read document snapshots",
                                                               unit="day", disable=None)]
     return pd.concat(frames, ignore_index=True)
+
+
+__all__ = ["CORPUS_COLUMNS", "CorpusError", "document_snapshots_from_repo", "index_corpus", "index_documents",
+           "rebuild_time", "served_documents", "snapshot_day_for"]

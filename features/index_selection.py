@@ -6,13 +6,19 @@ says which rows of the canonical ``documents`` table to keep, as of a point in t
 per-document aggregates (``member_count``, ``active_members_30d``: the document feature columns of
 ``features.schema``). :func:`select_documents` applies the filters that a :class:`SelectionConfig` turns on,
 in a fixed order, and reports how many documents each one removed.
+
+The defaults of :class:`SelectionConfig` are the production selection: the one definition of what the
+nightly index holds, used by the rebuild, by training's early stopping and by evaluation (which then measure
+the index that is served). Whether events leave the index once they start is decided from the clicks before
+the selection time (:meth:`SelectionConfig.resolved`): where people keep clicking events after they started,
+they stay.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,7 +56,8 @@ def _types_mask(docs: pd.DataFrame, doc_types: tuple[str, ...] | None) -> np.nda
 class SelectionFilter(Protocol):
     """A filter returns a keep-mask over the documents table (True = stays in the index)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def describe(self) -> str: ...
 
@@ -184,16 +191,55 @@ def _types(doc_types: list[str] | None) -> tuple[str, ...] | None:
     return tuple(doc_types) if doc_types else None
 
 
+MAX_CLICKS_ON_STARTED_EVENTS = 0.01  # above this share of event clicks after the start, started events stay
+CLICK_WINDOW_DAYS = 90  # the clicks before the selection time that decide upcoming_events="auto"
+
+
+def clicks_after_start(clicks: pd.DataFrame, documents: pd.DataFrame, as_of: Any,
+                       event_type: str = "event") -> float | None:
+    """Share of the clicks on dated events in the :data:`CLICK_WINDOW_DAYS` before ``as_of`` that came after
+    the event had started; None when there are none. ``clicks``: ``doc_id`` and ``ts`` per click."""
+    if "starts_at" not in documents.columns or clicks.empty:
+        return None
+    ts = _as_utc(as_of)
+    when = pd.to_datetime(clicks["ts"], utc=True)
+    window = ((when <= ts) & (when > ts - timedelta(days=CLICK_WINDOW_DAYS))).to_numpy()
+    events = documents.loc[documents["doc_type"] == event_type, ["doc_id", "starts_at"]].dropna()
+    starts = pd.to_datetime(events["starts_at"], utc=True)
+    start_of = pd.Series(starts.to_numpy(), index=events["doc_id"].astype(str).to_numpy())
+    start_of = start_of[~start_of.index.duplicated()]
+    clicked_start = clicks.loc[window, "doc_id"].astype(str).map(start_of)
+    dated = clicked_start.notna().to_numpy()
+    if not dated.any():
+        return None
+    after = when[window].to_numpy()[dated] > pd.to_datetime(clicked_start[dated], utc=True).to_numpy()
+    return float(after.mean())
+
+
+def session_clicks(sessions: pd.DataFrame) -> pd.DataFrame:
+    """One row (``doc_id``, ``ts``) per click of canonical ``sessions``: what :meth:`SelectionConfig.resolved`
+    reads."""
+    rows = sessions[["ts", "clicked"]].explode("clicked").dropna(subset=["clicked"])
+    return pd.DataFrame({"doc_id": rows["clicked"].astype(str).to_numpy(), "ts": rows["ts"].to_numpy()})
+
+
 class SelectionConfig(BaseModel):
-    """Which filters are on. Filters run in the order of the fields; ``None``/False means off."""
+    """Which filters are on. Filters run in the order of the fields; ``None``/False means off.
+
+    The defaults are the production selection (see the module docstring): no group without activity in the
+    last 90 days, and no event that already started unless the clicks show events are clicked after they
+    start (``"auto"``, decided by :meth:`resolved`); people always stay searchable.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     exists_as_of: bool = Field(True, description="drop documents created after as_of")
     doc_types: list[str] | None = Field(None, min_length=1, description="keep only these doc types")
-    active_within_days: float | None = Field(None, gt=0, description="keep documents active within N days")
-    active_doc_types: list[str] | None = Field(None, description="types the activity filter applies to")
-    upcoming_events: bool = Field(False, description="drop events whose starts_at is past")
+    active_within_days: float | None = Field(90, gt=0, description="keep documents active within N days")
+    active_doc_types: list[str] | None = Field(["group"], description="types the activity filter applies to")
+    upcoming_events: bool | Literal["auto"] = Field(
+        "auto", description="drop events whose starts_at is past; auto: unless more than 1% of the clicks on "
+                            "events in the 90 days before as_of came after the event started")
     event_type: str = Field("event", description="the doc_type that marks events")
     min_members: int | None = Field(None, ge=0, description="keep documents with >= N members")
     min_active_members: int | None = Field(None, ge=0, description="keep documents with >= N active members")
@@ -201,7 +247,22 @@ class SelectionConfig(BaseModel):
         None, description="types the member filters apply to (None: all types)"
     )
 
+    @classmethod
+    def everything(cls, **filters: Any) -> SelectionConfig:
+        """Only ``filters`` (and existence): every document known at the selection time otherwise."""
+        return cls(**{"active_within_days": None, "active_doc_types": None, "upcoming_events": False, **filters})
+
+    def resolved(self, documents: pd.DataFrame, clicks: pd.DataFrame, as_of: Any) -> SelectionConfig:
+        """This selection with ``upcoming_events="auto"`` decided by the clicks (``doc_id``, ``ts``) before
+        ``as_of`` (:func:`clicks_after_start`)."""
+        if self.upcoming_events != "auto":
+            return self
+        share = clicks_after_start(clicks, documents, as_of, self.event_type)
+        return self.model_copy(update={"upcoming_events": share is None or share <= MAX_CLICKS_ON_STARTED_EVENTS})
+
     def filters(self) -> list[SelectionFilter]:
+        if self.upcoming_events == "auto":
+            raise SelectionError('upcoming_events="auto" is decided by the clicks: call resolved() first')
         out: list[SelectionFilter] = []
         if self.exists_as_of:
             out.append(ExistsAsOf())
@@ -300,7 +361,11 @@ def member_aggregates(
 
 
 __all__ = [
+    "CLICK_WINDOW_DAYS",
     "ACTIVE_MEMBERS",
+    "MAX_CLICKS_ON_STARTED_EVENTS",
+    "clicks_after_start",
+    "session_clicks",
     "MEMBER_COUNT",
     "ActiveWithinDays",
     "DocTypes",

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EntityName = Literal["searcher", "document"]  # defined here for features.store, which imports this module
+
 
 class FeatureRepo(Protocol):
     """What a load needs of :class:`features.store.FeatureRepo` (which calls this module, so it is not
@@ -57,7 +59,7 @@ class FeatureRepo(Protocol):
     @property
     def store(self) -> feast.FeatureStore: ...
 
-    def source_dir(self, entity: str) -> Path: ...
+    def source_dir(self, entity: EntityName) -> Path: ...
 
 MARKER = "online_snapshot"
 _TABLE = "ebr_online_snapshot"  # in the SQLite online store, next to Feast's tables
@@ -223,7 +225,7 @@ def _write_marker(repo: FeatureRepo, entity: str, value: dict) -> None:
 # --------------------------------------------------------------------------- the load
 
 
-def load_snapshot(repo: FeatureRepo, entity: str, day: date, *, full: bool = False,
+def load_snapshot(repo: FeatureRepo, entity: EntityName, day: date, *, full: bool = False,
                   chunk_rows: int = 20_000, progress: bool = True) -> OnlineLoad:
     """Write the ``day`` snapshot of ``entity`` into the online store (see the module docstring)."""
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ from features.compute import (
     check_as_of,
 )
 from features.compute import compute_features as compute_features  # re-exported: part of this API
-from features.online_load import load_snapshot
+from features.online_load import EntityName, load_snapshot
 from features.repo import FEATURE_SERVICE_VERSION, PROJECT
 from features.schema import DOC_MULTI, DOC_NUMERIC, DOC_TIMES, SEARCHER_MULTI, SEARCHER_NUMERIC
 from infra.atomic import atomic_file
@@ -58,8 +58,7 @@ class _FileRegistryNote(logging.Filter):
 
 logging.getLogger("feast.repo_config").addFilter(_FileRegistryNote())
 
-EntityName = Literal["searcher", "document"]
-ENTITIES: tuple[str, ...] = ("searcher", "document")
+ENTITIES: tuple[EntityName, ...] = ("searcher", "document")
 COLUMNS: dict[str, tuple[str, ...]] = {"searcher": SEARCHER_COLUMNS, "document": DOCUMENT_COLUMNS}
 TEMPLATE = Path(__file__).resolve().parent / "repo" / "feature_store.yaml"
 _ROW = "__row__"
@@ -90,7 +89,7 @@ def _check_entity(entity: str) -> str:
     return entity
 
 
-def _to_arrow(df: pd.DataFrame, entity: str) -> pa.Table:
+def _to_arrow(df: pd.DataFrame, entity: EntityName) -> pa.Table:
     schema = arrow_schema(entity)
     if df.empty:  # a day before any data: empty columns have no element type to infer
         return schema.empty_table()
@@ -133,7 +132,7 @@ class FeatureRepo:
         self.online_store = online_store
         self._online_yaml = online_store_yaml(online_store, self.root)
         self._store: feast.FeatureStore | None = None
-        self._services: dict[str, object] = {}  # parsed FeatureService objects (parsing costs ms per call)
+        self._services: dict[str, feast.FeatureService] = {}  # parsed services (parsing costs ms per call)
 
     @classmethod
     def for_dataset(cls, dataset: str, home: Path | None = None) -> FeatureRepo:
@@ -183,10 +182,10 @@ class FeatureRepo:
         With ``day`` every row must belong to that day's snapshot (``snapshot_day(event_timestamp) == day``)
         and an empty frame writes an empty snapshot; without it, rows are split by their snapshot day.
         """
-        for entity, df in (("searcher", searcher_features), ("document", document_features)):
-            self._write_entity(entity, df, day)
+        self._write_entity("searcher", searcher_features, day)
+        self._write_entity("document", document_features, day)
 
-    def _write_entity(self, entity: str, df: pd.DataFrame, day: date | None) -> None:
+    def _write_entity(self, entity: EntityName, df: pd.DataFrame, day: date | None) -> None:
         key = KEYS[entity]
         missing = [c for c in COLUMNS[entity] if c not in df.columns]
         if missing:
@@ -305,7 +304,7 @@ class FeatureRepo:
             loads.append(load_snapshot(self, entity, days[-1], full=full, progress=progress))
         return loads
 
-    def _check_newest_holds_all(self, entity: str, days: list[date]) -> None:
+    def _check_newest_holds_all(self, entity: EntityName, days: list[date]) -> None:
         key = KEYS[entity]
         newest = set(pq.read_table(self.source_dir(entity) / f"{days[-1]}.parquet", columns=[key])
                      .column(key).to_pylist())

@@ -86,6 +86,7 @@ def validate_dataset(dataset_path: str, config: GateConfig,
 
     core = read_dataset(dataset_path, tables=INPUT_TABLES)
     manifest, tables = core.manifest, {n: getattr(core, n) for n in INPUT_TABLES}
+    assert manifest is not None  # read_dataset reads the manifest first (a directory without one raises)
     del core
     references = references_of(tables)
     reports = validate(tables, references)

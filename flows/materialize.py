@@ -81,7 +81,9 @@ class MaterializeParams(BaseModel):
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
             start = end = when.astimezone(timezone.utc).date() - timedelta(days=1)
-        days = days_between(start or end, end or start)
+        start, end = start or end, end or start
+        assert start is not None and end is not None  # one of them is given, or both were set above
+        days = days_between(start, end)
         picked = days[:: self.every_days]
         return picked if picked[-1] == days[-1] else [*picked, days[-1]]
 

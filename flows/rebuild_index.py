@@ -32,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ann.embedding import embed_documents_to_file, embed_rows, shard_bounds, write_vectors_to_file
 from ann.index import EmbeddingIndex, IndexConfig
 from ann.tuning import TuningConfig, TuningResult, tune_nprobe
-from features.corpus import index_corpus, rebuild_time, snapshot_day_for
-from features.index_selection import SelectionConfig, SelectionReport
+from features.corpus import NO_CLICKS, index_corpus, rebuild_time, snapshot_day_for
+from features.index_selection import CLICK_WINDOW_DAYS, SelectionConfig, SelectionReport, session_clicks
 from features.store import FeatureRepo
 from flows.gates import gate_inputs
 from flows.housekeeping import clean_up_leftovers
@@ -43,7 +43,7 @@ from infra.retries import retry_transient
 from infra.run_dirs import MARKER, finish_run_dir, new_run_dir, runs_root
 from infra.settings import get_settings
 from infra.storage import ArtifactStore
-from ingest.contract import read_dataset
+from ingest.contract import read_dataset, read_table
 from models.ensemble import is_cascade
 from models.registry import load_registered_model
 from serving.index_store import (
@@ -118,9 +118,22 @@ def read_inputs(dataset: str, as_of: date | None) -> tuple[pd.DataFrame, pd.Data
     return documents, repo.read_source("document", day), day
 
 
+@task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def read_clicks(dataset: str, documents: pd.DataFrame, at: datetime, selection: SelectionConfig) -> pd.DataFrame:
+    """The clicks that decide the selection (:meth:`SelectionConfig.resolved`): those of the sessions in the
+    window before ``at``, read only where the selection depends on them."""
+    if selection.upcoming_events != "auto" or "starts_at" not in documents.columns:
+        return NO_CLICKS
+    sessions = read_table(get_settings().dataset_path(dataset), "sessions", columns=["ts", "clicked"])
+    ts = pd.to_datetime(sessions["ts"], utc=True)
+    recent = (ts <= pd.Timestamp(at)) & (ts > pd.Timestamp(at) - pd.Timedelta(days=CLICK_WINDOW_DAYS))
+    return session_clicks(sessions[recent.to_numpy()])
+
+
 @task(cache_policy=NO_CACHE)
-def select_corpus(documents: pd.DataFrame, snapshot: pd.DataFrame, at: datetime, selection: SelectionConfig):
-    return index_corpus(documents, snapshot, at, selection)
+def select_corpus(documents: pd.DataFrame, snapshot: pd.DataFrame, at: datetime, selection: SelectionConfig,
+                  clicks: pd.DataFrame):
+    return index_corpus(documents, snapshot, at, selection, clicks)
 
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -158,7 +171,7 @@ def embed_corpus_sharded(model_name: str, version: str, dim: int, corpus: pd.Dat
 def embed_second_stage(model, corpus: pd.DataFrame, path: Path, batch_size: int) -> np.ndarray:
     """A cascade's second-stage document vectors, which the retriever re-scores the first stage's top N with."""
     class SecondStage:
-        def embed_documents(self, frame, batch_size):
+        def embed_documents(self, frame: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
             return model.rescore_documents(frame, batch_size=batch_size)
 
     return embed_documents_to_file(SecondStage(), corpus, path, model.rescore_dim, batch_size)
@@ -287,7 +300,8 @@ def rebuild_index(
                         "aggregates are stale; materialize the missing days first", snapshot_day,
                         STALE_SNAPSHOT_DAYS, as_of)
         at = rebuild_time(as_of, snapshot_day)
-        corpus, selection = select_corpus(documents, snapshot, at, params.selection)
+        clicks = read_clicks(dataset, documents, at, params.selection)
+        corpus, selection = select_corpus(documents, snapshot, at, params.selection, clicks)
         log.info("%s", selection.to_markdown())
         model, model_av = load_model(model_name)
 

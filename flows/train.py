@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evaluation.protocol import evaluate_split, protocol_exclusions
 from examples.build import fill_static_document_fields
 from examples.splits import split_cutoff
-from features.corpus import document_snapshots_from_repo, index_documents, servable
+from features.corpus import document_snapshots_from_repo, index_documents, served_documents
 from features.store import FeatureRepo
 from flows.housekeeping import clean_up_leftovers
 from infra.names import NAME_PATTERN, default_examples_name, default_model_name
@@ -126,10 +126,10 @@ def documents_as_of(snapshots: pd.DataFrame, as_of: pd.Timestamp, include_later:
 
 @task(retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def servable_index(dataset: str, index: pd.DataFrame, as_of: pd.Timestamp, train: pd.DataFrame) -> pd.DataFrame:
-    """The evaluation index as the nightly rebuild at ``as_of`` serves it (no event that already started,
-    where the training clicks show that events are not clicked once started)."""
+    """The evaluation index as the nightly rebuilds from ``as_of`` on serve it: the production index selection,
+    decided by the training clicks as a rebuild decides it (:func:`features.corpus.served_documents`)."""
     documents = read_dataset(get_settings().dataset_path(dataset), tables=("documents",)).documents
-    return servable(index, documents, as_of, train)
+    return served_documents(index, documents, as_of, train[["doc_id", "ts"]])
 
 
 @task(cache_policy=NO_CACHE)

@@ -9,6 +9,7 @@ contract violation fail the same way every time: retrying them triples the time 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 # S3 error codes that can pass: throttling, server-side failures, request timeouts.
@@ -18,7 +19,7 @@ TRANSIENT_S3_CODES = frozenset({
 })
 
 
-def _chain(exc: BaseException):
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

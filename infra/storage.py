@@ -343,9 +343,10 @@ class S3Backend:
             yield outer
             return
         seconds = self.timeouts.deadline_seconds
-        token = _DEADLINE.set((time.monotonic() + seconds, what, seconds))
+        deadline = (time.monotonic() + seconds, what, seconds)
+        token = _DEADLINE.set(deadline)
         try:
-            yield _DEADLINE.get()
+            yield deadline
         except Exception as exc:
             from boto3.exceptions import Boto3Error
             from botocore.exceptions import BotoCoreError, ClientError
@@ -877,7 +878,8 @@ class ArtifactStore:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         versions = {(k, n): self.list_versions(k, n) for k in self.list_kinds() for n in self.list_names(k)}
-        doomed, kept = [], []
+        doomed: list[ArtifactVersion] = []
+        kept: list[ArtifactVersion] = []
         for (k, n), avs in versions.items():
             cur = self.current(k, n)
             for av in avs[:-keep] if len(avs) > keep else []:

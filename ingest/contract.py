@@ -312,7 +312,9 @@ def _check_refs(
     df = tables[table]
     known = pd.Index(tables[target][target_col])
     s = df[col]
-    if SCHEMAS[table].column(col).kind == "list_string":
+    column = SCHEMAS[table].column(col)
+    assert column is not None  # callers name a column of the table's schema
+    if column.kind == "list_string":
         arr = pa.array(s, type=pa.list_(pa.string()), from_pandas=True)
         flat = arr.flatten()
         ok = pc.is_in(flat, value_set=pa.array(known.to_numpy(dtype=object), type=pa.string()))

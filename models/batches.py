@@ -46,10 +46,10 @@ class TrainBatch:
             return self
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TrainBatch(
-            self.queries.to(device), self.positives.to(device), mv(self.pos_ids),
-            None if self.negatives is None else self.negatives.to(device), mv(self.corpus_index),
-            mv(self.shared_ids),
-            mv(self.shared_logq), mv(self.pos_logq), mv(self.extra_index), mv(self.extra_ids),
+            self.queries.to(device), self.positives.to(device), self.pos_ids.to(device),
+            None if self.negatives is None else self.negatives.to(device), self.corpus_index.to(device),
+            self.shared_ids.to(device),
+            self.shared_logq.to(device), self.pos_logq.to(device), mv(self.extra_index), mv(self.extra_ids),
         )
 
 
@@ -114,6 +114,7 @@ class TrainingData:
 
     def _extra_rows(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         want = self.hard_per_example(len(rows))
+        assert self.extra is not None  # batch() asks for extra rows only when there are extra negatives
         extra = self.extra.pick(rows, max(1, int(np.ceil(want))), rng)
         if self.loss.easy_hard_ratio is not None:  # floor or ceil per example, so the mean is the ratio's
             n = np.floor(want) + (rng.random(len(rows)) < want - np.floor(want))

@@ -46,7 +46,7 @@ def _session_key(examples: pd.DataFrame) -> pd.Series:
 
 def session_targets(
     examples: pd.DataFrame, max_sessions: int = 10_000, seed: int = 0, qrels: pd.DataFrame | None = None,
-    consumed: Mapping[str, Sequence[str]] | None = None,
+    consumed: Mapping[str, Sequence[str] | np.ndarray] | None = None,
 ) -> EvalSessions:
     """Group examples into sessions; keep a seeded random sample of at most ``max_sessions``.
 
@@ -185,7 +185,7 @@ def evaluate(
     model: Embedder, examples_test: pd.DataFrame, documents: pd.DataFrame,
     ks: Sequence[int] = (1, 10, 50, 100), max_sessions: int = 10_000, qrels: pd.DataFrame | None = None,
     seed: int = 0, batch_size: int = 4096, doc_embeddings: np.ndarray | None = None, progress: bool = False,
-    consumed: Mapping[str, Sequence[str]] | None = None,
+    consumed: Mapping[str, Sequence[str] | np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` on held-out examples against the full document table (exact KNN).
 

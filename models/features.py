@@ -50,7 +50,8 @@ class TowerInputs:
             return self
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return TowerInputs(
-            self.n_rows, move(self.text_ids), move(self.text_offsets), move(self.text_weights),
+            self.n_rows, self.text_ids.to(device, non_blocking=True), self.text_offsets.to(device, non_blocking=True),
+            self.text_weights.to(device, non_blocking=True),
             move(self.ctx_ids), move(self.ctx_offsets), move(self.ctx_weights), move(self.numeric),
             move(self.pretrained),
         )
@@ -246,6 +247,7 @@ class Featurizer:
     # columns and fitted state give equal tables (``signature``).
     CONFIG_FIELDS = ("word_ngrams", "max_text_chars", "max_body_chars", "trigram_buckets", "word_buckets",
                      "bigram_buckets", "context_buckets", "pretrained_text")
+    _signature: str | None  # computed on first use, reset when ``fitted`` changes
 
     def __init__(self, cfg: ModelConfig, columns: TowerColumns, what: str):
         self.cfg, self.columns, self.what = cfg, columns, what

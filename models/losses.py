@@ -61,7 +61,9 @@ def score_candidates(x: LossInputs) -> ScoredCandidates:
     logq = None if x.shared_logq is None else x.shared_logq[None, :].expand(b, -1)
     if x.d_extra is not None and x.d_extra.shape[1] > 0:
         neg_e = torch.einsum("be,bke->bk", x.q, x.d_extra)  # (B, K)
-        mask_e = (x.extra_ids >= 0) & (x.extra_ids != x.pos_ids[:, None])  # (B, K) padding, hits out
+        extra_ids = x.extra_ids
+        assert extra_ids is not None  # extra negatives come with their doc ids (RetrievalObjective.loss_inputs)
+        mask_e = (extra_ids >= 0) & (extra_ids != x.pos_ids[:, None])  # (B, K) padding, hits out
         neg = torch.cat([neg, neg_e], dim=1)
         mask = torch.cat([mask, mask_e], dim=1)
         shared = torch.cat([shared, torch.zeros_like(mask_e)], dim=1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -176,7 +176,7 @@ def known_positive_keys(train: pd.DataFrame, doc_row: pd.Series, pseudo_share: f
         pseudo = distinct > pseudo_share * distinct.sum()
         searchers = np.where(pd.Series(searchers).map(pseudo).to_numpy(bool), "", searchers)
     s_codes, s_uniq = pd.factorize(searchers)
-    q_text = normalize_query(train["query"]).to_numpy(object)[ok]
+    q_text = cast(pd.Series, normalize_query(train["query"])).to_numpy(object)[ok]  # a Series in, a Series out
     q_codes, q_uniq = pd.factorize(q_text)
     has_q = q_text != ""
     real = searchers != ""
@@ -193,11 +193,12 @@ def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == keys
 
 
-def _search(index: EmbeddingIndex | None, doc_emb: np.ndarray, q: np.ndarray, k: int,
+def _search(index: EmbeddingIndex | None, doc_emb: np.ndarray | None, q: np.ndarray, k: int,
             nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows) of the top-k: through ``index``, or exact (matmul) when it is None."""
+    """(scores, rows) of the top-k: through ``index``, or exact (matmul) over ``doc_emb`` when it is None."""
     if index is not None:
         return index.search(q, k, nprobe=nprobe)
+    assert doc_emb is not None  # an exact search is always given the vectors
     import torch
 
     scores = torch.from_numpy(np.ascontiguousarray(q)) @ torch.from_numpy(doc_emb).T
@@ -328,7 +329,8 @@ def plan_mining(model, examples: pd.DataFrame, documents: pd.DataFrame, config: 
     pos_score[inside] = np.einsum("ij,ij->i", q_emb[codes[inside]], doc_emb[pos_rows[inside].astype(np.int64)])
     best_positive = pd.Series(pos_score).groupby(codes).max().reindex(range(len(first))).to_numpy()
     q_searcher = np.array([s_code.get(s, -1) for s in q_frame["searcher_id"].astype(str)], np.int64)
-    q_query = np.array([q_code.get(q, -1) for q in normalize_query(q_frame["query"]).to_numpy(object)], np.int64)
+    q_norm = cast(pd.Series, normalize_query(q_frame["query"]))  # a Series in, a Series out
+    q_query = np.array([q_code.get(q, -1) for q in q_norm.to_numpy(object)], np.int64)
     space = SearchSpace(index, shard, q_emb, q_searcher, q_query, searcher_keys, query_keys, best_positive,
                         n_docs, k, config)
     n_check = min(config.exact_check_queries, len(q_emb))

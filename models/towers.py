@@ -8,6 +8,8 @@ is the same class with ``ModelConfig.use_context=False``: no context table, no c
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 import torch
@@ -39,6 +41,8 @@ class PretrainedMix(nn.Module):
     encoder misses. ``w`` is fixed (a buffer, chosen on validation): learned on the training clicks it
     would drift towards the towers' own part, which can memorize them, at the cost of held-out queries.
     One instance is shared by both towers: the same ``w`` on each side."""
+
+    w: torch.Tensor  # a registered buffer
 
     def __init__(self, weight: float):
         super().__init__()
@@ -126,7 +130,7 @@ class TwoTowerModel(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.EmbeddingBag) and id(m.weight) not in seen:
                 seen.add(id(m.weight))
-                out.append(m.weight)
+                out.append(cast(nn.Parameter, m.weight))  # torch annotates an EmbeddingBag's weight as a Tensor
         return out
 
     def dense_parameters(self) -> list[nn.Parameter]:

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -127,7 +127,7 @@ def train(
     feature_service: str = "",
     resume: bool = True,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
-    consumed: Mapping[str, Sequence[str]] | None = None,
+    consumed: Mapping[str, Sequence[str] | np.ndarray] | None = None,
     valid_documents: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Train a two-tower model on examples; write ``checkpoint.pt`` and ``model.pt`` under ``out_dir``.
@@ -143,8 +143,8 @@ def train(
     - ``consumed``: searcher_id -> doc_ids never retrieved for that searcher in validation (the
       recommendation protocol of :mod:`evaluation.protocol`), so early stopping scores what the test scores.
     - ``valid_documents``: the index validation retrieves from, when it is not ``documents``: what a
-      nightly at the validation cutoff would serve (``evaluation.protocol.servable``: no started events), as
-      the test split is ranked against what is servable at its cutoff.
+      nightly at the validation cutoff would serve (``features.corpus.served_documents``: the production
+      selection), as the test split is ranked against what is served at its cutoff.
     """
     cfg = config or TrainConfig()
     _check_inputs(examples_train, documents)
@@ -162,7 +162,7 @@ def train(
 def _train(
     examples_train: pd.DataFrame, examples_valid: pd.DataFrame | None, documents: pd.DataFrame,
     cfg: TrainConfig, out_dir: Path, init_from: Path | None, feature_service: str, resume: bool,
-    callbacks: Sequence[Callable[[StepInfo], None]], consumed: Mapping[str, Sequence[str]] | None = None,
+    callbacks: Sequence[Callable[[StepInfo], None]], consumed: Mapping[str, Sequence[str] | np.ndarray] | None = None,
     valid_documents: pd.DataFrame | None = None,
 ) -> TrainResult:
     device = resolve_device(cfg.device)
@@ -287,7 +287,7 @@ def _train(
         bar.close()
         run["seconds"] += time.perf_counter() - t0
 
-        record = {
+        record: dict[str, Any] = {
             "epoch": epoch + 1, "train_loss": run["loss_sum"] / max(run["examples"], 1),
             "examples": run["examples"], "train_seconds": run["seconds"],
             "examples_per_s": run["examples"] / max(run["seconds"], 1e-9),

@@ -117,12 +117,14 @@ class VectorStore:
 
     def _write(self, sql: str, rows: list) -> None:
         """``sql`` for every row, in one transaction (the caller holds the lock)."""
-        self._db.execute("BEGIN IMMEDIATE")
+        db = self._db
+        assert db is not None  # callers hold the lock and have checked that the store is on
+        db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(sql, rows)
-            self._db.execute("COMMIT")
+            db.executemany(sql, rows)
+            db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
 
     def put(self, vectors: Mapping[str, np.ndarray]) -> None:

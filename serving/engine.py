@@ -105,6 +105,7 @@ class Engine:
                 cur = self._eval(child, cur, q, nn_hits)
                 if not cur:
                     return BitMap()
+            assert cur is not None  # an and has children (the parser needs one): cur is a child's result
             return cur
         if isinstance(e, Or):
             return BitMap.union(*(self._eval(c, allowed, q, nn_hits) for c in e.children))
@@ -112,6 +113,7 @@ class Engine:
             base = allowed if allowed is not None else self.terms.universe()
             return base - self._eval(e.child, allowed, q, nn_hits)
         if isinstance(e, NN):
+            assert q is not None  # run() refuses an expression with an nn operator but no query vector
             return self._nn(e, allowed, q, nn_hits)
         raise TypeError(f"not an expression: {e!r}")
 

@@ -46,7 +46,8 @@ def scope_terms(searcher: dict, config: HybridConfig) -> list[str]:
         if field == "cluster":
             clusters = as_list(searcher.get("clusters"))
             weights = as_list(searcher.get("clusters_weights")) or [1.0] * len(clusters)
-            order = np.argsort(-np.asarray(weights, float), kind="stable")[: config.max_clusters] if clusters else []
+            order: np.ndarray | list[int] = (
+                np.argsort(-np.asarray(weights, float), kind="stable")[: config.max_clusters] if clusters else [])
             out += [t for i in order if (t := value_term("cluster", clusters[i]))]
         else:
             t = value_term(field, searcher.get(_SCOPE_COLUMN[field]))

@@ -91,7 +91,9 @@ class IndexValidation(BaseModel):
             *([f"| held-out recall@{self.k} (clicked documents in the top {self.k}) | "
                f"{self.held_out_recall_at_k:.4f} | "
                + (f"current `{self.compared_with}`: {self.current_held_out_recall_at_k:.4f}, new >= x"
-                  f"{1 - self.max_held_out_drop:.2f} |" if self.current_held_out_recall_at_k is not None
+                  f"{1 - self.max_held_out_drop:.2f} |"
+                  # validate_index sets both or neither
+                  if self.current_held_out_recall_at_k is not None and self.max_held_out_drop is not None
                   else "- |")] if self.held_out_recall_at_k is not None else []),
             f"| documents indexed | {self.indexed_documents} | = {self.expected_documents} |",
             f"| index bytes | {self.index_bytes} | <= {self.max_index_bytes or 'any'} |",
@@ -218,7 +220,7 @@ def validate_index(
         failures.append(f"the index takes {index_bytes} bytes, more than max_index_bytes {config.max_index_bytes}")
     changes, drops = [], []
     comparable = current is not None and current.k == k and current.kind == index.kind
-    current_recall = current.recall_at_k if comparable else None
+    current_recall = current.recall_at_k if current is not None and comparable else None
     if current is not None and type_counts is not None:
         changes = count_changes(current.type_counts, type_counts)
         drops = drop_failures(changes, config.max_drop)
@@ -229,7 +231,8 @@ def validate_index(
     held_out = held_out_recall(index, queries, targets, k) if targets is not None else None
     current_held_out = (current.held_out_recall_at_k if current is not None and current.k == k and held_out is not None
                         else None)
-    if current_held_out is not None and held_out < current_held_out * (1 - config.max_held_out_drop):
+    if (current_held_out is not None and held_out is not None
+            and held_out < current_held_out * (1 - config.max_held_out_drop)):
         drops.append(f"held-out recall@{k} would fall from {current_held_out:.4f} (current version) to "
                      f"{held_out:.4f}, more than {config.max_held_out_drop:.0%}; if this is a real change, rebuild "
                      "with accept_drop (ebr rebuild-index --accept-drop)")

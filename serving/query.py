@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Union, cast
 
 MAX_LENGTH = 4096
 MAX_DEPTH = 16
@@ -83,6 +83,7 @@ def _tokens(text: str) -> list[tuple[str, int]]:
             i += 1
         else:
             m = _ATOM.match(text, i)
+            assert m is not None  # text[i] is neither space nor a parenthesis: an atom starts here
             out.append((m.group(0), i))
             i = m.end()
     return out
@@ -159,7 +160,8 @@ class _Parser:
             opts[name[1:]] = self.number(name, value, vpos)
         if "radius" not in opts and "k" not in opts:
             raise self.error("nn needs :radius (cosine threshold) or :k (top-k)", kpos)
-        return NN(key, opts.get("radius"), opts.get("k"), opts.get("nprobe"))
+        # number() gives an int for :k and :nprobe
+        return NN(key, opts.get("radius"), cast("int | None", opts.get("k")), cast("int | None", opts.get("nprobe")))
 
     def number(self, name: str, value: str, pos: int) -> float | int:
         try:
@@ -188,8 +190,8 @@ def parse(text: str) -> Expr:
     if not p.toks:
         raise QuerySyntaxError("empty query", 0)
     out = p.expr(1)
-    if p.peek() is not None:
-        raise p.error(f"unexpected {p.peek()[0]!r} after the end of the expression")
+    if (nxt := p.peek()) is not None:
+        raise p.error(f"unexpected {nxt[0]!r} after the end of the expression")
     return out
 
 

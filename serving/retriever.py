@@ -27,7 +27,7 @@ from features.online_read import OnlineReader
 from features.schema import searcher_column
 from features.store import FeatureRepo
 from infra.storage import ArtifactNotFoundError, ArtifactStore
-from models.ensemble import is_cascade, rerank
+from models.ensemble import Cascade, WeightedConcat, is_cascade, rerank
 from models.registry import load_registered_model
 from serving.engine import Engine
 from serving.errors import (
@@ -73,7 +73,8 @@ class HybridResult:
 class Retriever:
     """Embedding-based retrieval over one published index (see the module docstring)."""
 
-    def __init__(self, dataset: str, published: PublishedIndex, model: TwoTowerModel, features: FeatureRepo):
+    def __init__(self, dataset: str, published: PublishedIndex, model: TwoTowerModel | WeightedConcat | Cascade,
+                 features: FeatureRepo):
         self.dataset = dataset
         self.index = published.index
         self.manifest: IndexManifest = published.manifest
@@ -180,7 +181,7 @@ class Retriever:
         least k, which its second stage re-scores; the scores are then the second stage's cosines)."""
         frame = self.query_record(request)
         q = self.model.embed_queries(frame)
-        depth = request.k if self.rescore is None else max(request.k, self.model.rerank_n)
+        depth = request.k if self.rescore is None else max(request.k, self._cascade.rerank_n)
         if request.radius is None:
             scores, ids = self.index.search(q, depth, nprobe=request.nprobe)
             ids, scores = ids[0], scores[0]
@@ -199,12 +200,12 @@ class Retriever:
             raise InvalidRequestError(f"{len(queries)} queries but {len(searcher_ids)} searcher ids")
         if not len(queries):
             return []
-        for q, sid in zip(queries, searcher_ids):
-            NNRequest(q, sid, k, None, nprobe)  # the same checks as one request
+        for text, sid in zip(queries, searcher_ids):
+            NNRequest(text, sid, k, None, nprobe)  # the same checks as one request
         records = [self._record(q, s, f) for q, s, f in
                    zip(queries, searcher_ids, self.searchers_features(searcher_ids))]
         q = self.model.embed_queries(records)
-        depth = k if self.rescore is None else max(k, self.model.rerank_n)
+        depth = k if self.rescore is None else max(k, self._cascade.rerank_n)
         scores, ids = self.index.search(q, depth, nprobe=nprobe)
         out = []
         for i in range(len(records)):
@@ -220,9 +221,17 @@ class Retriever:
         ids = ids[ids >= 0]
         if not len(ids):
             return ids, np.zeros(0, np.float32)
-        q2 = self.model.rescore_queries(frame)
-        rows = rerank(ids[None, :], q2, self.rescore, self.model.rerank_n)[0][0]
-        return rows, (np.asarray(self.rescore[rows]) @ q2[0]).astype(np.float32)
+        cascade, rescore = self._cascade, self.rescore
+        assert rescore is not None  # callers re-rank only when the index has second-stage vectors
+        q2 = cascade.rescore_queries(frame)
+        rows = rerank(ids[None, :], q2, rescore, cascade.rerank_n)[0][0]
+        return rows, (np.asarray(rescore[rows]) @ q2[0]).astype(np.float32)
+
+    @property
+    def _cascade(self) -> Cascade:
+        """The model, when ``self.rescore`` is set: only a cascade has second-stage vectors (``__init__``)."""
+        assert isinstance(self.model, Cascade)
+        return self.model
 
     def search(self, query: str, searcher_id: str, k: int = 10, expression: str | None = None,
                config=None) -> "HybridResult":

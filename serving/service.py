@@ -186,6 +186,7 @@ def create_app(state: ServingState, request_timeout: float = 2.0):
     @app.post("/search", response_model=SearchResponse)
     async def search(req: SearchRequest):
         served = state.served  # this request's version, whatever is swapped in meanwhile
+        assert served is not None  # a started state (create_app's input): start() set it, swaps only replace it
         try:
             body = await asyncio.wait_for(run_in_threadpool(run, req, served), timeout=request_timeout)
             return Response(content=body, media_type="application/json")

@@ -66,7 +66,7 @@ def document_terms(corpus: pd.DataFrame) -> pd.DataFrame:
         if col in corpus.columns:
             terms = [value_term(field, v) for v in corpus[col].to_numpy(object)]
             keep = [i for i, t in enumerate(terms) if t]
-            add(keep, [terms[i] for i in keep])
+            add(keep, [t for t in terms if t])
     for field, col in (("cluster", "member_clusters"), ("tag", "tags")):
         if col in corpus.columns:
             vals = [[value_term(field, v) for v in as_list(c)] for c in corpus[col].to_numpy(object)]

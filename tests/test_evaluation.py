@@ -12,7 +12,7 @@ from bench.rankers import evaluate_ranker
 from evaluation.protocol import consumed_documents, protocol_exclusions
 from examples.build import fill_static_document_fields
 from examples.splits import split_cutoff
-from features.corpus import index_documents, servable
+from features.corpus import index_documents, served_documents
 from models.config import LossConfig, ModelConfig, TrainConfig
 from models.evaluate import exclusion_rows, ranking_metrics, retrieval_metrics, session_targets
 from models.knn import top_k
@@ -195,14 +195,19 @@ def test_the_evaluation_index_serves_no_event_that_already_started():
     documents = pd.DataFrame({
         "doc_id": ["past", "soon", "group", "undated"], "doc_type": ["event", "event", "group", "event"],
         "starts_at": [T("2024-01-01"), T("2024-03-01"), pd.NaT, pd.NaT],
+        "created_at": T("2023-06-01"), "last_active_at": T("2024-01-25"),
     })
     index = pd.DataFrame({"doc_id": ["group", "past", "soon", "undated"], "title": ["g", "p", "s", "u"]})
-    got = servable(index, documents, T("2024-02-01"))
+    no_clicks = pd.DataFrame({"doc_id": pd.Series([], dtype=object), "ts": pd.Series([], dtype="datetime64[ns, UTC]")})
+    got = served_documents(index, documents, T("2024-02-01"), no_clicks)
     assert got["doc_id"].tolist() == ["group", "soon", "undated"] and got["title"].tolist() == ["g", "s", "u"]
-    assert servable(index, documents.drop(columns="starts_at"), T("2024-02-01")).equals(index)
+    assert served_documents(index, documents.drop(columns="starts_at"), T("2024-02-01"), no_clicks).equals(index)
     # RSVPs before the start (Meetup): the filter applies; clicks after the start (people look past events
     # up, as in the synthetic world): started events stay served
     before = pd.DataFrame({"doc_id": ["past", "soon"], "ts": [T("2023-12-01"), T("2024-01-15")]})
-    assert servable(index, documents, T("2024-02-01"), before)["doc_id"].tolist() == ["group", "soon", "undated"]
+    assert served_documents(index, documents, T("2024-02-01"), before)["doc_id"].tolist() == ["group", "soon", "undated"]
     after = pd.DataFrame({"doc_id": ["past", "soon"], "ts": [T("2024-01-20"), T("2024-01-15")]})
-    assert servable(index, documents, T("2024-02-01"), after).equals(index)
+    assert served_documents(index, documents, T("2024-02-01"), after).equals(index)
+    # a group without activity in the 90 days before the cutoff is not served either
+    stale = documents.assign(last_active_at=[T("2024-01-25"), T("2024-01-25"), T("2023-09-01"), T("2024-01-25")])
+    assert "group" not in served_documents(index, stale, T("2024-02-01"), after)["doc_id"].tolist()

@@ -72,7 +72,7 @@ def ids(df: pd.DataFrame) -> list[str]:
 
 
 def test_configured_filters_remove_known_documents_in_order(documents, aggregates):
-    config = SelectionConfig(
+    config = SelectionConfig.everything(
         active_within_days=30, upcoming_events=True, min_members=5, member_doc_types=["group"]
     )
     selected, report = select_documents(documents, AS_OF, config, aggregates)
@@ -89,10 +89,10 @@ def test_configured_filters_remove_known_documents_in_order(documents, aggregate
     assert "5 of 10 kept" in md and "| upcoming_events |" in md
 
 
-def test_defaults_only_drop_documents_from_the_future(documents):
-    selected, report = select_documents(documents, AS_OF)
+def test_without_filters_only_documents_from_the_future_go(documents):
+    selected, report = select_documents(documents, AS_OF, SelectionConfig.everything())
     assert "p2" not in ids(selected) and len(selected) == 9
-    everything, report = select_documents(documents, AS_OF, SelectionConfig(exists_as_of=False))
+    everything, report = select_documents(documents, AS_OF, SelectionConfig.everything(exists_as_of=False))
     assert len(everything) == 10 and report.steps == []
 
 
@@ -114,7 +114,7 @@ def test_single_filters(documents, aggregates):
 
 
 def test_doc_types_from_config(documents):
-    selected, report = select_documents(documents, AS_OF, SelectionConfig(doc_types=["event"]))
+    selected, report = select_documents(documents, AS_OF, SelectionConfig.everything(doc_types=["event"]))
     assert ids(selected) == ["e1", "e2", "e3"]
     assert [s.removed for s in report.steps] == [1, 6]
 
@@ -136,7 +136,7 @@ def test_member_aggregates_feed_the_member_filters(documents):
     assert by_doc.loc["g1", "active_members_30d"] == 1  # only a: b is too old, c is after as_of
     assert by_doc.loc["g2", "active_members_30d"] == 1
     selected, _ = select_documents(
-        documents, AS_OF, SelectionConfig(min_members=2, member_doc_types=["group"]), agg
+        documents, AS_OF, SelectionConfig.everything(min_members=2, member_doc_types=["group"]), agg
     )
     assert [d for d in ids(selected) if d.startswith("g")] == ["g1"]
 
@@ -147,16 +147,58 @@ def test_aggregate_columns_are_the_feature_columns():
 
 def test_errors_say_what_is_needed(documents):
     with pytest.raises(SelectionError, match="aggregates"):
-        select_documents(documents, AS_OF, SelectionConfig(min_members=2))
+        select_documents(documents, AS_OF, SelectionConfig.everything(min_members=2))
     with pytest.raises(SelectionError, match="timezone-aware"):
         select_documents(documents, pd.Timestamp("2024-06-01"))
     with pytest.raises(SelectionError, match="last_active_at"):
-        select_documents(documents.drop(columns=["last_active_at"]), AS_OF, SelectionConfig(active_within_days=3))
+        select_documents(documents.drop(columns=["last_active_at"]), AS_OF, SelectionConfig.everything(active_within_days=3))
     with pytest.raises(SelectionError, match="member_count"):
-        select_documents(documents, AS_OF, SelectionConfig(min_members=1), pd.DataFrame({"doc_id": ["g1"]}))
+        select_documents(documents, AS_OF, SelectionConfig.everything(min_members=1), pd.DataFrame({"doc_id": ["g1"]}))
     with pytest.raises(SelectionError, match="days > 0"):
         ActiveWithinDays(0)
     with pytest.raises(ValueError):
         SelectionConfig(active_within_days=-1)
     with pytest.raises(ValueError):
         SelectionConfig(unknown_filter=True)
+
+
+# --------------------------------------------------------------------------- the production selection
+
+
+def clicks(*rows: tuple[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({"doc_id": [r[0] for r in rows], "ts": [ts(r[1]) for r in rows]})
+
+
+def test_the_production_selection_is_the_default_and_is_decided_by_the_clicks(documents):
+    production = SelectionConfig()
+    with pytest.raises(SelectionError, match="resolved"):
+        select_documents(documents, AS_OF, production)  # "auto" is a decision, not a filter
+    # RSVP-like clicks, all before the event starts: started events leave the index
+    before = production.resolved(documents, clicks(("e1", "2024-05-20"), ("e2", "2024-05-10")), AS_OF)
+    assert before.upcoming_events is True
+    selected, report = select_documents(documents, AS_OF, before)
+    assert ids(selected) == ["g1", "g3", "e1", "e3", "p1", "m1", "m2"]  # no inactive group, no started event
+    assert [s.name for s in report.steps] == ["exists_as_of", "active_within_days", "upcoming_events"]
+    # people look events up after they started: started events stay
+    after = production.resolved(documents, clicks(("e2", "2024-05-20"), ("e1", "2024-05-21")), AS_OF)
+    assert after.upcoming_events is False
+    assert "e2" in ids(select_documents(documents, AS_OF, after)[0])
+    # clicks older than the window decide nothing; without event clicks started events leave
+    assert production.resolved(documents, clicks(("e2", "2023-12-01")), AS_OF).upcoming_events is True
+    assert production.resolved(documents, clicks(), AS_OF).upcoming_events is True
+    assert SelectionConfig.everything().resolved(documents, clicks(), AS_OF).filters()[0].name == "exists_as_of"
+
+
+def test_evaluation_ranks_the_documents_the_rebuild_indexes(documents, aggregates):
+    """One selection for the rebuild and for evaluation: at the same time and with the same clicks, the
+    evaluation index holds the rebuild's corpus, plus the documents born later that the next nightlies add."""
+    from features.compute import FEATURE_TS
+    from features.corpus import AGGREGATE_FIELDS, index_corpus, served_documents
+
+    snapshot = documents[["doc_id", "last_active_at"]].merge(aggregates, on="doc_id", how="left")
+    snapshot = snapshot.assign(**{c: None for c in AGGREGATE_FIELDS if c not in snapshot.columns})
+    snapshot = snapshot.assign(**{FEATURE_TS: AS_OF, "created_at": documents["created_at"], "updated_at": AS_OF})
+    seen = clicks(("e1", "2024-05-20"))
+    corpus, _ = index_corpus(documents, snapshot, AS_OF, clicks=seen)
+    served = served_documents(snapshot, documents, AS_OF, seen)
+    assert set(served["doc_id"]) == set(corpus["doc_id"]) | {"p2"}  # p2 is born after AS_OF

@@ -158,7 +158,7 @@ def test_corpus_as_of_a_past_day_uses_that_days_snapshot(world):
     at = rebuild_time(past, days[2])
     assert at == as_of_for_day(past)
     snapshot = world.repo.read_source("document", days[2])
-    corpus, report = index_corpus(world.data.documents, snapshot, at)
+    corpus, report = index_corpus(world.data.documents, snapshot, at, SelectionConfig.everything())
     docs = world.data.documents
     existing = docs[pd.to_datetime(docs["created_at"], utc=True) <= pd.Timestamp(at)]
     assert sorted(corpus["doc_id"]) == sorted(existing["doc_id"])
@@ -218,7 +218,7 @@ def test_flow_publishes_the_selected_documents_with_a_manifest(published, world)
     from serving.index_store import load_index
     from serving.index_validation import ValidationConfig
 
-    selection = SelectionConfig(doc_types=["group", "event"], min_members=3, member_doc_types=["group"])
+    selection = SelectionConfig.everything(doc_types=["group", "event"], min_members=3, member_doc_types=["group"])
     # a deliberate change of the corpus: the drop against the current version is accepted
     ref = rebuild_index(dataset=DATASET, params=RebuildParams(selection=selection,
                                                               validation=ValidationConfig(accept_drop=True)))
@@ -327,7 +327,7 @@ def test_a_large_drop_against_the_current_version_is_refused_unless_accepted(pub
     store = ArtifactStore.from_settings()
     rebuild_index(dataset=DATASET)  # a full corpus is current
     before = store.get("index", DATASET)
-    only_groups = SelectionConfig(doc_types=["group"])
+    only_groups = SelectionConfig.everything(doc_types=["group"])
     with pytest.raises(IndexValidationError, match="would drop") as err:
         rebuild_index(dataset=DATASET, params=RebuildParams(selection=only_groups))
     v = err.value.validation
@@ -416,7 +416,7 @@ def test_upload_failure_mid_publish_leaves_the_previous_index_current(world, s3_
     staged, manifest, corpus, _, _ = stage_plain(world, tmp_path / "v1")
     first = publish_index(good, DATASET, staged, manifest)
 
-    groups = SelectionConfig(doc_types=["group"])
+    groups = SelectionConfig.everything(doc_types=["group"])
     staged2, manifest2, corpus2, _, _ = stage_plain(world, tmp_path / "v2", selection=groups)
     flaky = store(FailingS3Backend, ok=1)
     with pytest.raises(ConnectionError, match="injected"):

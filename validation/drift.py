@@ -64,11 +64,11 @@ def time_span_days(df: pd.DataFrame, table: str) -> float | None:
     return max(1.0, float((ts.max() - ts.min()) / pd.Timedelta(days=1)))
 
 
-def profile(df: pd.DataFrame, table: str) -> dict[str, dict[str, float]]:
+def profile(df: pd.DataFrame, table: str) -> dict[str, dict[str, float | list[str]]]:
     """Per profiled column: null share, top-value share and the share of the top values (of non-null
     values); text: mean words. Columns absent from ``df`` are skipped."""
     spec = PROFILED.get(table, {"categorical": (), "text": ()})
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | list[str]]] = {}
     n = len(df)
     for col in spec["categorical"]:
         if col not in df.columns or not n:

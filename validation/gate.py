@@ -53,7 +53,7 @@ class GateSuite:
         lo, hi = self.min_rows, self.max_rows
         if previous is not None and self.row_count_tolerance is not None and previous.row_count > 0:
             tol = self.row_count_tolerance
-            expected = previous.row_count
+            expected: float = previous.row_count
             if days and previous.days:
                 expected = previous.row_count * days / previous.days
             lo = max(lo, math.ceil(expected * (1 - tol)))

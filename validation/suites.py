@@ -238,9 +238,9 @@ def input_suite(table: str, columns: Iterable[str], config: GateConfig | None = 
         expectations = lambda: table_expectations(schema, columns, config) + _relation_expectations(table, refs)  # noqa: E731
         derive = _derive_references(table, refs) if refs else None
     else:
-        refs = references if table == "sessions" else None
-        expectations = lambda: table_expectations(schema, columns, config) + _reference_expectations(refs)  # noqa: E731
-        derive = _derive_sessions(refs) if table == "sessions" else None
+        ids = references if table == "sessions" else None  # not refs: that name holds a dict above
+        expectations = lambda: table_expectations(schema, columns, config) + _reference_expectations(ids)  # noqa: E731
+        derive = _derive_sessions(ids) if table == "sessions" else None
     return GateSuite(
         name=table, expectations=expectations, derive=derive,
         min_rows=0 if table in OPTIONAL_TABLES else 1,
