@@ -74,9 +74,12 @@ def generate(
     preset: str = typer.Option("default", help="world size: tiny, default, large or 1m"),
     seed: int = typer.Option(0, help="random seed (same seed, same world)"),
     name: Optional[str] = typer.Option(None, help="dataset name (default: synthetic-<preset>)"),
+    force: bool = typer.Option(False, "--force", help="replace a dataset of that name generated otherwise"),
 ) -> None:
-    """Generate the synthetic social-search world and write it as a canonical dataset."""
-    from ingest.contract import write_dataset
+    """Generate the synthetic social-search world and write it as a canonical dataset. The same preset and
+    seed give the same world, so writing it again changes nothing; a dataset of that name made otherwise (its
+    features, models and indexes describe it) is replaced only with --force."""
+    from ingest.contract import MANIFEST, read_manifest, write_dataset
     from ingest.synthetic import WorldConfig, generate_world
 
     try:
@@ -84,12 +87,21 @@ def generate(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--preset") from None
     try:
-        target = _settings().dataset_path(name or f"synthetic-{preset}")
+        target = _settings().dataset_path(name if name is not None else f"synthetic-{preset}")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--name") from None
+    params = config.model_dump(mode="json")
+    if (target / MANIFEST).exists() and not force:
+        existing = read_manifest(target)
+        if existing.source != "synthetic" or existing.params != params:
+            typer.echo(f"error: dataset {target.name!r} already exists ({existing.source}, "
+                       f"{'other parameters' if existing.source == 'synthetic' else 'another source'}) and its "
+                       "features, models and indexes describe it; pass --force to replace it, or choose --name",
+                       err=True)
+            raise typer.Exit(2)
     start = time.perf_counter()
     world = generate_world(config)
-    manifest = write_dataset(world, target, source="synthetic", params=config.model_dump(mode="json"))
+    manifest = write_dataset(world, target, source="synthetic", params=params)
     _print_counts(manifest, target, time.perf_counter() - start)
 
 
@@ -376,6 +388,10 @@ def demo(
 ) -> None:
     """The end-to-end job on the embedded default: world, features, gated examples, training, evaluation,
     a validated index, and a few searches."""
+    from cli.runtime import debug_enabled, quiet_console
+
+    if not debug_enabled():
+        quiet_console()  # the demo's output is its tables and progress bars; runs keep their logs in Prefect
     from datetime import timedelta
 
     from flows.nightly import nightly as nightly_flow
@@ -383,7 +399,7 @@ def demo(
     from ingest.synthetic import WorldConfig
 
     start = time.perf_counter()
-    generate(preset=preset, seed=0, name=None)
+    generate(preset=preset, seed=0, name=None, force=False)
     dataset = f"synthetic-{preset}"
     world = WorldConfig.preset(preset)
     first, last = world.start.date(), (world.end - timedelta(days=1)).date()
@@ -489,30 +505,55 @@ def search(
 @app.command()
 def serve(
     dataset: str = typer.Option("synthetic-default", help="dataset whose current published index to serve"),
-    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on (beyond loopback: set EBR_SERVE_TOKEN)"),
     port: int = typer.Option(8000, min=1, max=65535),
+    workers: int = typer.Option(1, min=1, max=256, help="worker processes, each with its own copy of the index"),
+    max_queue: int = typer.Option(64, min=1, max=100_000,
+                                  help="requests a worker admits (running or waiting); beyond: 503 + Retry-After"),
     poll_seconds: float = typer.Option(5.0, min=0.5, max=3600, help="how often to look for a new index version"),
     timeout: float = typer.Option(2.0, min=0.01, max=60, help="per-request deadline in seconds"),
+    body_timeout: float = typer.Option(5.0, min=0.01, max=600, help="seconds to receive a request body"),
+    version: Optional[str] = typer.Option(None, help="serve this index version and never swap (default: current)"),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="one JSON line per request"),
+    insecure: bool = typer.Option(False, "--insecure", help="serve a non-loopback address without a token"),
 ) -> None:
-    """Serve hybrid retrieval over HTTP: POST /search, GET /healthz, GET /version; new index versions are
-    swapped in as they are published."""
+    """Serve hybrid retrieval over HTTP: POST /search, POST /search/batch, GET /healthz, /version, /livez,
+    /readyz, /metrics; new index versions are swapped in as they are published."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before FAISS loads: no OpenMP team spinning per request
     import uvicorn
 
     from serving.errors import RetrievalError
-    from serving.service import create_app, state_for
+    from serving.service import CONFIG_ENV, ServeConfig, check_exposure, create_app, serve_token, state_for
 
-    state = state_for(dataset, poll_seconds)
+    config = ServeConfig(dataset=dataset, host=host, port=port, workers=workers,
+                         max_queue=max_queue, request_timeout=timeout, body_timeout=body_timeout,
+                         poll_seconds=poll_seconds, version=version, access_log=access_log, insecure=insecure)
+    token = serve_token()
     try:
-        state.start()
+        check_exposure(config, token)
+        state = state_for(dataset, poll_seconds, pinned=version)
+        state.start()  # in this process first: a bad store or version fails here, before any worker starts
     except RetrievalError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     assert state.served is not None  # start() serves a version or raises
-    typer.echo(f"serving {state.served.retriever.version.ref} on http://{host}:{port}")
-    try:
-        uvicorn.run(create_app(state, timeout), host=host, port=port, log_level="info")
-    finally:
-        state.stop()
+    typer.echo(f"serving {state.served.retriever.version.ref} on http://{host}:{port} with {workers} worker(s)"
+               + ("" if token else " (no token)"))
+    if workers == 1:
+        uvicorn.run(create_app(state, config=config, token=token, on_close=state.stop), host=host, port=port,
+                    log_level="info", access_log=False)
+        return
+    state.stop()
+    del state  # each worker loads its own copy
+    os.environ[CONFIG_ENV] = config.model_dump_json()
+    # the workers' metric files: a directory of this run's own (Feast, imported above, points the variable at
+    # a directory of its own; the workers read it when they start)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ebr-serve-metrics-")
+    uvicorn.run("serving.service:app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level="info", access_log=False)
 
 
 @app.command("rebuild-index")

@@ -72,6 +72,39 @@ def quiet_console_tracebacks() -> None:
                 h.addFilter(_NoTraceback())
 
 
+class _DemoteDeprecations:
+    """A filter on the ``py.warnings`` logger (where Prefect sends warnings): libraries' deprecation notices
+    become debug records, which the console's handlers (at warning) drop and a debug log keeps."""
+
+    NOTICES = ("DeprecationWarning", "PendingDeprecationWarning", "FutureWarning")
+
+    def filter(self, record) -> bool:
+        import logging
+
+        if any(n in record.getMessage() for n in self.NOTICES):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def quiet_console() -> None:
+    """The console of a command that prints its own tables and progress bars (``ebr demo``): warnings and
+    errors only. Runs' info lines still reach their logs in the Prefect UI (another handler); libraries'
+    deprecation notices go to the log at debug level."""
+    import logging
+
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, PrefectConsoleHandler) or type(h) is logging.StreamHandler:
+                h.setLevel(max(h.level, logging.WARNING))
+    notices = logging.getLogger("py.warnings")
+    if not any(isinstance(f, _DemoteDeprecations) for f in notices.filters):
+        notices.addFilter(_DemoteDeprecations())
+
+
 def prepare_flow_command(debug: bool) -> None:
     """What every flow command needs before Prefect starts (see the module docstring)."""
     # start-up can exceed Prefect's 20 s default on a busy 2-core machine, which failed commands under load

@@ -136,12 +136,8 @@ def nightly(
     model_name = (train_params.model_name if train_params else None) or default_model_name(dataset)
     scheduled = flow_run.scheduled_start_time or datetime.now(timezone.utc)
     run_day = end_date or (scheduled.date() - timedelta(days=1))
-    # decided before any work, so that retrain="never" without a model stops here with nothing changed
-    due, why = retrain_decision(retrain, has_registered_model(model_name), run_day, retrain_weekday)
-    log.info("retrain: %s (%s)", "yes" if due else "no", why)
-
     steps: list[StepFigures] = []  # wall time and peak memory per step, in the report
-    step = "materialize"
+    step = "retrain decision"
 
     def run(name: str, fn, *args, **kwargs):
         nonlocal step
@@ -151,6 +147,9 @@ def nightly(
             return fn(*args, **kwargs)
 
     try:
+        # decided before any work, so that retrain="never" without a model stops here with nothing changed
+        due, why = retrain_decision(retrain, has_registered_model(model_name), run_day, retrain_weekday)
+        log.info("retrain: %s (%s)", "yes" if due else "no", why)
         gates = GateConfig(accept_changes=True) if accept_changes else None
         report = run("materialize", materialize, dataset, start_date, end_date, every_days, gates=gates)
         days = [d.day for d in report.days]

@@ -23,6 +23,7 @@ that only saves time steps aside with a warning, and one the project cannot do w
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -40,6 +41,7 @@ class UnsupportedVersionError(RuntimeError):
     """A library internal the project needs was written for another version of the library."""
 
 
+@functools.cache  # reading a distribution's metadata costs milliseconds; the online read asks on every query
 def installed(distribution: str) -> str | None:
     try:
         return version(distribution)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.names import check_name
@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         default=10, ge=0, le=100_000,
         description="complete versions kept per artifact when a publishing flow starts (0: keep every version); "
                     "never the current one, nor one that a kept version names (an index's model)")
+    max_title_chars: int = Field(default=1_000, ge=1, description="longest document title the data contract accepts")
+    max_body_chars: int = Field(default=100_000, ge=1, description="longest document body the data contract accepts")
+    max_query_chars: int = Field(default=1_000, ge=1, description="longest session query the data contract accepts")
+    serve_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token that `ebr serve` requires of every request but its probes (/livez, /readyz); "
+                    "without one it serves only on a loopback address unless told --insecure")
 
     @property
     def data_dir(self) -> Path:

@@ -598,7 +598,12 @@ class ArtifactStore:
     @classmethod
     def from_url(cls, url: str, endpoint_url: str | None = None, region: str | None = None,
                  timeouts: S3Timeouts | None = None) -> ArtifactStore:
-        """``s3://bucket/prefix`` -> S3; anything else (a path, optionally ``file://``) -> a local directory."""
+        """``s3://bucket/prefix`` -> S3; a path (optionally ``file://``) -> a local directory; any other
+        scheme is an error (``ftp://x`` would otherwise become a local folder named ``ftp:``)."""
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+        if scheme and scheme.group(1).lower() not in ("s3", "file"):
+            raise InvalidArtifactNameError(
+                f"unsupported storage url {url!r}: use a directory, file:///path or s3://bucket/prefix")
         if url.startswith("s3://"):
             bucket, prefix = parse_s3_url(url)
             return cls(S3Backend(bucket, prefix, endpoint_url=endpoint_url, region=region, timeouts=timeouts))
@@ -839,9 +844,12 @@ class ArtifactStore:
         pointer = {"version": version, "set_at": datetime.now(UTC).isoformat()}
         self.backend.write_bytes(self.current_key(kind, name), json.dumps(pointer).encode())
 
-    def set_current(self, kind: str, name: str, version: str) -> ArtifactVersion:
-        """Point CURRENT at an existing complete version (rollback or roll forward)."""
+    def set_current(self, kind: str, name: str, version: str, verify: bool = True) -> ArtifactVersion:
+        """Point CURRENT at an existing complete version (rollback or roll forward), after re-reading its
+        files against their checksums (``verify``): a damaged version is never made current."""
         av = self.get(kind, name, check_version(version))
+        if verify:
+            self.verify(av)
         self._write_current(kind, name, av.version)
         log.info("current of %s/%s set to %s", kind, name, av.version)
         return av

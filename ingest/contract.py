@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infra.atomic import atomic_directory
+from infra.settings import get_settings
 
 CONTRACT_VERSION = 1
 
@@ -48,6 +49,7 @@ class Column:
     kind: Kind
     nullable: bool = False
     description: str = ""
+    max_chars: str | None = None  # a text's bound: the name of the setting that holds it (infra.settings)
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ DOCUMENTS = TableSchema(
     (
         Column("doc_id", "string"),
         Column("doc_type", "string", description="group, event, person, artist, movie, paper, ..."),
-        Column("title", "string", nullable=True),
-        Column("body", "string", nullable=True),
+        Column("title", "string", nullable=True, max_chars="max_title_chars"),
+        Column("body", "string", nullable=True, max_chars="max_body_chars"),
         Column("city", "string", nullable=True, description="admin-tagged city (may be empty)"),
         Column("region", "string", nullable=True),
         Column("country", "string", nullable=True),
@@ -142,7 +144,7 @@ SESSIONS = TableSchema(
         Column("session_id", "string"),
         Column("searcher_id", "string"),
         Column("ts", "timestamp"),
-        Column("query", "string", nullable=True, description="empty for recommendation"),
+        Column("query", "string", nullable=True, description="empty for recommendation", max_chars="max_query_chars"),
         Column("impressed", "list_string", description="doc_ids shown, in rank order"),
         Column("clicked", "list_string", description="doc_ids clicked (may be empty: a failed session)"),
     ),
@@ -189,7 +191,14 @@ class ContractError(ValueError):
 
 def _example(df: pd.DataFrame, mask: np.ndarray | pd.Series) -> dict:
     row = df[np.asarray(mask)].iloc[0]
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.to_dict().items()}
+    return {k: _shown(v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.to_dict().items()}
+
+
+def _shown(value: Any, limit: int = 200) -> Any:
+    """A value as an error message shows it: a long text cut (a 5 MB title is not a message)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}... ({len(value):,} characters)"
+    return value
 
 
 def _to_list_column(values: pd.Series, table: str, col: str) -> pd.Series:
@@ -289,6 +298,14 @@ def validate_table(df: pd.DataFrame, schema: TableSchema) -> pd.DataFrame:
                     raise ContractError(
                         schema.name, c.name, f"{int(empty.sum())} empty id(s)", _example(df, empty)
                     )
+        if c.max_chars is not None:
+            limit = getattr(get_settings(), c.max_chars)
+            long = (s.str.len() > limit).fillna(False).to_numpy(dtype=bool)
+            if long.any():
+                raise ContractError(
+                    schema.name, c.name, f"{int(long.sum())} value(s) longer than {limit:,} characters (the "
+                    f"bound EBR_{c.max_chars.upper()} sets)", _example(df, long),
+                )
         out[c.name] = s
     extras = [n for n in df.columns if n not in out]
     for n in extras:  # extra attributes pass through untouched

@@ -90,6 +90,9 @@ def test_optional_list_columns_read_back_as_lists(tmp_path: Path) -> None:
         ("memberships", lambda df: df.assign(doc_id=["zz"]), "doc_id", "not in documents"),
         ("sessions", lambda df: df.assign(ts=df["ts"].dt.tz_localize(None)), "ts", "timezone-aware"),
         ("searchers", lambda df: df.assign(searcher_id=["s1", ""]), "searcher_id", "empty id"),
+        ("documents", lambda df: df.assign(title=["x" * 5_000_000, "b", "c"]), "title", "longer than 1,000"),
+        ("documents", lambda df: df.assign(body=["b", "x" * 100_001, "c"]), "body", "longer than 100,000"),
+        ("sessions", lambda df: df.assign(query=["q" * 1_000_001, ""]), "query", "EBR_MAX_QUERY_CHARS"),
     ],
 )
 def test_breaks_name_table_column_and_row(table, breaker, column, words) -> None:
@@ -102,6 +105,16 @@ def test_breaks_name_table_column_and_row(table, breaker, column, words) -> None
     assert words in str(err.value)
     if words not in ("missing column", "timezone-aware"):
         assert "example row" in str(err.value)
+
+
+def test_text_bounds_are_settings_and_the_message_cuts_the_text(monkeypatch) -> None:
+    tables = small_tables()
+    tables["documents"] = tables["documents"].assign(title=["t" * 5_000, "b", "c"])
+    with pytest.raises(ContractError) as err:
+        validate_dataset(tables)
+    assert len(str(err.value)) < 1_000 and "(5,000 characters)" in str(err.value)
+    monkeypatch.setenv("EBR_MAX_TITLE_CHARS", "10000")
+    validate_dataset(tables)
 
 
 @pytest.mark.parametrize("column, value, target", [("doc_id", "d404", "documents"),

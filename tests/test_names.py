@@ -39,6 +39,23 @@ def test_ebr_generate_refuses_a_name_outside_its_home_and_writes_nothing(home, t
     assert (victim / "precious.txt").read_text() == "keep me"
 
 
+def test_ebr_generate_refuses_an_empty_name_and_another_world_under_an_existing_name(home):
+    from cli.main import app
+    from ingest.contract import read_manifest
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["generate", "--preset", "tiny", "--name", ""])
+    assert result.exit_code == 2 and "invalid dataset name" in result.output
+    assert not get_settings().dataset_path("synthetic-tiny").exists()  # not the default name instead
+    assert runner.invoke(app, ["generate", "--preset", "tiny", "--name", "w"]).exit_code == 0
+    assert runner.invoke(app, ["generate", "--preset", "tiny", "--name", "w"]).exit_code == 0  # the same world
+    other = runner.invoke(app, ["generate", "--preset", "tiny", "--name", "w", "--seed", "1"])
+    assert other.exit_code == 2 and "already exists" in other.output and "--force" in other.output
+    assert read_manifest(get_settings().dataset_path("w")).params["seed"] == 0  # untouched
+    assert runner.invoke(app, ["generate", "--preset", "tiny", "--name", "w", "--seed", "1", "--force"]).exit_code == 0
+    assert read_manifest(get_settings().dataset_path("w")).params["seed"] == 1
+
+
 def test_an_atomic_replace_never_deletes_a_directory_that_is_not_ours(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

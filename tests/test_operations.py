@@ -27,10 +27,14 @@ def test_retrain_decision_says_why_and_never_means_never():
 
 def test_nightly_with_retrain_never_and_no_model_stops_before_any_work(home, prefect_harness):
     from flows.nightly import NoModelError, nightly
+    from flows.train import artifact_key
+    from tests.test_rebuild_index import _markdown_artifact
 
     with pytest.raises(NoModelError):
         nightly(dataset="no-model-here", start_date=date(2024, 1, 1), end_date=date(2024, 1, 1), retrain="never")
     assert not (home / "features" / "no-model-here").exists()  # nothing was materialized
+    shown = _markdown_artifact(artifact_key("nightly", "no-model-here"))  # like every other failure: on its run
+    assert "FAILED at retrain decision" in shown and "ebr train" in shown
 
 
 # --------------------------------------------------------------------------- S3 faults

@@ -140,3 +140,70 @@ def test_a_new_version_is_swapped_in_during_requests_and_a_broken_one_is_refused
     h = client.get("/healthz").json()
     assert h["index_version"].endswith(second) and broken in h["refused"] and "not in the model registry" in \
         h["refused"][broken]
+    ready = client.get("/readyz")  # serving, but not the store's current version
+    assert ready.status_code == 503 and ready.json()["current_version"] == broken
+
+
+def test_the_batch_route_returns_what_each_query_alone_returns(service, world):
+    client, state, _ = service
+    who = [searcher(world)] * 3
+    texts = [QUERY, "running", "club"]
+    r = client.post("/search/batch", json={"queries": [{"query": q, "searcher_id": s} for q, s in zip(texts, who)],
+                                           "k": 4})
+    assert r.status_code == 200, r.text
+    got = [[c["doc_id"] for c in res] for res in r.json()["results"]]
+    assert got == [[c.doc_id for c in state.served.retriever.retrieve(q, s, k=4)] for q, s in zip(texts, who)]
+    r = client.post("/search/batch", json={"queries": [{"query": QUERY, "searcher_id": "nobody"}]})
+    assert r.status_code == 404 and "nobody" in r.json()["error"]
+
+
+def test_workers_serve_hot_swap_and_add_up_their_metrics(service, world, home):
+    """`ebr serve --workers 2` as an operator starts it: each worker process loads the index, answers, swaps
+    to a newly published version, and /metrics sums the workers' counters."""
+    import os
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    publish(world, home, "workers-v1")  # the current version (an earlier test left a broken one current)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EBR_HOME": str(home)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--dataset", DATASET, "--port", str(port),
+                             "--workers", "2", "--poll-seconds", "0.5", "--no-access-log"],
+                            cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection per request: any worker may answer
+    try:
+        with httpx.Client(base_url=url, timeout=60, limits=fresh) as c:
+            while True:  # until a worker answers (the process has not died meanwhile)
+                assert proc.poll() is None, proc.stdout.read()
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            body = {"query": QUERY, "searcher_id": searcher(world), "k": 3}
+            assert all(c.post("/search", json=body).status_code == 200 for _ in range(20))
+            metrics = c.get("/metrics").text
+            counted = sum(float(v) for v in re.findall(r'ebr_requests_total\{route="/search",status="200"\} (\S+)',
+                                                       metrics))
+            assert counted == 20
+            newer = publish(world, home, "workers-v2")
+            seen = 0
+            while seen < 20:  # twenty answers in a row from the new version: every worker swapped
+                assert proc.poll() is None
+                version = c.post("/search", json=body).json()["index_version"]
+                seen = seen + 1 if version.endswith(newer) else 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

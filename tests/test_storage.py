@@ -359,6 +359,10 @@ def test_from_url_and_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert isinstance(ArtifactStore.from_url(str(tmp_path)).backend, LocalBackend)
     with pytest.raises(InvalidArtifactNameError, match="bucket"):
         ArtifactStore.from_url("s3:///prefix")
+    for url in ("ftp://x/y", "http://host/bucket", "gs://bucket/prefix"):  # not a folder named "ftp:" here
+        with pytest.raises(InvalidArtifactNameError, match="unsupported storage url"):
+            ArtifactStore.from_url(url)
+    assert not Path("ftp:").exists()
 
     monkeypatch.setenv("EBR_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("EBR_STORAGE_URL", raising=False)

@@ -48,6 +48,19 @@ def test_list_show_current_and_rollback(store):
     assert st.get("model", "m").ref == refs["m1"]
 
 
+def test_rollback_to_a_damaged_version_is_refused_and_the_current_one_stays(store):
+    from cli.main import app
+
+    st, refs = store
+    old = st.get("model", "m", refs["m1"].split("@")[1])
+    path = st.backend.root / st.file_key("model", "m", old.version, "model.pt")
+    path.write_bytes(path.read_bytes()[:3])  # truncated in the store
+    result = CliRunner().invoke(app, ["versions", "rollback", "model", "m", old.version])
+    said = result.output + str(result.exception)
+    assert result.exit_code != 0 and "checksum mismatch" in said and "model.pt" in said
+    assert st.get("model", "m").ref == refs["m2"]  # still the current one
+
+
 def test_gc_keeps_current_and_referenced_versions(store):
     st, refs = store
     st.set_current("model", "m", refs["m1"].split("@")[1])
