@@ -678,7 +678,7 @@ def versions_gc(keep: int = typer.Option(10, min=1, help="newest versions kept p
     """Delete incomplete versions (a killed publish) and complete ones beyond the newest KEEP, never a current
     version nor one a kept version names (an index's model, an ensemble's members, a model's examples)."""
     st = _store(store)
-    incomplete = [] if dry_run else st.gc_incomplete()
+    incomplete = st.gc_incomplete(dry_run=dry_run)
     pruned = st.prune(keep, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for ref in incomplete + pruned:

@@ -112,3 +112,26 @@ def prepare_flow_command(debug: bool) -> None:
     ephemeral_server_dies_with_us()
     if not debug:
         quiet_console_tracebacks()
+    mark_runs_of_this_process()
+
+
+_process_tags = None
+
+
+def mark_runs_of_this_process() -> None:
+    """Tag every run this command starts with its host and pid, and mark Crashed the runs of earlier
+    commands that were killed (their process is gone): no dead run shows as running in the UI."""
+    from prefect import tags
+
+    from flows.housekeeping import crash_dead_runs, process_tag
+
+    global _process_tags
+    if _process_tags is None:  # entered for the whole command (it ends with the process); kept referenced, since
+        _process_tags = tags(process_tag())  # a collected context manager would leave its context
+        _process_tags.__enter__()
+    try:
+        crash_dead_runs()
+    except Exception as exc:  # noqa: BLE001 - housekeeping never stops the command the operator asked for
+        import logging
+
+        logging.getLogger(__name__).warning("could not check for runs of killed commands: %s", one_line(exc))

@@ -42,7 +42,8 @@ def runs_root(flow: str, dataset: str) -> Path:
     return get_settings().home / "runs" / flow / check_name(dataset, "dataset name")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with ``pid`` exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -86,7 +87,7 @@ def killed(path: Path) -> bool:
         info = json.loads((Path(path) / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1)))
+    return info.get("host") == socket.gethostname() and not process_alive(int(info.get("pid", -1)))
 
 
 def sweep_run_dirs(root: Path, retention: Retention | None = None) -> list[Path]:

@@ -882,7 +882,8 @@ class ArtifactStore:
     def prune(self, keep: int, protect: set[str] | None = None, dry_run: bool = False) -> list[str]:
         """Delete complete versions beyond the newest ``keep`` of each artifact, never a current one, nor one
         named (``kind/name@version``) in ``protect`` or in the metadata of a version that stays (an index's
-        model, an ensemble's members, a model's examples). Returns the refs deleted (or that would be)."""
+        model, an ensemble's members, a model's examples), transitively: what a kept version names stays, and
+        so does what that one names (index -> model -> examples). Returns the refs deleted (or that would be)."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         versions = {(k, n): self.list_versions(k, n) for k in self.list_kinds() for n in self.list_names(k)}
@@ -893,7 +894,13 @@ class ArtifactStore:
             for av in avs[:-keep] if len(avs) > keep else []:
                 (kept if cur is not None and av.version == cur.version else doomed).append(av)
             kept += avs[-keep:]
+        by_ref = {av.ref: av for avs in versions.values() for av in avs}
         protected = set(protect or ()) | {r for av in kept for r in _refs_in(av.metadata)}
+        frontier = set(protected)
+        while frontier:  # what a protected version names is protected too
+            named = {r for ref in frontier if ref in by_ref for r in _refs_in(by_ref[ref].metadata)}
+            frontier = named - protected
+            protected |= named
         out = []
         for av in doomed:
             if av.ref in protected:
@@ -928,8 +935,9 @@ class ArtifactStore:
             log.info("pruned %d cached version(s): %s", len(removed), removed)
         return removed
 
-    def gc_incomplete(self, min_age: timedelta = timedelta(hours=1)) -> list[str]:
-        """Delete versions without a manifest that are older than ``min_age``; returns their refs.
+    def gc_incomplete(self, min_age: timedelta = timedelta(hours=1), dry_run: bool = False) -> list[str]:
+        """Delete versions without a manifest that are older than ``min_age``; returns their refs (with
+        ``dry_run``, those it would delete, deleting nothing).
 
         The age guard keeps a publish that is still uploading (it has no manifest yet) out of harm's way.
         """
@@ -941,6 +949,9 @@ class ArtifactStore:
                     continue
                 for version in self._version_ids(kind, name):
                     if version_time(version) > cutoff or self.backend.exists(self.manifest_key(kind, name, version)):
+                        continue
+                    if dry_run:
+                        removed.append(f"{kind}/{name}@{version}")
                         continue
                     n = self.backend.delete_prefix(self.version_prefix(kind, name, version))
                     removed.append(f"{kind}/{name}@{version}")

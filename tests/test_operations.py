@@ -546,3 +546,49 @@ def test_a_malformed_raw_file_is_named_with_its_line(tmp_path):
     base.write_text("\n".join(lines) + "\n")
     with pytest.raises(SourceFileError, match=r"ua\.base: line 42: rating 'five' is not an integer"):
         load_source("movielens", root)
+
+
+# --------------------------------------------------------------------------- runs of killed commands
+
+
+@pytest.mark.slow
+def test_a_killed_command_s_run_is_marked_crashed_by_the_next_command(tmp_path):
+    """`kill -9` of an ebr command leaves its flow run Running in Prefect's database (the process cannot report
+    its end); the next ebr flow command marks it Crashed, so the UI never shows a dead run as running."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "EBR_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+
+    def ebr(*args, **kw):
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=900, **kw)
+
+    assert ebr("generate", "--preset", "tiny", "--name", "killed").returncode == 0
+    with open(tmp_path / "materialize.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "materialize", "--dataset", "killed", "--start",
+                                 "2024-03-04", "--end", "2024-04-28", "--every-days", "1"], cwd=root, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    runs = tmp_path / "home" / "runs" / "materialize" / "killed"
+    while not any((d / "RUNNING").exists() for d in runs.glob("*")):  # its flow run is under way
+        assert proc.poll() is None, (tmp_path / "materialize.log").read_text()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    nxt = ebr("evaluate", "--dataset", "killed")  # any flow command: this one fails at once (no model)
+    assert "marked 1 run(s) of killed ebr commands as Crashed" in nxt.stderr + nxt.stdout, nxt.stderr[-3000:]
+    states = subprocess.run([sys.executable, "-c", """
+import json
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as c:
+    print(json.dumps({r.name: r.state.type.value for r in c.read_flow_runs() if r.flow_id}))
+"""], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    by_state = json.loads(states.stdout.strip().splitlines()[-1])
+    assert "CRASHED" in by_state.values() and "RUNNING" not in by_state.values(), by_state

@@ -72,6 +72,40 @@ def test_gc_keeps_current_and_referenced_versions(store):
     assert [av.ref for av in st.list_versions("model", "m")] == [refs["m0"], refs["m2"]]
 
 
+def test_gc_keeps_what_a_kept_version_names_transitively_and_the_dry_run_lists_exactly_what_goes(store, tmp_path):
+    st, refs = store
+    ex = {}
+    for i in range(3):  # training examples; the oldest is what the index's model was trained on
+        f = tmp_path / f"examples-{i}"
+        f.mkdir()
+        (f / "train.parquet").write_bytes(b"rows %d" % i)
+        ex[i] = st.publish("dataset", "e", f, {"i": i}).ref
+    f = tmp_path / "model-trained-on-e0"
+    f.mkdir()
+    (f / "model.pt").write_bytes(b"weights on e0")
+    named = st.publish("model", "served", f, {"examples": ex[0]}).ref
+    f = tmp_path / "model-newer"
+    f.mkdir()
+    (f / "model.pt").write_bytes(b"newer weights")
+    st.publish("model", "served", f, {"examples": ex[2]})
+    f = tmp_path / "index-on-it"
+    f.mkdir()
+    (f / "index.faiss").write_bytes(b"vectors of the served model")
+    st.publish("index", "d", f, {"model": {"ref": named}})  # current index -> old model -> oldest examples
+    killed = st.version_prefix("model", "m", "20200101T000000Z-0badc0de")  # a publish killed long ago
+    st.backend.write_bytes(killed + "files/model.pt", b"half")
+
+    planned = ebr("versions", "gc", "--keep", "1", "--dry-run").splitlines()
+    done = ebr("versions", "gc", "--keep", "1").splitlines()
+    assert [line.replace("would remove", "removed") for line in planned] == done
+    assert "removed model/m@20200101T000000Z-0badc0de" in done
+    left = {av.ref for k, n in (("dataset", "e"), ("model", "served")) for av in st.list_versions(k, n)}
+    assert named in left and ex[0] in left and ex[1] not in left  # index -> model -> examples all kept
+    from flows.evaluate import _examples_of
+
+    assert _examples_of(st.get("model", "served", named.split("@")[1]).metadata, "e") == ex[0].split("@")[1]
+
+
 def test_copy_a_version_to_s3_keeps_its_id_and_checksums(store, s3_bucket, monkeypatch):
     st, refs = store
     monkeypatch.setenv("EBR_S3_ENDPOINT_URL", s3_bucket.endpoint_url)
