@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from cli.runtime import Cli, prepare_flow_command
+from cli.runtime import Cli, prepare_flow_command, quiet_console
 
 app = Cli(
     add_completion=False,
@@ -32,6 +32,8 @@ def _options(ctx: typer.Context,
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a laptop tool
     if debug:
         os.environ["EBR_DEBUG"] = "1"
+    if ctx.invoked_subcommand == "demo" and not debug:
+        quiet_console()  # the demo's output is its tables and progress bars; runs keep their logs in Prefect
     if ctx.invoked_subcommand in FLOW_COMMANDS:
         prepare_flow_command(debug)
 
@@ -388,10 +390,6 @@ def demo(
 ) -> None:
     """The end-to-end job on the embedded default: world, features, gated examples, training, evaluation,
     a validated index, and a few searches."""
-    from cli.runtime import debug_enabled, quiet_console
-
-    if not debug_enabled():
-        quiet_console()  # the demo's output is its tables and progress bars; runs keep their logs in Prefect
     from datetime import timedelta
 
     from flows.nightly import nightly as nightly_flow
