@@ -6,6 +6,9 @@ document to the newest daily document snapshot not after ``t``. A document's own
 admin location) come from the canonical table, which has them from the document's creation on; the member
 aggregates come from the snapshot, so a document created after the snapshot is indexed with its own fields
 and empty aggregates (the next nightly run fills them in).
+
+Evaluation and training's early stopping rank the same selection (:func:`served_documents`) over the documents
+as they stood at a held-out split's cutoff (:func:`index_documents`), so that they measure what is served.
 """
 
 from __future__ import annotations
@@ -97,8 +100,6 @@ def index_corpus(
     for c in (*AGGREGATE_FIELDS, FEATURE_TS):
         corpus[c] = joined[c].to_numpy()
     return corpus.sort_values("doc_id", kind="stable").reset_index(drop=True), report
-
-
 
 
 # --------------------------------------------------------------------------- as of a held-out cutoff

@@ -338,7 +338,8 @@ class _Guard:
             body = await self._read_body(receive, limit)
             if isinstance(body, int):  # a status: the body broke a bound
                 if body == 0:
-                    return None  # the client went away
+                    status[0] = 499  # the client went away before sending its body: no answer to give
+                    return None
                 message = (f"request body larger than {limit} bytes" if body == 413 else
                            f"request body not received within {self.body_timeout} s")
                 return await self.error(body, message)(scope, receive, send)
