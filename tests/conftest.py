@@ -54,9 +54,9 @@ def home(tmp_path_factory):
 # pytest-xdist hands whole files to its two processes in collection order (`--no-loadscope-reorder`; its
 # default orders files by their number of tests, which put the fault suite's seven long tests last, running
 # alone at the end), so the longest start first and the short ones fill in.
-LONGEST_FIRST = ("test_faults.py", "test_deployments.py", "test_dask.py", "test_quality_benchmark.py",
-                 "test_cli_errors.py", "test_mine_and_ensemble_flows.py", "test_rebuild_index.py",
-                 "test_operations.py")
+LONGEST_FIRST = ("test_faults.py", "test_deployments.py", "test_demo.py", "test_dask.py",
+                 "test_quality_benchmark.py", "test_cli_errors.py", "test_mine_and_ensemble_flows.py",
+                 "test_rebuild_index.py", "test_operations.py")
 
 
 def pytest_collection_modifyitems(config, items):
