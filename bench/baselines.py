@@ -6,7 +6,7 @@ baseline of ``bench.peers`` that applies to it, fitted on the training split onl
 hyperparameters chosen on the validation split (SciFact has none: a seeded 20% slice of the training
 sessions, the baselines refitted on the whole training split afterwards), scored on the test split with
 exact rankings over the whole index: recall@10 / recall@100 / nDCG@10 (graded by qrels on SciFact), and the
-same on the warm and cold test sessions (``evaluation.protocol.warm_sessions``: warm when one of the
+same on the warm and cold test sessions (``bench.rankers.warm_sessions``: warm when one of the
 session's (query, clicked document) pairs occurs in training; for recommendation datasets, whose sessions
 have no query text, when the clicked document was clicked by anyone in training). Recommendation datasets
 follow the recommendation protocol: what a searcher clicked in training is never retrieved for it.

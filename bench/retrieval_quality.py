@@ -356,7 +356,7 @@ def fit_seed_ensemble(prep: Prepared, suite: Baselines, fitted: Fitted, seeds: i
     one index, one inner product; members of one recipe are exchangeable, so no weight is fitted). Runs of
     one recipe differ by their initialization and example order, and their errors partly cancel. Judged like
     every setting: validation recall@10 of the concatenation against the single run's, both by
-    :func:`evaluation.protocol.evaluate_ranker`. Where a source has no validation split the members are
+    :func:`bench.rankers.evaluate_ranker`. Where a source has no validation split the members are
     judged on the slice of the training sessions, then retrained on the whole training split if kept (None
     if not: what validation rejects is not paid for twice). Runs and validation are counted under
     ``account``."""
@@ -672,7 +672,7 @@ def main_quality(args) -> str:
         "(location, profile, title, body, type) fill the gap where no snapshot preceded a session; their "
         "aggregates stay missing. Positives are embedded from the document table like every sampled negative "
         "(`models.batches`). The index: each document's newest snapshot up to the end of the training data, "
-        "documents born later with their first snapshot (`evaluation.protocol.index_documents`).",
+        "documents born later with their first snapshot (`features.corpus.index_documents`).",
         "",
     ])
     write(RESULTS / ("retrieval_quality_quick.md" if args.quick else "retrieval_quality.md"), text)
