@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,14 +125,26 @@ def wrk(url: str, script: Path, clients: int, seconds: float) -> dict:
             "p50": lat.get("50", float("nan")), "p99": lat.get("99", float("nan")), "errors": errors, "raw": out}
 
 
-def measure(name: str, workers: int, cmd: list[str], env: dict, url: str, script: Path, clients: list[int],
-            seconds: float) -> list[Run]:
-    log = script.with_name(f"{name.split()[0]}-{workers}.log")
+@contextmanager
+def served(cmd: list[str], env: dict, url: str, script: Path, log: Path) -> Iterator[subprocess.Popen]:
+    """A server process, ready and warmed up (its first requests load lazily initialized code), stopped after."""
     proc = start(cmd, env, log)
     try:
         wait_ready(proc, url, log)
-        wrk(url, script, 4, 2)  # warm-up: first requests load lazily initialized code paths
-        runs = []
+        wrk(url, script, 4, 2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def measure(name: str, workers: int, cmd: list[str], env: dict, url: str, script: Path, clients: list[int],
+            seconds: float) -> list[Run]:
+    runs = []
+    with served(cmd, env, url, script, script.with_name(f"{name.split()[0]}-{workers}.log")) as proc:
         for c in clients:
             before = cpu_seconds(proc.pid)
             r = wrk(url, script, c, seconds)
@@ -138,13 +152,7 @@ def measure(name: str, workers: int, cmd: list[str], env: dict, url: str, script
             runs.append(Run(name, workers, c, r["rps"], 1e3 * cpu / max(r["requests"], 1), r["p50"], r["p99"],
                             r["errors"], r["requests"]))
             print(runs[-1].row(), flush=True)
-        return runs
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return runs
 
 
 def burst(dataset: str, env: dict, script: Path, clients: int, seconds: float, max_queue: int,
@@ -153,23 +161,13 @@ def burst(dataset: str, env: dict, script: Path, clients: int, seconds: float, m
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "cli.main", "serve", "--dataset", dataset, "--port", str(port), "--max-queue",
            str(max_queue), "--timeout", str(timeout), "--poll-seconds", "3600", "--no-access-log"]
-    log = script.with_name("burst.log")
-    proc = start(cmd, env, log)
-    try:
-        wait_ready(proc, url, log)
-        wrk(url, script, 4, 2)
+    with served(cmd, env, url, script, script.with_name("burst.log")) as proc:
         before = rss_mb(proc.pid)
         r = wrk(url, script, clients, seconds)
         after = rss_mb(proc.pid)
-        served = r["requests"] - r["errors"]
-        return [f"| {clients} | {max_queue} | {r['requests']:,} | {served:,} | {r['errors']:,} | "
-                f"{r['p99']:.1f} | {timeout * 1e3:.0f} | {before:.0f} | {after:.0f} |"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    answered = r["requests"] - r["errors"]
+    return [f"| {clients} | {max_queue} | {r['requests']:,} | {answered:,} | {r['errors']:,} | "
+            f"{r['p99']:.1f} | {timeout * 1e3:.0f} | {before:.0f} | {after:.0f} |"]
 
 
 def main(argv: list[str] | None = None) -> None:
