@@ -53,12 +53,16 @@ def rebuild_time(as_of: date | None, snapshot_day: date) -> datetime:
     return as_of_for_day(as_of or snapshot_day)
 
 
-def _select(documents: pd.DataFrame, snapshot: pd.DataFrame, as_of: datetime | pd.Timestamp,
+def _by_doc(snapshot: pd.DataFrame) -> pd.DataFrame:
+    """Snapshot rows indexed by (string) doc_id, the last row of a document kept."""
+    return snapshot.assign(doc_id=snapshot["doc_id"].astype(str)).drop_duplicates("doc_id", keep="last") \
+        .set_index("doc_id")
+
+
+def _select(documents: pd.DataFrame, snap: pd.DataFrame, as_of: datetime | pd.Timestamp,
             selection: SelectionConfig | None) -> tuple[pd.DataFrame, SelectionReport]:
     """:func:`select_documents` over the canonical ``documents`` with the activity and member aggregates of
-    their ``snapshot`` rows."""
-    snap = snapshot.assign(doc_id=snapshot["doc_id"].astype(str)).drop_duplicates("doc_id", keep="last")
-    snap = snap.set_index("doc_id")
+    their snapshot rows ``snap`` (:func:`_by_doc`)."""
     docs = documents.assign(doc_id=documents["doc_id"].astype(str)).reset_index(drop=True)
     # Activity as the snapshot saw it: the canonical last_active_at may lie after a backfill's as_of.
     if "last_active_at" in snap.columns and "last_active_at" in docs.columns:
@@ -88,10 +92,9 @@ def index_corpus(
     missing = [c for c in ("doc_id", *AGGREGATE_FIELDS, *DOC_TIMES, FEATURE_TS) if c not in snapshot.columns]
     if missing:
         raise CorpusError(f"the document snapshot lacks column(s) {missing}; present: {list(snapshot.columns)}")
-    snap = snapshot.assign(doc_id=snapshot["doc_id"].astype(str)).drop_duplicates("doc_id", keep="last")
-    snap = snap.set_index("doc_id")
+    snap = _by_doc(snapshot)
     chosen = (selection or SelectionConfig()).resolved(documents, NO_CLICKS if clicks is None else clicks, as_of)
-    selected, report = _select(documents, snapshot, as_of, chosen)
+    selected, report = _select(documents, snap, as_of, chosen)
 
     corpus = pd.DataFrame({"doc_id": selected["doc_id"].to_numpy(dtype=object)})
     for c in STATIC_FIELDS:
@@ -143,7 +146,7 @@ def served_documents(
         update={"exists_as_of": False})
     ids = index["doc_id"].astype(str)
     docs = documents[documents["doc_id"].astype(str).isin(set(ids))]
-    kept, _ = _select(docs, index, as_of, chosen)
+    kept, _ = _select(docs, _by_doc(index), as_of, chosen)
     return index[ids.isin(set(kept["doc_id"])).to_numpy()].reset_index(drop=True)
 
 
